@@ -1,0 +1,33 @@
+"""``mcr-swift <command>``: one entry point for the project's tools (see README)."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+#: command -> (module, help)
+COMMANDS = {
+    "plugin": (None, "print the plugin file to pass to swift --custom_register_path"),
+    "prepare": ("mcr_swift.prepare", "raw Twitter-GMNER -> ms-swift JSONL datasets"),
+    "tiny-model": ("mcr_swift.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: mcr-swift <command> [args]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<14} {help_}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "plugin":
+        from .registry import plugin_path
+        print(plugin_path())
+        return 0
+    module = importlib.import_module(COMMANDS[cmd][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

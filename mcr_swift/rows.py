@@ -1,0 +1,87 @@
+"""Training/evaluation rows in ms-swift's format, carrying the gold triples for rewards and metrics.
+
+One row per post::
+
+    {"messages": [{"role": "user", "content": "<image>" + instruction + "\\n\\nSentence: ..."},
+                  {"role": "assistant", "content": "<think>..</think>\\n<answer>\\n[.. \\"bbox\\": <bbox> ..]\\n</answer>"}],
+     "images": ["/abs/path/<IMGID>.jpg"],
+     "objects": {"ref": ["Kevin Durant"], "bbox": [[x1, y1, x2, y2]], "bbox_type": "real"},
+     "mcr_task": "gmner", "mcr_id": "<IMGID>", "mcr_sentence": "...",
+     "mcr_gold": "[{\\"entity\\": .., \\"type\\": .., \\"boxes\\": [[..], ..]}]",   # JSON text, original pixels
+     "mcr_image_sizes": [[width, height]]}
+
+``objects`` uses ms-swift's grounding convention: each ``<bbox>`` placeholder of the assistant text
+takes the next box, given in original pixels (``bbox_type: real``); ms-swift's template rescales it
+to the model's space (resized-image pixels for Qwen2.5-VL / MiMo-VL, 0-1000 for Qwen2-VL / Qwen3-VL)
+using the image it really feeds the model. So the label tokens always carry model-space boxes while
+``mcr_gold`` keeps original pixels for rewards and metrics.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from .answer import default_reasoning, render_answer
+from .prompts import task_instruction
+from .types import Entity, Sample
+
+#: Columns every mcr-swift row carries besides ms-swift's own (messages, images, objects).
+GOLD_COLUMN = "mcr_gold"
+SIZES_COLUMN = "mcr_image_sizes"
+
+
+def user_content(sample: Sample, instruction: str) -> str:
+    tags = "".join("<image>" for _ in sample.images)
+    return f"{tags}{instruction}\n\nSentence: {sample.sentence}"
+
+
+def gold_json(entities: Sequence[Entity]) -> str:
+    return json.dumps([e.to_dict() for e in entities], ensure_ascii=False)
+
+
+def gold_from_row(row: Mapping[str, Any]) -> List[Entity]:
+    """The gold entities of a row (``mcr_gold``), original pixels. Raises ValueError if malformed."""
+    raw = row.get(GOLD_COLUMN)
+    if raw is None:
+        raise ValueError(f"row has no {GOLD_COLUMN!r} column")
+    items = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        raise ValueError(f"{GOLD_COLUMN} must be a JSON list, got {type(items).__name__}")
+    return [Entity.from_dict(d) for d in items]
+
+
+def sample_to_row(sample: Sample, *, family: str = "qwen2_5_vl", instruction: Optional[str] = None,
+                  reasoning: Optional[str] = None, assistant: Optional[str] = None,
+                  with_answer: bool = True, multi_box: str = "largest", task: str = "gmner",
+                  extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """One ms-swift row for ``sample``.
+
+    The assistant turn is ``assistant`` if given (e.g. an MRSI chain whose boxes are already
+    ``<bbox>`` placeholders matching ``objects``), else the canonical answer with ``reasoning`` (default:
+    `default_reasoning`). ``with_answer=False`` leaves only the user turn (inference/GRPO prompts);
+    ``objects`` is still written so that a later assistant text can use it.
+    """
+    if any(s is None for s in sample.image_sizes) or len(sample.image_sizes) != len(sample.images):
+        raise ValueError(f"post {sample.id}: every image needs a known size to build a row")
+    instruction = task_instruction(family) if instruction is None else instruction
+    messages = [{"role": "user", "content": user_content(sample, instruction)}]
+    text, boxes = render_answer(
+        sample.entities,
+        default_reasoning(sample.sentence, sample.entities) if reasoning is None else reasoning,
+        placeholders=True, multi_box=multi_box)
+    refs = [e.text for e in sample.entities if e.boxes]
+    if with_answer:
+        messages.append({"role": "assistant", "content": text if assistant is None else assistant})
+    row: Dict[str, Any] = {
+        "messages": messages,
+        "images": list(sample.images),
+        "objects": {"ref": refs, "bbox": [[float(v) for v in b] for b in boxes], "bbox_type": "real"},
+        "mcr_task": task,
+        "mcr_id": sample.id,
+        "mcr_sentence": sample.sentence,
+        GOLD_COLUMN: gold_json(sample.entities),
+        SIZES_COLUMN: [list(s) for s in sample.image_sizes],
+    }
+    if extra:
+        row.update(extra)
+    return row

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# MRSI stage (paper Sec. 4.1, App. E.4): LoRA SFT on D1 with the task instruction.
+# Defaults are the paper's: lr 1e-4, cosine schedule, effective batch 16, 2 epochs for Qwen2.5-VL
+# (5 for MiMo-VL). The effective batch is kept whatever the GPU count:
+#   gradient_accumulation_steps = BATCH_SIZE / (NPROC_PER_NODE * PER_DEVICE_BATCH_SIZE).
+# Every value can be overridden by an environment variable; EXTRA_ARGS is appended verbatim.
+set -euo pipefail
+MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
+TEMPLATE=${TEMPLATE:-qwen2_5_vl}
+DATASET=${DATASET:-mcr-gmner:train}
+if [ "$TEMPLATE" = mimo_vl ]; then NUM_EPOCHS=${NUM_EPOCHS:-5}; else NUM_EPOCHS=${NUM_EPOCHS:-2}; fi  # App. E.4
+LEARNING_RATE=${LEARNING_RATE:-1e-4}        # App. E.4
+LR_SCHEDULER=${LR_SCHEDULER:-cosine}        # App. E.4
+BATCH_SIZE=${BATCH_SIZE:-16}                # App. E.4, effective (global) batch
+NPROC_PER_NODE=${NPROC_PER_NODE:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}
+[ "${NPROC_PER_NODE:-0}" -ge 1 ] 2>/dev/null || NPROC_PER_NODE=1
+PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-$(( BATCH_SIZE / NPROC_PER_NODE > 2 ? 2 : (BATCH_SIZE / NPROC_PER_NODE > 0 ? BATCH_SIZE / NPROC_PER_NODE : 1) ))}
+if (( BATCH_SIZE % (NPROC_PER_NODE * PER_DEVICE_BATCH_SIZE) != 0 )); then
+  echo "BATCH_SIZE=$BATCH_SIZE is not a multiple of NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE=$((NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE))" >&2; exit 2
+fi
+GRAD_ACC=$(( BATCH_SIZE / (NPROC_PER_NODE * PER_DEVICE_BATCH_SIZE) ))
+MAX_STEPS=${MAX_STEPS:--1}                  # -1: train NUM_EPOCHS epochs
+LORA_RANK=${LORA_RANK:-8}                   # paper silent: ms-swift's default LoRA (rank 8, alpha 32)
+LORA_ALPHA=${LORA_ALPHA:-32}
+MAX_LENGTH=${MAX_LENGTH:-4096}
+export MAX_PIXELS=${MAX_PIXELS:-1003520}    # paper silent: 1280 image tokens (Qwen2.5-VL processor default)
+OUTPUT_DIR=${OUTPUT_DIR:-runs/mrsi_sft}
+SWIFT=${SWIFT:-swift}
+PLUGIN=$(python -m mcr_swift.cli plugin)
+if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$NPROC_PER_NODE" -gt 1 ] && echo zero2 || echo ""); fi
+
+export NPROC_PER_NODE
+echo "[mrsi_sft] model=$MODEL dataset=$DATASET epochs=$NUM_EPOCHS lr=$LEARNING_RATE batch=$BATCH_SIZE" \
+     "(= $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation) max_steps=$MAX_STEPS"
+# shellcheck disable=SC2086
+$SWIFT sft \
+  --model "$MODEL" --template "$TEMPLATE" --check_model false \
+  --custom_register_path "$PLUGIN" --dataset $DATASET \
+  --tuner_type lora --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA" --target_modules all-linear \
+  --num_train_epochs "$NUM_EPOCHS" --max_steps "$MAX_STEPS" \
+  --learning_rate "$LEARNING_RATE" --lr_scheduler_type "$LR_SCHEDULER" \
+  --per_device_train_batch_size "$PER_DEVICE_BATCH_SIZE" --gradient_accumulation_steps "$GRAD_ACC" \
+  --max_length "$MAX_LENGTH" --logging_steps "${LOGGING_STEPS:-5}" --save_steps "${SAVE_STEPS:-500}" \
+  --save_total_limit "${SAVE_TOTAL_LIMIT:-2}" --dataloader_num_workers "${DATALOADER_WORKERS:-4}" \
+  --report_to "${REPORT_TO:-tensorboard}" --output_dir "$OUTPUT_DIR" \
+  ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} ${EXTRA_ARGS:-}

@@ -1,0 +1,109 @@
+"""Proof through ms-swift itself: `swift sft` trains on the registered data, and the label tokens
+ms-swift's template produces carry exactly our model-space boxes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mcr_swift import CoordinateSpace, Entity
+from mcr_swift.registry import plugin_path
+from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
+
+pytestmark = pytest.mark.swift
+
+
+def run_swift(args, env_extra, cwd, timeout=600):
+    env = {**os.environ, **env_extra}
+    t = time.time()
+    proc = subprocess.run([swift_bin(), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    wall = time.time() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise AssertionError(f"swift {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc, wall, peak_mb
+
+
+def test_plugin_file_and_cli():
+    path = Path(plugin_path())
+    assert path.is_file() and path.suffix == ".py"
+    # the plugin's folder goes on sys.path: it must hold nothing but the plugin file
+    assert [p.name for p in path.parent.glob("*.py")] == ["mcr_swift_plugin.py"]
+    out = subprocess.run([sys.executable, "-m", "mcr_swift.cli", "plugin"], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.strip()
+    assert out == str(path)
+
+
+def test_swift_sft_trains_on_registered_gmner(tiny_model, prepared, tmp_path):
+    out_dir = tmp_path / "sft"
+    proc, wall, peak_mb = run_swift(
+        ["sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
+         "--custom_register_path", plugin_path(), "--dataset", "mcr-gmner:train#16",
+         "--tuner_type", "lora", "--max_steps", "5", "--per_device_train_batch_size", "1",
+         "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4", "--lr_scheduler_type", "cosine",
+         "--save_steps", "5", "--logging_steps", "1", "--dataloader_num_workers", "0",
+         "--report_to", "none", "--output_dir", str(out_dir), "--max_length", "4096"],
+        {"MCR_DATA_DIR": str(prepared), "MAX_PIXELS": str(TINY_MAX_PIXELS)}, cwd=tmp_path)
+    print(f"\n[swift sft] 5 LoRA steps: wall {wall:.1f} s, peak RSS {peak_mb:.0f} MB")
+    ckpts = list(out_dir.glob("v*/checkpoint-5"))
+    assert len(ckpts) == 1, list(out_dir.rglob("*"))
+    assert (ckpts[0] / "adapter_model.safetensors").stat().st_size > 0
+    assert json.loads((ckpts[0] / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    logs = [json.loads(l) for l in (ckpts[0].parent / "logging.jsonl").read_text().splitlines()]
+    losses = [float(l["loss"]) for l in logs if "loss" in l]
+    assert len(losses) == 5 and all(l > 0 for l in losses)
+    # ms-swift logged our plugin, our dataset, and the plain box format the plugin chose
+    text = proc.stdout + proc.stderr
+    assert "Successfully imported external_plugins" in text
+    assert "QWENVL_BBOX_FORMAT: plain" in text
+
+
+ANSWER = re.compile(r"<answer>\s*(\[.*\])\s*</answer>", re.S)
+
+
+@pytest.mark.parametrize("max_pixels", [TINY_MAX_PIXELS, 1003520])
+def test_label_boxes_are_the_converted_original_boxes(tiny_model, data_v2, tmp_path, max_pixels):
+    """The bug every grounding project hits: label space vs reward/eval space. ms-swift's template
+    must write exactly CoordinateSpace.to_model(original box) into the label tokens."""
+    from mcr_swift.prepare import prepare_twitter_gmner
+    prepare_twitter_gmner(data_v2, tmp_path / "data", splits=["train"], standin_dir=tmp_path / "img",
+                          limit=120, progress=False)
+    rows = tmp_path / "data" / "twitter_gmner" / "train.jsonl"
+    env = {**os.environ, "MAX_PIXELS": str(max_pixels), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "_encode_labels.py"), str(tiny_model),
+                           str(rows), "60"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    encoded = json.loads(proc.stdout.split("@@", 1)[1])
+    assert len(encoded) >= 40
+    space = CoordinateSpace("qwen2_5_vl", max_pixels=max_pixels)
+    n_boxes = n_scaled = 0
+    for item in encoded:
+        row = item["row"]
+        size = tuple(row["mcr_image_sizes"][0])
+        # the processor really fed the model the size our module computes
+        assert tuple(item["grid_hw"][::-1]) == space.resized_size(*size)
+        answer = json.loads(ANSWER.search(item["label"]).group(1))
+        gold = [Entity.from_dict(d) for d in json.loads(row["mcr_gold"])]
+        assert [a["entity"] for a in answer] == [g.text for g in gold]
+        expected = iter(row["objects"]["bbox"])
+        for a, g in zip(answer, gold):
+            if not g.boxes:
+                assert a["bbox"] is None
+                continue
+            original = next(expected)
+            assert tuple(original) in g.boxes
+            assert tuple(a["bbox"]) == space.to_model(original, size), (row["mcr_id"], a, original)
+            n_boxes += 1
+            n_scaled += tuple(a["bbox"]) != tuple(original)
+    assert n_boxes >= 40
+    if max_pixels == TINY_MAX_PIXELS:
+        assert n_scaled == n_boxes  # every image was downscaled: no box may stay in original pixels

@@ -10,6 +10,7 @@ COMMANDS = {
     "plugin": (None, "print the plugin file to pass to swift --custom_register_path"),
     "prepare": ("mcr_swift.prepare", "raw Twitter-GMNER -> ms-swift JSONL datasets"),
     "tiny-model": ("mcr_swift.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
+    "evaluate": ("mcr_swift.evaluate", "GMNER/MNER/EEG and bias metrics over swift infer output"),
 }
 
 

@@ -1,0 +1,95 @@
+"""The evaluate command: real `swift infer` output, prepared rows with responses, several files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mcr_swift import CoordinateSpace
+from mcr_swift.registry import plugin_path
+from mcr_swift.rows import gold_from_row
+from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
+
+
+def evaluate(*args, env=None):
+    out = subprocess.run([sys.executable, "-m", "mcr_swift.cli", "evaluate", "--no-progress", *args],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def answer_for(entities, space, size):
+    items = []
+    for e in entities:
+        box = None if not e.boxes else list(space.to_model(e.boxes[0], size))
+        items.append({"entity": e.text, "type": e.type, "bbox": box})
+    return "<think>ok</think>\n<answer>\n" + json.dumps(items) + "\n</answer>"
+
+
+def test_gold_responses_score_100_and_table_has_a_row_per_file(prepared, tmp_path):
+    rows = [json.loads(l) for l in (prepared / "twitter_gmner" / "test.jsonl").read_text().splitlines()]
+    space = CoordinateSpace("qwen2_5_vl", max_pixels=TINY_MAX_PIXELS)
+    perfect, empty = tmp_path / "perfect.jsonl", tmp_path / "junk.jsonl"
+    with open(perfect, "w") as f, open(empty, "w") as g:
+        for r in rows:
+            resp = answer_for(gold_from_row(r), space, tuple(r["mcr_image_sizes"][0]))
+            f.write(json.dumps({**r, "response": resp}) + "\n")
+            g.write(json.dumps({"id": r["mcr_id"], "response": "I cannot tell."}) + "\n")
+    report = tmp_path / "report.json"
+    out = evaluate(str(perfect), str(empty), "--gold", str(prepared / "twitter_gmner" / "test.jsonl"),
+                   "--max-pixels", str(TINY_MAX_PIXELS), "--json-out", str(report))
+    lines = out.splitlines()
+    assert lines[0].startswith("run") and "GMNER Pre" in lines[0]
+    perfect_row = lines[2].replace("|", " ").split()
+    assert perfect_row[0] == "perfect.jsonl" and perfect_row[1:10] == ["100.0"] * 9  # GMNER/MNER/EEG P R F1
+    junk_row = lines[3].replace("|", " ").split()
+    assert junk_row[0] == "junk.jsonl" and junk_row[1:10] == ["0.0"] * 9
+    assert f"{len(rows)} of {len(rows)} responses failed to parse" in out
+    rep = json.loads(report.read_text())
+    assert rep[0]["metrics"]["gmner"]["f1"] == 1.0 and rep[0]["metrics"]["n_count"] == 0
+    assert rep[1]["metrics"]["gmner"]["f1"] == 0.0 and rep[1]["parse_failures"] == len(rows)
+
+
+@pytest.mark.swift
+def test_swift_infer_output_is_scored(tiny_model, prepared, tmp_path):
+    result = tmp_path / "infer.jsonl"
+    env = {**os.environ, "MCR_DATA_DIR": str(prepared), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
+    proc = subprocess.run([swift_bin(), "infer", "--model", str(tiny_model), "--template", "qwen2_5_vl",
+                           "--custom_register_path", plugin_path(), "--val_dataset", "mcr-gmner:test#6",
+                           "--infer_backend", "transformers", "--max_new_tokens", "24", "--max_batch_size", "3",
+                           "--result_path", str(result)], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(result.read_text().splitlines()) == 6
+    out = evaluate(str(result), "--gold", str(prepared / "twitter_gmner" / "test.jsonl"),
+                   "--json-out", str(tmp_path / "r.json"), env={"MAX_PIXELS": str(TINY_MAX_PIXELS)})
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["posts"] == 6 and rep["unmatched_rows"] == 0
+    assert rep["metrics"]["gmner"]["gold"] > 0
+    assert "infer.jsonl" in out and "responses failed to parse" in out
+
+
+def test_perturbed_test_split_through_the_command(data_v2, tmp_path):
+    """The documented perturbation of the full shared test split (metrics.perturb, seed 0: drop,
+    retype, shift 10 % each, 10 % spurious) scored by the command gives the exact counts."""
+    from mcr_swift import load_twitter_gmner
+    from mcr_swift.metrics import perturb
+    from mcr_swift.rows import gold_json
+    samples = load_twitter_gmner(data_v2, "test")
+    preds = perturb([list(s.entities) for s in samples], seed=0, drop=0.1, shift=0.1, retype=0.1, spurious=0.1)
+    path = tmp_path / "perturbed.jsonl"
+    with open(path, "w") as f:
+        for s, p in zip(samples, preds):
+            f.write(json.dumps({"mcr_id": s.id, "mcr_sentence": s.sentence, "mcr_gold": gold_json(s.entities),
+                                "entities": [e.to_dict() for e in p]}) + "\n")
+    out = evaluate(str(path), "--json-out", str(tmp_path / "r.json"))
+    print("\n" + out)
+    m = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    # 2543 gold; 254 dropped, 254 retyped, 105 of the located shifted, 254 spurious (see test_metrics)
+    assert (m["gmner"]["correct"], m["mner"]["correct"], m["eeg"]["correct"]) == (1930, 2035, 2184)
+    assert m["gmner"]["predicted"] == m["gmner"]["gold"] == 2543
+    assert m["n_count"] == 254 and m["n_rate"] == pytest.approx(254 / 2543)
+    assert "75.9" in out.splitlines()[2] and "0 of 1500 responses failed to parse" in out

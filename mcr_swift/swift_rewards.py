@@ -1,0 +1,369 @@
+"""The CVO rewards as ms-swift ORMs (``--reward_funcs gmner_orm`` or the separate terms).
+
+GRPO calls ``reward(completions, **columns)``: every dataset column arrives as a list aligned with
+``completions`` (plus ``trainer_state``, ``images``, ``messages``, ... which are ignored). mcr-swift rows
+carry ``mcr_gold`` (JSON text: ``[{"entity", "type", "boxes": [[x1, y1, x2, y2], ..]}, ..]`` in
+original-image pixels) and ``mcr_image_sizes`` (``[[width, height], ..]``).
+
+Per completion:
+
+1. The text is the completion itself, or the last assistant ``content`` of a list of messages
+   (a content given as a list of parts is joined from its text parts).
+2. It is parsed with `mcr_swift.parser.parse_answer`, boxes clamped to the model extent of the row's
+   first image (`CoordinateSpace.model_extent`).
+3. The comparison happens in the **model's coordinate space**: the gold boxes are mapped with
+   `CoordinateSpace.to_model` (the same rounding ms-swift applies when it writes the training labels)
+   and clamped to the model extent. IoU is invariant to the per-axis scaling between the two spaces,
+   so this equals comparing in original pixels up to ms-swift's integer rounding, and an answer that
+   reproduces the label exactly scores exactly 1.0. ``MCR_REWARD_SPACE=original`` instead maps the
+   predicted boxes back with `CoordinateSpace.from_model` and compares with the original-pixel gold
+   (then the rounding of the model's integer output costs a little IoU even on a perfect answer).
+   The space is read from the environment (``MCR_MODEL_FAMILY``, ``MAX_PIXELS``, ``MIN_PIXELS``,
+   ``IMAGE_MAX_TOKEN_NUM``, ``IMAGE_MIN_TOKEN_NUM``, ``MCR_TEMPLATE_MAX_PIXELS``; see
+   `CoordinateSpace.from_env`) once per call.
+4. The terms of `mcr_swift.rewards.reward_terms` are computed.
+
+Configuration (environment, read when the reward object is built; bad values raise ValueError then):
+
+* ``MCR_REWARD_WEIGHTS``: the 5 lambdas of Eq. 10 for ``gmner_orm``, ``"0.2,0.2,0.2,0.2,0.2"`` (order
+  count, span, type, iou, entail) or ``"count=0.3,span=0.2,..."`` (missing terms weigh 0). Default 0.2 each.
+* ``MCR_IOU_SIGMA``: sigma of Eq. 8, in [0, 1). Default 0.5.
+* ``MCR_REWARD_SPACE``: ``model`` (default) or ``original``, see 3.
+* ``MCR_REWARD_LOG``: a file to which ``gmner_orm`` appends one JSON line per scored completion
+  (``mcr_id``, ``completion``, ``reward``, ``terms``, ``parse_ok``, ``n_pred``, ``n_gold``).
+
+A row whose ``mcr_gold`` is missing or malformed, or whose image size is unusable while gold boxes
+need it, gets 0.0 (never an exception in the training loop); the first such row is logged as a
+warning and all are counted in `malformed_rows()`.
+
+Registered names (`register_rewards`): ``gmner_orm`` (`GMNERReward`, the weighted sum), ``gmner_count``,
+``gmner_span``, ``gmner_type``, ``gmner_iou``, ``gmner_entail`` (one term each, to combine with
+ms-swift's ``--reward_weights``) and ``gmner_format`` (1.0 iff `mcr_swift.parser.format_ok`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from swift.rewards import ORM
+
+from .coords import CoordinateSpace, clamp_box
+from .parser import format_ok, parse_answer
+from .rewards import DEFAULT_SIGMA, TERMS, _check_sigma, normalize_weights, reward_terms, weighted_sum
+from .types import Entity
+
+__all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
+           "GMNEREntailReward", "GMNERFormatReward", "REWARD_NAMES", "register_rewards",
+           "weights_from_env", "sigma_from_env", "malformed_rows", "completion_text"]
+
+logger = logging.getLogger("mcr_swift.rewards")
+
+GOLD_COLUMN = "mcr_gold"
+SIZES_COLUMN = "mcr_image_sizes"
+SPACES = ("model", "original")
+
+_lock = threading.Lock()
+_malformed = 0
+
+
+def malformed_rows() -> int:
+    """How many completions got 0.0 because their row's gold/size was unusable (this process)."""
+    return _malformed
+
+
+def _note_malformed(reason: str) -> None:
+    global _malformed
+    with _lock:
+        _malformed += 1
+        first = _malformed == 1
+    if first:
+        logger.warning("mcr-swift reward: %s; such completions score 0.0 (counted in "
+                       "mcr_swift.swift_rewards.malformed_rows(), warned once)", reason)
+
+
+# --------------------------------------------------------------------------- configuration
+def weights_from_env(env=None) -> Tuple[float, ...]:
+    """The lambdas from ``MCR_REWARD_WEIGHTS`` (module docstring); defaults when unset/empty."""
+    env = os.environ if env is None else env
+    raw = (env.get("MCR_REWARD_WEIGHTS") or "").strip()
+    if not raw:
+        return normalize_weights(None)
+    parts = [p.strip() for p in raw.replace(";", ",").split(",") if p.strip()]
+    try:
+        if any("=" in p for p in parts):
+            d = {}
+            for p in parts:
+                k, sep, v = p.partition("=")
+                if not sep:
+                    raise ValueError(f"MCR_REWARD_WEIGHTS={raw!r}: mix of name=value and bare values")
+                d[k.strip()] = float(v)
+            return normalize_weights(d)
+        return normalize_weights([float(p) for p in parts])
+    except ValueError as e:
+        raise ValueError(f"MCR_REWARD_WEIGHTS={raw!r}: {e}") from None
+
+
+def sigma_from_env(env=None) -> float:
+    env = os.environ if env is None else env
+    raw = (env.get("MCR_IOU_SIGMA") or "").strip()
+    if not raw:
+        return DEFAULT_SIGMA
+    try:
+        return _check_sigma(float(raw))
+    except ValueError as e:
+        raise ValueError(f"MCR_IOU_SIGMA={raw!r}: {e}") from None
+
+
+def space_mode_from_env(env=None) -> str:
+    env = os.environ if env is None else env
+    raw = (env.get("MCR_REWARD_SPACE") or "model").strip().lower()
+    if raw not in SPACES:
+        raise ValueError(f"MCR_REWARD_SPACE={raw!r}: choose one of {SPACES}")
+    return raw
+
+
+# --------------------------------------------------------------------------- inputs
+def completion_text(c: Any) -> str:
+    """The answer text of one completion: a string, or the last assistant content of messages."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, dict):
+        c = [c]
+    if isinstance(c, (list, tuple)):
+        for m in reversed(c):
+            if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
+                content = m.get("content")
+                if isinstance(content, list):
+                    return "".join(p.get("text", "") for p in content
+                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
+                return content if isinstance(content, str) else ""
+        return ""
+    if isinstance(c, bytes):
+        return c.decode("utf-8", errors="replace")
+    return "" if c is None else str(c)
+
+
+def _column(kwargs: Dict[str, Any], name: str, n: int) -> List[Any]:
+    col = kwargs.get(name)
+    if col is None:
+        return [None] * n
+    try:
+        col = list(col)
+    except TypeError:
+        return [None] * n
+    return col + [None] * (n - len(col)) if len(col) < n else col
+
+
+def _first_size(sizes: Any) -> Optional[Tuple[int, int]]:
+    """(w, h) of the row's first image, or None."""
+    if isinstance(sizes, str):
+        try:
+            sizes = json.loads(sizes)
+        except ValueError:
+            return None
+    try:
+        first = sizes[0]
+        if isinstance(first, (int, float)):  # a bare [w, h]
+            first = sizes
+        w, h = int(first[0]), int(first[1])
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _parse_gold(raw: Any) -> List[Entity]:
+    items = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    if not isinstance(items, list):
+        raise ValueError(f"{GOLD_COLUMN} must be a JSON list, got {type(items).__name__}")
+    out = []
+    for d in items:
+        if not isinstance(d, dict):
+            raise ValueError(f"{GOLD_COLUMN} item is not an object: {d!r:.80}")
+        out.append(Entity.from_dict(d))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _gold_cached(raw: str, size: Optional[Tuple[int, int]], space: CoordinateSpace, mode: str
+                 ) -> Tuple[Entity, ...]:
+    return tuple(_gold_in_space(_parse_gold(raw), size, space, mode))
+
+
+@lru_cache(maxsize=4096)
+def _extent(space: CoordinateSpace, size: Tuple[int, int]) -> Tuple[float, float]:
+    return space.model_extent(size)
+
+
+def _gold_in_space(gold: List[Entity], size, space: CoordinateSpace, mode: str) -> List[Entity]:
+    if mode == "original" or not any(e.boxes for e in gold):
+        return gold
+    if size is None:
+        raise ValueError(f"no usable image size ({SIZES_COLUMN}) to map the gold boxes")
+    ext = _extent(space, size)
+    return [Entity(e.text, e.type, tuple(clamp_box(space.to_model(b, size), *ext) for b in e.boxes))
+            for e in gold]
+
+
+def _gold_for(raw: Any, size, space: CoordinateSpace, mode: str) -> List[Entity]:
+    if isinstance(raw, str):
+        return list(_gold_cached(raw, size, space, mode))
+    return _gold_in_space(_parse_gold(raw), size, space, mode)
+
+
+#: Completions longer than this are scored without the cache (which shares work between the
+#: separate-term rewards of one step).
+_CACHE_MAX_TEXT = 16384
+
+
+@lru_cache(maxsize=4096)
+def _terms_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str, sigma: float):
+    return _terms_uncached(text, raw, size, space, mode, sigma)
+
+
+def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str, sigma: float):
+    """(terms dict, parse ok, n_pred, n_gold), or None when the row is unusable."""
+    try:
+        gold = _gold_for(raw, size, space, mode)
+        extent = _extent(space, size) if size is not None else None
+    except Exception as e:  # malformed gold or size: the caller scores 0.0
+        return ("malformed", f"{type(e).__name__}: {e}")
+    res = parse_answer(text, extent=extent)
+    pred = res.entities
+    if mode == "original" and size is not None:
+        pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])) for e in pred]
+    elif mode == "original" and any(e.boxes for e in pred) and any(e.boxes for e in gold):
+        return ("malformed", f"no usable image size ({SIZES_COLUMN}) to map the predicted boxes")
+    terms = reward_terms(pred, gold, sigma)
+    return (terms, res.ok, len(pred), len(gold))
+
+
+# --------------------------------------------------------------------------- ORMs
+class _GMNERBase(ORM):
+    """Shared machinery: parse, map spaces, score; subclasses pick what to return."""
+
+    #: The term returned by a single-term reward (None: the weighted sum).
+    term: Optional[str] = None
+
+    def __init__(self, args=None, **kwargs):
+        super().__init__(args, **kwargs)
+        self.weights = weights_from_env()
+        self.sigma = sigma_from_env()
+        self.space_mode = space_mode_from_env()
+
+    def score(self, completions: Sequence[Any], **kwargs) -> List[Optional[tuple]]:
+        """Per completion: (terms, parse_ok, n_pred, n_gold), or None for an unusable row."""
+        n = len(completions)
+        golds = _column(kwargs, GOLD_COLUMN, n)
+        sizes = _column(kwargs, SIZES_COLUMN, n)
+        space = CoordinateSpace.from_env()
+        out: List[Optional[tuple]] = []
+        for c, raw, sz in zip(completions, golds, sizes):
+            if raw is None:
+                _note_malformed(f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
+                out.append(None)
+                continue
+            text = completion_text(c)
+            size = _first_size(sz)
+            if isinstance(raw, str) and len(text) <= _CACHE_MAX_TEXT:
+                r = _terms_cached(text, raw, size, space, self.space_mode, self.sigma)
+            else:
+                r = _terms_uncached(text, raw, size, space, self.space_mode, self.sigma)
+            if r[0] == "malformed":
+                _note_malformed(f"unusable row ({r[1]})")
+                out.append(None)
+            else:
+                out.append(r)
+        return out
+
+    def _value(self, terms: Dict[str, float]) -> float:
+        if self.term is None:
+            return weighted_sum(terms, self.weights)
+        return terms[self.term]
+
+    def __call__(self, completions, **kwargs) -> List[float]:
+        scored = self.score(completions, **kwargs)
+        return [0.0 if r is None else float(self._value(r[0])) for r in scored]
+
+
+class GMNERReward(_GMNERBase):
+    """R = sum_j lambda_j R_j (Eq. 10); lambdas from ``MCR_REWARD_WEIGHTS``."""
+
+    term = None
+
+    def __call__(self, completions, **kwargs) -> List[float]:
+        scored = self.score(completions, **kwargs)
+        rewards = [0.0 if r is None else float(self._value(r[0])) for r in scored]
+        log_path = os.environ.get("MCR_REWARD_LOG")
+        if log_path:
+            self._log(log_path, completions, scored, rewards, kwargs)
+        return rewards
+
+    @staticmethod
+    def _log(path, completions, scored, rewards, kwargs) -> None:
+        ids = _column(kwargs, "mcr_id", len(completions))
+        lines = []
+        for c, r, rew, i in zip(completions, scored, rewards, ids):
+            rec = {"mcr_id": i, "completion": completion_text(c), "reward": rew,
+                   "terms": None if r is None else r[0], "parse_ok": None if r is None else r[1],
+                   "n_pred": None if r is None else r[2], "n_gold": None if r is None else r[3]}
+            lines.append(json.dumps(rec, ensure_ascii=False, default=str))
+        try:
+            with _lock, open(path, "a", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+        except OSError as e:  # logging must never stop training
+            logger.warning("mcr-swift reward: cannot append to MCR_REWARD_LOG=%s: %s", path, e)
+
+
+class GMNERCountReward(_GMNERBase):
+    """R_c (Eq. 15)."""
+    term = "count"
+
+
+class GMNERSpanReward(_GMNERBase):
+    """R_s (Eq. 6)."""
+    term = "span"
+
+
+class GMNERTypeReward(_GMNERBase):
+    """R_t (Eq. 7)."""
+    term = "type"
+
+
+class GMNERIoUReward(_GMNERBase):
+    """R_u (Eq. 8)."""
+    term = "iou"
+
+
+class GMNEREntailReward(_GMNERBase):
+    """R_e (Eq. 9)."""
+    term = "entail"
+
+
+class GMNERFormatReward(ORM):
+    """1.0 iff the completion has exactly the canonical think/answer shape (`format_ok`)."""
+
+    def __call__(self, completions, **kwargs) -> List[float]:
+        return [1.0 if format_ok(completion_text(c)) else 0.0 for c in completions]
+
+
+REWARD_NAMES: Dict[str, type] = {
+    "gmner_orm": GMNERReward,
+    "gmner_count": GMNERCountReward,
+    "gmner_span": GMNERSpanReward,
+    "gmner_type": GMNERTypeReward,
+    "gmner_iou": GMNERIoUReward,
+    "gmner_entail": GMNEREntailReward,
+    "gmner_format": GMNERFormatReward,
+}
+assert set(TERMS) == {c.term for c in REWARD_NAMES.values() if getattr(c, "term", None)}
+
+
+def register_rewards() -> Dict[str, type]:
+    """Put the rewards into ``swift.rewards.orms`` under `REWARD_NAMES` (idempotent)."""
+    from swift.rewards import orms
+    orms.update(REWARD_NAMES)
+    return dict(REWARD_NAMES)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .coords import CoordinateSpace
+from .jsonl import iter_jsonl
 from .rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row
 from .types import Entity
 
@@ -35,19 +36,10 @@ from .types import Entity
 def _read_jsonl(path: Path, progress: bool) -> List[Dict[str, Any]]:
     from tqdm import tqdm
     rows = []
-    size = path.stat().st_size
-    with open(path, encoding="utf-8") as f, tqdm(total=size, unit="B", unit_scale=True, disable=not progress,
-                                                  desc=f"read {path.name}") as bar:
-        for no, line in enumerate(f, 1):
-            bar.update(len(line.encode("utf-8")))
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{no}: a line must be a JSON object")
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, disable=not progress,
+              desc=f"read {path.name}") as bar:
+        for no, row, nbytes in iter_jsonl(path):
+            bar.update(nbytes)
             row["_line"] = no
             rows.append(row)
     return rows

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .jsonl import iter_jsonl
+
 #: dataset name -> (sub-folder of $MCR_DATA_DIR, subsets, default subset)
 DATASETS: Dict[str, tuple] = {
     "mcr-gmner": ("twitter_gmner", ("train", "dev", "test"), "train"),
@@ -44,40 +46,31 @@ def validate_jsonl(path: Path) -> int:
     Raises ValueError naming ``file:line`` and the field at fault.
     """
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for no, row, _ in iter_jsonl(path):
+        msgs = row.get("messages")
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+            raise ValueError(f"{path}:{no}: field 'messages' must be a non-empty list of "
+                             f"{{role, content}} objects")
+        images = row.get("images", [])
+        if not isinstance(images, list):
+            raise ValueError(f"{path}:{no}: field 'images' must be a list of paths")
+        n_tags = sum(str(m["content"]).count("<image>") for m in msgs)
+        if n_tags != len(images):
+            raise ValueError(f"{path}:{no}: {n_tags} <image> tags but {len(images)} images")
+        objects = row.get("objects")
+        if objects:
+            n_box = sum(str(m["content"]).count("<bbox>") for m in msgs)
+            if n_box > len(objects.get("bbox") or []):
+                raise ValueError(f"{path}:{no}: {n_box} <bbox> placeholders but "
+                                 f"{len(objects.get('bbox') or [])} boxes in 'objects'")
+        if "mcr_gold" in row:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{no}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{no}: a row must be a JSON object")
-            msgs = row.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-                raise ValueError(f"{path}:{no}: field 'messages' must be a non-empty list of "
-                                 f"{{role, content}} objects")
-            images = row.get("images", [])
-            if not isinstance(images, list):
-                raise ValueError(f"{path}:{no}: field 'images' must be a list of paths")
-            n_tags = sum(str(m["content"]).count("<image>") for m in msgs)
-            if n_tags != len(images):
-                raise ValueError(f"{path}:{no}: {n_tags} <image> tags but {len(images)} images")
-            objects = row.get("objects")
-            if objects:
-                n_box = sum(str(m["content"]).count("<bbox>") for m in msgs)
-                if n_box > len(objects.get("bbox") or []):
-                    raise ValueError(f"{path}:{no}: {n_box} <bbox> placeholders but "
-                                     f"{len(objects.get('bbox') or [])} boxes in 'objects'")
-            if "mcr_gold" in row:
-                try:
-                    gold = json.loads(row["mcr_gold"]) if isinstance(row["mcr_gold"], str) else row["mcr_gold"]
-                    assert isinstance(gold, list)
-                except Exception:
-                    raise ValueError(f"{path}:{no}: field 'mcr_gold' must be a JSON list of entities") from None
-            n += 1
+                gold = json.loads(row["mcr_gold"]) if isinstance(row["mcr_gold"], str) else row["mcr_gold"]
+                assert isinstance(gold, list)
+            except Exception:
+                raise ValueError(f"{path}:{no}: field 'mcr_gold' must be a JSON list of entities") from None
+        n += 1
     return n
 
 

@@ -53,6 +53,7 @@ from swift.rewards import ORM
 
 from .coords import CoordinateSpace, clamp_box
 from .parser import format_ok, parse_answer
+from .rows import GOLD_COLUMN, SIZES_COLUMN
 from .rewards import DEFAULT_SIGMA, TERMS, _check_sigma, normalize_weights, reward_terms, weighted_sum
 from .types import Entity
 
@@ -62,8 +63,6 @@ __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeRewar
 
 logger = logging.getLogger("mcr_swift.rewards")
 
-GOLD_COLUMN = "mcr_gold"
-SIZES_COLUMN = "mcr_image_sizes"
 SPACES = ("model", "original")
 
 _lock = threading.Lock()

@@ -1,0 +1,90 @@
+"""D_R -> D1 (MRSI) / D2 (CVO) split by post, stratified by style mix (mcr_swift.split)."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+
+import pytest
+
+from mcr_swift.jsonl import iter_jsonl
+from mcr_swift.split import main, split_by_post
+
+STYLES = ("formatted_a", "formatted_b", "llm_qa", "llm_conclusions", "mllm_distill")
+
+
+def _rows(n_posts=1000, seed=7):
+    rng = random.Random(seed)
+    rows = []
+    for p in range(n_posts):
+        styles = rng.sample(STYLES, rng.choice((1, 2, 2, 3)))
+        if p % 10 == 0:
+            styles = ["formatted_a"]
+        for st in styles:
+            rows.append({"mcr_id": f"p{p}", "mcr_style": st, "k": len(rows)})
+    rng.shuffle(rows)
+    return rows
+
+
+def _strata(rows):
+    styles = defaultdict(list)
+    for r in rows:
+        styles[r["mcr_id"]].append(r["mcr_style"])
+    out = defaultdict(set)
+    for pid, ss in styles.items():
+        out[tuple(sorted(ss))].add(pid)
+    return out
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.3, 0.8])
+def test_split_by_post(ratio):
+    rows = _rows()
+    d1, d2 = split_by_post(rows, ratio, seed=0)
+    assert len(d1) + len(d2) == len(rows)
+    p1, p2 = {r["mcr_id"] for r in d1}, {r["mcr_id"] for r in d2}
+    assert not p1 & p2                                    # disjoint by post
+    # input order kept on each side
+    assert [r["k"] for r in d1] == [r["k"] for r in rows if r["mcr_id"] in p1]
+    for key, posts in _strata(rows).items():              # ratio within +-1 post per stratum
+        assert abs(len(posts & p1) - len(posts) * ratio) <= 1, key
+    c_all = Counter(r["mcr_style"] for r in rows)
+    c1 = Counter(r["mcr_style"] for r in d1)
+    for st in STYLES:                                     # style mix kept
+        assert abs(c1[st] / c_all[st] - ratio) < 0.03, (st, c1[st], c_all[st])
+
+
+def test_deterministic_and_seeded():
+    rows = _rows()
+    a = split_by_post(rows, 0.5, seed=0)
+    assert a == split_by_post(list(rows), 0.5, seed=0)
+    b = split_by_post(rows, 0.5, seed=1)
+    assert {r["mcr_id"] for r in a[0]} != {r["mcr_id"] for r in b[0]}
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.1, 1.5, float("nan"), "x"])
+def test_bad_ratio(bad):
+    with pytest.raises(ValueError):
+        split_by_post(_rows(10), bad)
+
+
+def test_missing_id():
+    with pytest.raises(ValueError):
+        split_by_post([{"mcr_style": "formatted_a"}])
+
+
+def test_cli(tmp_path, capsys):
+    rows = _rows(200)
+    src = tmp_path / "D_R.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["--input", str(src), "--out-dir", str(out), "--d1-ratio", "0.4", "--seed", "3"]) == 0
+    d1 = [r for _, r, _ in iter_jsonl(out / "d1.jsonl")]
+    d2 = [r for _, r, _ in iter_jsonl(out / "d2.jsonl")]
+    assert (d1, d2) == split_by_post(rows, 0.4, seed=3)
+    text = capsys.readouterr().out
+    for st in STYLES:
+        assert st in text
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"mcr_id": 1}\nnot json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        main(["--input", str(bad), "--out-dir", str(out)])

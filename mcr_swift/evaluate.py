@@ -83,17 +83,10 @@ class GoldIndex:
         return self.by_key.get(join_key(row))
 
 
-def _response(row: Dict[str, Any]) -> Optional[str]:
-    r = row.get("response")
-    if isinstance(r, list):  # a list of messages
-        r = next((m.get("content") for m in reversed(r) if isinstance(m, dict)), None)
-    return r if isinstance(r, str) else None
-
-
 def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str,
             entities_space: str = "original") -> Dict[str, Any]:
     """Per-post predictions and golds (original pixels), plus the parse-failure count."""
-    from .parser import parse_answer
+    from .parser import completion_text, parse_answer
     preds, golds, sentences = [], [], []
     n_fail = n_dropped = n_unmatched = 0
     for row in rows:
@@ -107,7 +100,7 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         g = gold_from_row(grow)
         sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
         size = tuple(sizes[0]) if sizes else None
-        if "entities" in row and _response(row) is None:
+        if "entities" in row and row.get("response") is None:
             pred = [Entity.from_dict(d) for d in row["entities"]]
             if entities_space == "model":
                 if size is None:
@@ -115,8 +108,7 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
                 pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1]))
                         for e in pred]
         else:
-            text = _response(row)
-            res = parse_answer(text if text is not None else "",
+            res = parse_answer(completion_text(row.get("response")),
                                extent=space.model_extent(size) if size else None)
             n_fail += not res.ok
             n_dropped += res.dropped

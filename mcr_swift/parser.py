@@ -95,7 +95,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from .types import Entity
 
-__all__ = ["ParseResult", "parse_answer", "format_ok", "normalize_type", "clean_entity_text",
+__all__ = ["ParseResult", "parse_answer", "format_ok", "completion_text", "normalize_type", "clean_entity_text",
            "MAX_SCAN", "TYPE_SYNONYMS"]
 
 #: Characters of text examined (first 64 KiB after the last <answer>, or last 64 KiB otherwise).
@@ -1066,3 +1066,23 @@ def format_ok(text: Any) -> bool:
         return True
     except Exception:
         return False
+
+
+def completion_text(c: Any) -> str:
+    """The answer text of one completion: a string, or the last assistant content of messages."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, dict):
+        c = [c]
+    if isinstance(c, (list, tuple)):
+        for m in reversed(c):
+            if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
+                content = m.get("content")
+                if isinstance(content, list):
+                    return "".join(p.get("text", "") for p in content
+                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
+                return content if isinstance(content, str) else ""
+        return ""
+    if isinstance(c, bytes):
+        return c.decode("utf-8", errors="replace")
+    return "" if c is None else str(c)

@@ -39,15 +39,25 @@ def gold_json(entities: Sequence[Entity]) -> str:
     return json.dumps([e.to_dict() for e in entities], ensure_ascii=False)
 
 
+def parse_gold(raw: Any) -> List[Entity]:
+    """Decode a ``mcr_gold`` value (JSON text or an already decoded list). Raises ValueError if malformed."""
+    items = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    if not isinstance(items, list):
+        raise ValueError(f"{GOLD_COLUMN} must be a JSON list, got {type(items).__name__}")
+    out = []
+    for d in items:
+        if not isinstance(d, dict):
+            raise ValueError(f"{GOLD_COLUMN} item is not an object: {d!r:.80}")
+        out.append(Entity.from_dict(d))
+    return out
+
+
 def gold_from_row(row: Mapping[str, Any]) -> List[Entity]:
     """The gold entities of a row (``mcr_gold``), original pixels. Raises ValueError if malformed."""
     raw = row.get(GOLD_COLUMN)
     if raw is None:
         raise ValueError(f"row has no {GOLD_COLUMN!r} column")
-    items = json.loads(raw) if isinstance(raw, str) else raw
-    if not isinstance(items, list):
-        raise ValueError(f"{GOLD_COLUMN} must be a JSON list, got {type(items).__name__}")
-    return [Entity.from_dict(d) for d in items]
+    return parse_gold(raw)
 
 
 def sample_to_row(sample: Sample, *, family: str = "qwen2_5_vl", instruction: Optional[str] = None,

@@ -52,8 +52,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from swift.rewards import ORM
 
 from .coords import CoordinateSpace, clamp_box
-from .parser import format_ok, parse_answer
-from .rows import GOLD_COLUMN, SIZES_COLUMN
+from .parser import completion_text, format_ok, parse_answer
+from .rows import GOLD_COLUMN, SIZES_COLUMN, parse_gold
 from .rewards import DEFAULT_SIGMA, TERMS, _check_sigma, normalize_weights, reward_terms, weighted_sum
 from .types import Entity
 
@@ -126,26 +126,6 @@ def space_mode_from_env(env=None) -> str:
 
 
 # --------------------------------------------------------------------------- inputs
-def completion_text(c: Any) -> str:
-    """The answer text of one completion: a string, or the last assistant content of messages."""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, dict):
-        c = [c]
-    if isinstance(c, (list, tuple)):
-        for m in reversed(c):
-            if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
-                content = m.get("content")
-                if isinstance(content, list):
-                    return "".join(p.get("text", "") for p in content
-                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
-                return content if isinstance(content, str) else ""
-        return ""
-    if isinstance(c, bytes):
-        return c.decode("utf-8", errors="replace")
-    return "" if c is None else str(c)
-
-
 def _column(kwargs: Dict[str, Any], name: str, n: int) -> List[Any]:
     col = kwargs.get(name)
     if col is None:
@@ -174,22 +154,10 @@ def _first_size(sizes: Any) -> Optional[Tuple[int, int]]:
     return (w, h) if w > 0 and h > 0 else None
 
 
-def _parse_gold(raw: Any) -> List[Entity]:
-    items = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-    if not isinstance(items, list):
-        raise ValueError(f"{GOLD_COLUMN} must be a JSON list, got {type(items).__name__}")
-    out = []
-    for d in items:
-        if not isinstance(d, dict):
-            raise ValueError(f"{GOLD_COLUMN} item is not an object: {d!r:.80}")
-        out.append(Entity.from_dict(d))
-    return out
-
-
 @lru_cache(maxsize=4096)
 def _gold_cached(raw: str, size: Optional[Tuple[int, int]], space: CoordinateSpace, mode: str
                  ) -> Tuple[Entity, ...]:
-    return tuple(_gold_in_space(_parse_gold(raw), size, space, mode))
+    return tuple(_gold_in_space(parse_gold(raw), size, space, mode))
 
 
 @lru_cache(maxsize=4096)
@@ -210,7 +178,7 @@ def _gold_in_space(gold: List[Entity], size, space: CoordinateSpace, mode: str) 
 def _gold_for(raw: Any, size, space: CoordinateSpace, mode: str) -> List[Entity]:
     if isinstance(raw, str):
         return list(_gold_cached(raw, size, space, mode))
-    return _gold_in_space(_parse_gold(raw), size, space, mode)
+    return _gold_in_space(parse_gold(raw), size, space, mode)
 
 
 #: Completions longer than this are scored without the cache (which shares work between the
@@ -285,24 +253,15 @@ class _GMNERBase(ORM):
 
     def __call__(self, completions, **kwargs) -> List[float]:
         scored = self.score(completions, **kwargs)
-        return [0.0 if r is None else float(self._value(r[0])) for r in scored]
-
-
-class GMNERReward(_GMNERBase):
-    """R = sum_j lambda_j R_j (Eq. 10); lambdas from ``MCR_REWARD_WEIGHTS``."""
-
-    term = None
-
-    def __call__(self, completions, **kwargs) -> List[float]:
-        scored = self.score(completions, **kwargs)
         rewards = [0.0 if r is None else float(self._value(r[0])) for r in scored]
         log_path = os.environ.get("MCR_REWARD_LOG")
-        if log_path:
+        if log_path and self.term is None:  # only gmner_orm logs (module docstring)
             self._log(log_path, completions, scored, rewards, kwargs)
         return rewards
 
     @staticmethod
     def _log(path, completions, scored, rewards, kwargs) -> None:
+        """Append one JSON line per scored completion to ``MCR_REWARD_LOG``."""
         ids = _column(kwargs, "mcr_id", len(completions))
         lines = []
         for c, r, rew, i in zip(completions, scored, rewards, ids):
@@ -315,6 +274,11 @@ class GMNERReward(_GMNERBase):
                 f.write("\n".join(lines) + "\n")
         except OSError as e:  # logging must never stop training
             logger.warning("mcr-swift reward: cannot append to MCR_REWARD_LOG=%s: %s", path, e)
+
+
+class GMNERReward(_GMNERBase):
+    """R = sum_j lambda_j R_j (Eq. 10); lambdas from ``MCR_REWARD_WEIGHTS``."""
+    term = None
 
 
 class GMNERCountReward(_GMNERBase):

@@ -11,6 +11,9 @@ COMMANDS = {
     "prepare": ("mcr_swift.prepare", "raw Twitter-GMNER -> ms-swift JSONL datasets"),
     "tiny-model": ("mcr_swift.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
     "evaluate": ("mcr_swift.evaluate", "GMNER/MNER/EEG and bias metrics over swift infer output"),
+    "synth": ("mcr_swift.synth", "MRSI: build the multi-style CoT set D_R (templates, LLM, MLLM)"),
+    "split": ("mcr_swift.split", "D_R -> D1 (MRSI SFT) / D2 (CVO), by post, keeping the style mix"),
+    "cvo-filter": ("mcr_swift.cvo_filter", "App. D.3: sample G responses per D2 query, keep informative ones"),
 }
 
 

@@ -23,3 +23,16 @@ def iter_jsonl(path) -> Iterator[Tuple[int, Dict[str, Any], int]]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{no}: a row must be a JSON object")
             yield no, row, len(line.encode("utf-8"))
+
+
+def write_jsonl_atomic(path, rows) -> None:
+    """Write ``rows`` as JSON lines through a temporary file renamed into place, so a reader (or a
+    pipeline's "skip when the output exists") never sees a half-written file."""
+    import os
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+

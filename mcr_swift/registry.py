@@ -7,7 +7,11 @@ Registered dataset names (read from ``$MCR_DATA_DIR``, default ``./mcr_data``, w
 ``--dataset``      file                                         subsets
 =================  ===========================================  =========================
 ``mcr-gmner``      ``$MCR_DATA_DIR/twitter_gmner/<subset>.jsonl``  train (default), dev, test
+``mcr-mrsi``       ``$MCR_DATA_DIR/mrsi/<subset>.jsonl``           d1 (default), d2, d2_filtered
 =================  ===========================================  =========================
+
+``mcr-mrsi`` holds the multi-style CoT set D_R after ``mcr-swift split`` (d1: MRSI SFT, d2: CVO) and
+``mcr-swift cvo-filter`` (d2_filtered: the D2 queries kept by the App. D.3 filter).
 
 ms-swift's dataset syntax applies: ``mcr-gmner:dev``, ``mcr-gmner:train#64`` (sample 64 rows).
 A prepared ``.jsonl`` file can also be passed directly as ``--dataset path/to/train.jsonl``.
@@ -26,6 +30,7 @@ from .jsonl import iter_jsonl
 #: dataset name -> (sub-folder of $MCR_DATA_DIR, subsets, default subset)
 DATASETS: Dict[str, tuple] = {
     "mcr-gmner": ("twitter_gmner", ("train", "dev", "test"), "train"),
+    "mcr-mrsi": ("mrsi", ("d1", "d2", "d2_filtered"), "d1"),
 }
 
 _REGISTERED = False

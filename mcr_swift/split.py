@@ -18,13 +18,12 @@ writes ``DIR/d1.jsonl`` and ``DIR/d2.jsonl`` (rows in input order) and prints pe
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .jsonl import iter_jsonl
+from .jsonl import iter_jsonl, write_jsonl_atomic
 
 __all__ = ["DEFAULT_D1_RATIO", "split_by_post", "style_counts", "main"]
 
@@ -73,12 +72,6 @@ def style_counts(rows: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
     return dict(sorted(Counter(_style(r) for r in rows).items()))
 
 
-def _write(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcr_swift.split",
                                  description="Split D_R into D1 (MRSI) and D2 (CVO) by post.")
@@ -92,8 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d1, d2 = split_by_post(rows, args.d1_ratio, args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "d1.jsonl", d1)
-    _write(out / "d2.jsonl", d2)
+    write_jsonl_atomic(out / "d1.jsonl", d1)
+    write_jsonl_atomic(out / "d2.jsonl", d2)
     c1, c2 = style_counts(d1), style_counts(d2)
     n1 = len({r["mcr_id"] for r in d1})
     n2 = len({r["mcr_id"] for r in d2})

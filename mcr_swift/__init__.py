@@ -24,11 +24,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "Entity": "types", "Sample": "types", "ENTITY_TYPES": "types", "Box": "types",
     "load_twitter_gmner": "twitter", "ReadReport": "twitter", "GMNERFormatError": "twitter",
+    "load_mner_mi": "mner_mi", "load_grec": "grec",
     "CoordinateSpace": "coords", "iou": "coords", "smart_resize": "coords",
     "render_answer": "answer",
     "parse_answer": "parser", "ParseResult": "parser",
     "reward_terms": "rewards", "gmner_reward": "rewards",
-    "gmner_metrics": "metrics",
+    "gmner_metrics": "metrics", "mner_mi_metrics": "metrics", "grec_metrics": "metrics",
     "register": "registry", "plugin_path": "registry",
 }
 

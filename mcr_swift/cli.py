@@ -8,12 +8,15 @@ from typing import List, Optional
 #: command -> (module, help)
 COMMANDS = {
     "plugin": (None, "print the plugin file to pass to swift --custom_register_path"),
-    "prepare": ("mcr_swift.prepare", "raw Twitter-GMNER -> ms-swift JSONL datasets"),
+    "prepare": ("mcr_swift.prepare", "raw Twitter-GMNER / MNER-MI / gRefCOCO -> ms-swift JSONL datasets"),
     "tiny-model": ("mcr_swift.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
     "evaluate": ("mcr_swift.evaluate", "GMNER/MNER/EEG and bias metrics over swift infer output"),
     "synth": ("mcr_swift.synth", "MRSI: build the multi-style CoT set D_R (templates, LLM, MLLM)"),
     "split": ("mcr_swift.split", "D_R -> D1 (MRSI SFT) / D2 (CVO), by post, keeping the style mix"),
     "cvo-filter": ("mcr_swift.cvo_filter", "App. D.3: sample G responses per D2 query, keep informative ones"),
+    "report": ("mcr_swift.report", "final report of a full-pipeline run folder (metrics, stage times, args)"),
+    "pictures": ("mcr_swift.pictures", "draw gold/predicted boxes and spans of chosen posts: PNGs + HTML page"),
+    "bias-report": ("mcr_swift.bias_report", "modality-bias report (N-Pre/Rec/F1, N-Count, confusion, worst cases)"),
 }
 
 

@@ -10,6 +10,18 @@ Inputs (JSON lines), each result file scored against its gold:
 * plain predictions ``{"id": "<IMGID>", "response": "..."}`` or ``{"id": ..., "entities": [{"entity",
   "type", "bbox"}, ...]}`` joined to ``--gold`` by ``mcr_id``.
 
+Rows are scored by their task (``mcr_task`` of the gold row; ``gmner`` when absent):
+
+* ``gmner``: Table 1 -- GMNER / MNER / EEG precision, recall, F1 and the bias metrics.
+* ``mner_mi``: Table 2 -- MNER-MI precision, recall, F1 on (span, type) (`metrics.mner_mi_metrics`).
+* ``grec``: Table 2 -- GREC N-acc and Precision per split (``mcr_split``: testA, testB, val, ...;
+  `metrics.grec_metrics`); the answer's location is the list of its boxes (`grec.answer_boxes`).
+
+A file with GMNER rows gets a Table 1 row; a file with MNER-MI or GREC rows gets a Table 2 row
+(MNER-MI Pre Rec F1 | GREC-testA N-acc Pre | GREC-testB N-acc Pre), "-" where it has no such rows.
+One ``swift infer`` over ``mcr-mner-mi:test mcr-grec:testA mcr-grec:testB`` writes one file: one row.
+``--gold`` may be given several times (one prepared file per dataset).
+
 A ``response`` is parsed with `mcr_swift.parser.parse_answer`; its boxes are in the model's
 coordinate space and are mapped back to original pixels with `mcr_swift.coords.CoordinateSpace`
 (``--family``, ``--max-pixels``, ``--min-pixels``, ``--template-max-pixels``: the resize settings the
@@ -29,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .coords import CoordinateSpace
 from .jsonl import iter_jsonl
-from .rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row
+from .rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, gold_from_row, row_task
 from .types import Entity
 
 
@@ -65,29 +77,49 @@ def join_key(row: Dict[str, Any]) -> Tuple:
 
 
 class GoldIndex:
-    """Gold rows of a prepared dataset, by mcr_id and by (image paths, user prompt)."""
+    """Gold rows of prepared datasets, by mcr_id and by (image paths, user prompt).
+
+    Several gold files may be added (`add`); an mcr_id found in two of them (e.g. a Twitter-GMNER
+    and an MNER-MI post with the same number) is ambiguous and only joins by image paths and prompt.
+    """
 
     def __init__(self, rows: Sequence[Dict[str, Any]], source: str):
         self.source, self.by_id, self.by_key = source, {}, {}
+        self._id_source: Dict[str, str] = {}
+        self.ambiguous: set = set()
+        self.add(rows, source)
+
+    def add(self, rows: Sequence[Dict[str, Any]], source: str) -> None:
         for r in rows:
             if GOLD_COLUMN not in r:
                 raise ValueError(f"{source}:{r['_line']}: gold row has no {GOLD_COLUMN!r}")
-            self.by_id[str(r.get("mcr_id"))] = r
+            rid = str(r.get("mcr_id"))
+            if self._id_source.setdefault(rid, source) != source:
+                self.ambiguous.add(rid)
+            self.by_id[rid] = r
             self.by_key[join_key(r)] = r
 
     def find(self, row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        if "id" in row and str(row["id"]) in self.by_id:
-            return self.by_id[str(row["id"])]
-        if "mcr_id" in row and str(row["mcr_id"]) in self.by_id:
-            return self.by_id[str(row["mcr_id"])]
+        for key in ("id", "mcr_id"):
+            rid = str(row[key]) if key in row else None
+            if rid in self.by_id and rid not in self.ambiguous:
+                return self.by_id[rid]
         return self.by_key.get(join_key(row))
 
 
 def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str,
             entities_space: str = "original") -> Dict[str, Any]:
-    """Per-post predictions and golds (original pixels), plus the parse-failure count."""
+    """Per-post predictions and golds (original pixels) by task, plus the parse-failure counts.
+
+    ``preds``/``golds``/``sentences``: the GMNER rows; ``mner_mi``: ``{"preds", "golds"}``; ``grec``:
+    ``{split: {"pred_boxes", "gold_boxes"}}``; ``parse_failures_by_task``.
+    """
+    from .grec import answer_boxes
     from .parser import completion_text, parse_answer
     preds, golds, sentences = [], [], []
+    mner: Dict[str, List] = {"preds": [], "golds": []}
+    grec: Dict[str, Dict[str, List]] = {}
+    fails_by_task = {t: 0 for t in TASKS}
     n_fail = n_dropped = n_unmatched = 0
     for row in rows:
         where = f"{source}:{row['_line']}"
@@ -97,12 +129,17 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
                 raise ValueError(f"{where}: row has no {GOLD_COLUMN!r}; pass the prepared dataset with --gold")
             n_unmatched += 1
             continue
+        task = row_task(grow)
+        if task not in TASKS:
+            raise ValueError(f"{where}: unknown {TASK_COLUMN} {task!r} (known: {', '.join(TASKS)})")
         g = gold_from_row(grow)
         sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
         size = tuple(sizes[0]) if sizes else None
         if "entities" in row and row.get("response") is None:
             pred = [Entity.from_dict(d) for d in row["entities"]]
-            if entities_space == "model":
+            if task == "mner_mi":  # no location is asked: boxes are ignored
+                pred = [Entity(e.text, e.type) for e in pred]
+            elif entities_space == "model":
                 if size is None:
                     raise ValueError(f"{where}: no image size to map model-space boxes back")
                 pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1]))
@@ -111,33 +148,61 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
             res = parse_answer(completion_text(row.get("response")),
                                extent=space.model_extent(size) if size else None)
             n_fail += not res.ok
+            fails_by_task[task] += not res.ok
             n_dropped += res.dropped
             pred = []
             for e in res.entities:
+                if task == "mner_mi":  # no location is asked: boxes are ignored
+                    pred.append(Entity(e.text, e.type))
+                    continue
                 if e.boxes and size is None:
                     raise ValueError(f"{where}: no image size ({SIZES_COLUMN}) to map boxes back")
                 pred.append(Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])))
-        preds.append(pred)
-        golds.append(g)
-        sentences.append(grow.get("mcr_sentence"))  # None: post left out of N-Count
-    return {"preds": preds, "golds": golds, "sentences": sentences, "parse_failures": n_fail,
+        if task == "mner_mi":
+            mner["preds"].append(pred)
+            mner["golds"].append(g)
+        elif task == "grec":
+            if len(g) != 1:
+                raise ValueError(f"{where}: a GREC row needs exactly one gold expression, got {len(g)}")
+            part = grec.setdefault(str(grow.get("mcr_split") or "unknown"), {"pred_boxes": [], "gold_boxes": []})
+            part["pred_boxes"].append(answer_boxes(pred))
+            part["gold_boxes"].append(g[0].box)
+        else:
+            preds.append(pred)
+            golds.append(g)
+            sentences.append(grow.get("mcr_sentence"))  # None: post left out of N-Count
+    return {"preds": preds, "golds": golds, "sentences": sentences, "mner_mi": mner, "grec": grec,
+            "parse_failures": n_fail, "parse_failures_by_task": fails_by_task,
             "dropped_items": n_dropped, "unmatched_rows": n_unmatched}
 
 
 def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[CoordinateSpace] = None,
                   entities_space: str = "original", progress: bool = False) -> Dict[str, Any]:
-    from .metrics import gmner_metrics
+    from .metrics import gmner_metrics, grec_metrics, mner_mi_metrics
     path = Path(path)
     space = space or CoordinateSpace.from_env()
     rows = _read_jsonl(path, progress)
     c = collect(rows, gold, space, str(path), entities_space)
     m = gmner_metrics(c["preds"], c["golds"], c["sentences"])
-    return {"file": str(path), "posts": len(c["golds"]), "rows": len(rows),
-            "parse_failures": c["parse_failures"], "dropped_items": c["dropped_items"],
-            "unmatched_rows": c["unmatched_rows"],
-            "space": {"family": space.family, "min_pixels": space.min_pixels, "max_pixels": space.max_pixels,
-                      "template_max_pixels": space.template_max_pixels},
-            "metrics": m}
+    report = {"file": str(path), "posts": len(c["golds"]), "rows": len(rows),
+              "parse_failures": c["parse_failures"], "dropped_items": c["dropped_items"],
+              "unmatched_rows": c["unmatched_rows"],
+              "space": {"family": space.family, "min_pixels": space.min_pixels, "max_pixels": space.max_pixels,
+                        "template_max_pixels": space.template_max_pixels},
+              "metrics": m}
+    table2: Dict[str, Any] = {}
+    if c["mner_mi"]["golds"]:
+        table2["mner_mi"] = mner_mi_metrics(c["mner_mi"]["preds"], c["mner_mi"]["golds"])
+    if c["grec"]:
+        table2["grec"] = {split: grec_metrics(d["pred_boxes"], d["gold_boxes"]) for split, d in c["grec"].items()}
+    if table2:
+        by_task = c["parse_failures_by_task"]
+        table2["parse_failures"] = by_task["mner_mi"] + by_task["grec"]
+        table2["samples"] = (table2.get("mner_mi", {}).get("posts", 0)
+                             + sum(g["samples"] for g in table2.get("grec", {}).values()))
+        report["parse_failures_by_task"] = by_task
+        report["table2"] = table2
+    return report
 
 
 def format_table(reports: Sequence[Dict[str, Any]]) -> str:
@@ -160,10 +225,41 @@ def format_table(reports: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The GREC splits Table 2 shows as columns; other splits (val, train) are printed below it.
+TABLE2_GREC_SPLITS = ("testA", "testB")
+
+
+def format_table2(reports: Sequence[Dict[str, Any]]) -> str:
+    """A Table 2-style row per file (percent): MNER-MI Pre Rec F1 | GREC-testA N-acc Pre |
+    GREC-testB N-acc Pre, "-" where the file has no such rows; then GREC's other splits."""
+    head = (f"{'run':<28} | {'MNER-MI Pre':>11} {'Rec':>5} {'F1':>5} | {'GREC-testA N-acc':>16} {'Pre':>5} | "
+            f"{'GREC-testB N-acc':>16} {'Pre':>5} | {'samples':>7} {'unparsed':>8}")
+    lines, extra = [head, "-" * len(head)], []
+    for r in reports:
+        t = r["table2"]
+        name = Path(r["file"]).name
+        name = name if len(name) <= 28 else "…" + name[-27:]
+        mm = t.get("mner_mi")
+        mner = (f"{100 * mm['precision']:>11.1f} {100 * mm['recall']:>5.1f} {100 * mm['f1']:>5.1f}" if mm
+                else f"{'-':>11} {'-':>5} {'-':>5}")
+        cols = []
+        for split in TABLE2_GREC_SPLITS:
+            g = t.get("grec", {}).get(split)
+            cols.append(f"{100 * g['n_acc']:>16.1f} {100 * g['precision']:>5.1f}" if g else f"{'-':>16} {'-':>5}")
+        lines.append(f"{name:<28} | {mner} | {cols[0]} | {cols[1]} | {t['samples']:>7d} {t['parse_failures']:>8d}")
+        for split, g in t.get("grec", {}).items():
+            if split not in TABLE2_GREC_SPLITS:
+                extra.append(f"{name}: GREC-{split} N-acc {100 * g['n_acc']:.1f} Pre {100 * g['precision']:.1f} "
+                             f"({g['samples']} samples)")
+    return "\n".join(lines + extra)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="mcr-swift evaluate", description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", help="swift infer result files or prediction JSONL files")
-    p.add_argument("--gold", help="prepared dataset JSONL with mcr_gold (needed for swift infer output)")
+    p.add_argument("--gold", action="append", default=None,
+                   help="prepared dataset JSONL with mcr_gold (needed for swift infer output); repeat it for "
+                        "several datasets (e.g. mner_mi/test.jsonl and grec/testA.jsonl)")
     p.add_argument("--family", default=None, help="model family (default $MCR_MODEL_FAMILY or qwen2_5_vl)")
     p.add_argument("--max-pixels", type=int, default=None, help="smart-resize max pixels of the run "
                                                                 "(default $MAX_PIXELS or qwen-vl-utils')")
@@ -181,15 +277,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                             a.template_max_pixels if a.template_max_pixels is not None
                             else env_space.template_max_pixels)
     gold = None
-    if a.gold:
-        gold = GoldIndex(_read_jsonl(Path(a.gold), not a.no_progress), a.gold)
+    for g in a.gold or []:
+        rows = _read_jsonl(Path(g), not a.no_progress)
+        if gold is None:
+            gold = GoldIndex(rows, g)
+        else:
+            gold.add(rows, g)
     reports = [evaluate_file(r, gold, space, a.entities_space, progress=not a.no_progress) for r in a.results]
-    print(format_table(reports))
+    table1 = [r for r in reports if r["posts"] or "table2" not in r]
+    table2 = [r for r in reports if "table2" in r]
+    if table1:
+        print(format_table(table1))
+    if table2:
+        print(("\n" if table1 else "") + format_table2(table2))
     for r in reports:
         extra = []
         if r["unmatched_rows"]:
             extra.append(f"{r['unmatched_rows']} rows had no gold row and were not scored")
-        extra.append(f"{r['parse_failures']} of {r['posts']} responses failed to parse")
+        scored = r["posts"] + r.get("table2", {}).get("samples", 0)
+        extra.append(f"{r['parse_failures']} of {scored} responses failed to parse")
         if r["dropped_items"]:
             extra.append(f"{r['dropped_items']} answer items dropped by the parser")
         print(f"{Path(r['file']).name}: " + "; ".join(extra))

@@ -59,6 +59,9 @@ Conventions (where the paper is silent, the choice made here):
   is what is implemented.) A post whose sentence is None is left out of both N-Count and the
   N-Rate denominator (``n_count_predicted`` reports that denominator).
 
+Table 2 (Sec. 5.3): `mner_mi_metrics` (MNER-MI precision / recall / F1 on span and type) and
+`grec_metrics` (GREC N-acc, Eq. 25, and Precision on one-target samples, App. E.3 "VG").
+
 Other public helpers: `normalize_text`, `location_correct`, `prf`, `post_counts` (one post's
 counts, with the matched index pairs, for error analysis; ``gmner_metrics(..., per_post=True)``
 adds the list of them under ``"per_post"``), `metrics_table` (plain-text table), and `perturb`
@@ -379,3 +382,54 @@ def perturb(golds: Sequence[Sequence[Entity]], seed: int = 0, drop: float = 0.1,
     for s in range(n_spurious):
         preds[rng.randrange(len(preds))].append(Entity(f"spurious entity {s}", types[0], ()))
     return preds
+
+
+# --------------------------------------------------------------------------- Table 2: MNER-MI, GREC
+def mner_mi_metrics(preds: Sequence[Sequence[Entity]], golds: Sequence[Sequence[Entity]]) -> Dict[str, Any]:
+    """MNER-MI precision / recall / F1 (Table 2, Sec. 5.1 "MNER"): a predicted entity is correct when
+    its span and type equal a gold entity's (C_e and C_t of Eq. 20; locations are not asked and are
+    ignored), counted with the same one-to-one maximum matching per post and Eq. 23-24 as the
+    ``mner`` part of `gmner_metrics`. Returns ``{"precision", "recall", "f1", "correct",
+    "predicted", "gold", "posts"}``."""
+    if len(preds) != len(golds):
+        raise ValueError(f"preds and golds must have one entry per post: got {len(preds)} prediction "
+                         f"lists and {len(golds)} gold lists")
+    c = p = g = 0
+    for pred, gold in zip(preds, golds):
+        counts = post_counts(pred, gold, pairs=False)["mner"]
+        c, p, g = c + counts["correct"], p + counts["predicted"], g + counts["gold"]
+    return {**prf(c, p, g), "posts": len(golds)}
+
+
+def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]]],
+                 gold_boxes: Sequence[Optional[Tuple[float, float, float, float]]],
+                 threshold: float = IOU_THRESHOLD) -> Dict[str, Any]:
+    """GREC N-acc and Precision (App. E.3 "VG", Eq. 25; He et al. 2023), one entry per sample.
+
+    ``pred_boxes[k]``: the boxes the answer for sample k gives (empty: location None);
+    ``gold_boxes[k]``: its target box, or None for a no-target sample (multi-target samples are
+    removed before, App. E.1).
+
+    * N-acc = TP / (TP + FN) over no-target samples (Eq. 25): TP when no box is predicted.
+    * Precision over one-target samples: correct when the answer gives exactly one box and its IoU
+      with the target is >= ``threshold`` (0.5, inclusive as in Eq. 21). GREC's Precision@(F1=1,
+      IoU>=0.5) also needs the predicted set to match exactly, so an answer with extra boxes, or
+      with none, is wrong.
+
+    A ratio with no sample is 0. Returns ``{"n_acc", "precision", "no_target": {"correct",
+    "total"}, "one_target": {"correct", "total"}, "samples"}``.
+    """
+    if len(pred_boxes) != len(gold_boxes):
+        raise ValueError(f"pred_boxes and gold_boxes must have one entry per sample: got "
+                         f"{len(pred_boxes)} and {len(gold_boxes)}")
+    nt_ok = nt = ot_ok = ot = 0
+    for boxes, gold in zip(pred_boxes, gold_boxes):
+        if gold is None:
+            nt += 1
+            nt_ok += not boxes
+        else:
+            ot += 1
+            ot_ok += len(boxes) == 1 and iou(boxes[0], gold) >= threshold
+    return {"n_acc": nt_ok / nt if nt else 0.0, "precision": ot_ok / ot if ot else 0.0,
+            "no_target": {"correct": nt_ok, "total": nt}, "one_target": {"correct": ot_ok, "total": ot},
+            "samples": len(gold_boxes)}

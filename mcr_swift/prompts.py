@@ -30,7 +30,8 @@ def load_prompt(name: str) -> str:
     return _read(str(path))
 
 
-def task_instruction(family: str = "qwen2_5_vl") -> str:
-    """The task-introduction instruction (App. C.1) with the box-format line for ``family``."""
+def task_instruction(family: str = "qwen2_5_vl", name: str = "task_instruction") -> str:
+    """The task-introduction instruction (App. C.1; ``name`` picks the task's file) with the
+    box-format line for ``family``."""
     kind = FAMILIES[family][0] if family in FAMILIES else "pixels"
-    return load_prompt("task_instruction").replace("{box_format}", load_prompt(f"box_format_{kind}"))
+    return load_prompt(name).replace("{box_format}", load_prompt(f"box_format_{kind}"))

@@ -8,10 +8,14 @@ Registered dataset names (read from ``$MCR_DATA_DIR``, default ``./mcr_data``, w
 =================  ===========================================  =========================
 ``mcr-gmner``      ``$MCR_DATA_DIR/twitter_gmner/<subset>.jsonl``  train (default), dev, test
 ``mcr-mrsi``       ``$MCR_DATA_DIR/mrsi/<subset>.jsonl``           d1 (default), d2, d2_filtered
+``mcr-mner-mi``    ``$MCR_DATA_DIR/mner_mi/<subset>.jsonl``        train (default), dev, test
+``mcr-grec``       ``$MCR_DATA_DIR/grec/<subset>.jsonl``           train (default), val, testA, testB
 =================  ===========================================  =========================
 
 ``mcr-mrsi`` holds the multi-style CoT set D_R after ``mcr-swift split`` (d1: MRSI SFT, d2: CVO) and
 ``mcr-swift cvo-filter`` (d2_filtered: the D2 queries kept by the App. D.3 filter).
+``mcr-mner-mi`` (multi-image MNER, ``mcr_task`` ``mner_mi``) and ``mcr-grec`` (gRefCOCO visual
+grounding, ``mcr_task`` ``grec``) are written by ``mcr-swift prepare --dataset mner_mi|grec`` (Sec. 5.3).
 
 ms-swift's dataset syntax applies: ``mcr-gmner:dev``, ``mcr-gmner:train#64`` (sample 64 rows).
 A prepared ``.jsonl`` file can also be passed directly as ``--dataset path/to/train.jsonl``.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from .jsonl import iter_jsonl
 
@@ -31,6 +35,8 @@ from .jsonl import iter_jsonl
 DATASETS: Dict[str, tuple] = {
     "mcr-gmner": ("twitter_gmner", ("train", "dev", "test"), "train"),
     "mcr-mrsi": ("mrsi", ("d1", "d2", "d2_filtered"), "d1"),
+    "mcr-mner-mi": ("mner_mi", ("train", "dev", "test"), "train"),
+    "mcr-grec": ("grec", ("train", "val", "testA", "testB"), "train"),
 }
 
 _REGISTERED = False

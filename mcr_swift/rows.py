@@ -1,6 +1,6 @@
 """Training/evaluation rows in ms-swift's format, carrying the gold triples for rewards and metrics.
 
-One row per post::
+One row per post (per referring expression for GREC)::
 
     {"messages": [{"role": "user", "content": "<image>" + instruction + "\\n\\nSentence: ..."},
                   {"role": "assistant", "content": "<think>..</think>\\n<answer>\\n[.. \\"bbox\\": <bbox> ..]\\n</answer>"}],
@@ -15,6 +15,11 @@ takes the next box, given in original pixels (``bbox_type: real``); ms-swift's t
 to the model's space (resized-image pixels for Qwen2.5-VL / MiMo-VL, 0-1000 for Qwen2-VL / Qwen3-VL)
 using the image it really feeds the model. So the label tokens always carry model-space boxes while
 ``mcr_gold`` keeps original pixels for rewards and metrics.
+
+MNER-MI rows (`mcr_swift.mner_mi`, ``mcr_task`` ``mner_mi``) carry every image of the post, in
+order, and the user turn numbers them (``Image 1: <image>``, ``Image 2: <image>``, ...); their
+entities have no box. GREC rows (`mcr_swift.grec`, ``mcr_task`` ``grec``) hold one referring
+expression (``Expression: ...``) with its one box or none. Both add ``mcr_split``.
 """
 from __future__ import annotations
 
@@ -28,11 +33,28 @@ from .types import Entity, Sample
 #: Columns every mcr-swift row carries besides ms-swift's own (messages, images, objects).
 GOLD_COLUMN = "mcr_gold"
 SIZES_COLUMN = "mcr_image_sizes"
+TASK_COLUMN = "mcr_task"
+#: Row tasks: Twitter-GMNER, MNER-MI (span/type only, Sec. 5.3) and GREC (visual grounding, Sec. 5.3).
+TASKS = ("gmner", "mner_mi", "grec")
 
 
-def user_content(sample: Sample, instruction: str) -> str:
-    tags = "".join("<image>" for _ in sample.images)
-    return f"{tags}{instruction}\n\nSentence: {sample.sentence}"
+def row_task(row: Mapping[str, Any]) -> str:
+    """The row's ``mcr_task`` (``gmner`` when absent, as in rows written before it existed)."""
+    return str(row.get(TASK_COLUMN) or "gmner")
+
+
+def user_content(sample: Sample, instruction: str, text_label: str = "Sentence") -> str:
+    """The user turn: the image tag(s), the instruction, then ``<text_label>: <sentence>``.
+
+    One image: ``<image>`` directly before the instruction. Several images (MNER-MI posts): one line
+    per image in the post's order, ``Image 1: <image>``, ``Image 2: <image>``, ... so that the
+    instruction and the answer can refer to them by number.
+    """
+    if len(sample.images) > 1:
+        tags = "".join(f"Image {i}: <image>\n" for i in range(1, len(sample.images) + 1))
+    else:
+        tags = "".join("<image>" for _ in sample.images)
+    return f"{tags}{instruction}\n\n{text_label}: {sample.sentence}"
 
 
 def gold_json(entities: Sequence[Entity]) -> str:
@@ -63,18 +85,21 @@ def gold_from_row(row: Mapping[str, Any]) -> List[Entity]:
 def sample_to_row(sample: Sample, *, family: str = "qwen2_5_vl", instruction: Optional[str] = None,
                   reasoning: Optional[str] = None, assistant: Optional[str] = None,
                   with_answer: bool = True, multi_box: str = "largest", task: str = "gmner",
-                  extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                  extra: Optional[Mapping[str, Any]] = None, text_label: str = "Sentence") -> Dict[str, Any]:
     """One ms-swift row for ``sample``.
 
     The assistant turn is ``assistant`` if given (e.g. an MRSI chain whose boxes are already
     ``<bbox>`` placeholders matching ``objects``), else the canonical answer with ``reasoning`` (default:
     `default_reasoning`). ``with_answer=False`` leaves only the user turn (inference/GRPO prompts);
-    ``objects`` is still written so that a later assistant text can use it.
+    ``objects`` is still written so that a later assistant text can use it. ``task`` goes into
+    ``mcr_task`` (``gmner``, ``mner_mi`` or ``grec``: what the rewards and ``evaluate`` score);
+    ``text_label`` names the text in the user turn (GREC rows: ``Expression``). Every box refers to
+    the first image (the only one of a GMNER or GREC row; MNER-MI rows have no boxes).
     """
     if any(s is None for s in sample.image_sizes) or len(sample.image_sizes) != len(sample.images):
         raise ValueError(f"post {sample.id}: every image needs a known size to build a row")
     instruction = task_instruction(family) if instruction is None else instruction
-    messages = [{"role": "user", "content": user_content(sample, instruction)}]
+    messages = [{"role": "user", "content": user_content(sample, instruction, text_label)}]
     text, boxes = render_answer(
         sample.entities,
         default_reasoning(sample.sentence, sample.entities) if reasoning is None else reasoning,
@@ -86,7 +111,7 @@ def sample_to_row(sample: Sample, *, family: str = "qwen2_5_vl", instruction: Op
         "messages": messages,
         "images": list(sample.images),
         "objects": {"ref": refs, "bbox": [[float(v) for v in b] for b in boxes], "bbox_type": "real"},
-        "mcr_task": task,
+        TASK_COLUMN: task,
         "mcr_id": sample.id,
         "mcr_sentence": sample.sentence,
         GOLD_COLUMN: gold_json(sample.entities),

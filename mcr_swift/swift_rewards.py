@@ -21,7 +21,30 @@ Per completion:
    The space is read from the environment (``MCR_MODEL_FAMILY``, ``MAX_PIXELS``, ``MIN_PIXELS``,
    ``IMAGE_MAX_TOKEN_NUM``, ``IMAGE_MIN_TOKEN_NUM``, ``MCR_TEMPLATE_MAX_PIXELS``; see
    `CoordinateSpace.from_env`) once per call.
-4. The terms of `mcr_swift.rewards.reward_terms` are computed.
+4. The terms of `mcr_swift.rewards.reward_terms` are computed, for the row's task (below).
+
+Tasks (the row column ``mcr_task``; rows without it are ``gmner``, so
+``GMNERReward()(completions, mcr_gold=[...], mcr_image_sizes=[...])`` scores GMNER exactly as before):
+
+==========  ==========================  ===================================================
+task        terms                        what is compared
+==========  ==========================  ===================================================
+``gmner``   count, span, type, iou,     all gold triples (Eq. 6-10)
+            entail
+``mner_mi`` count, span, type           span and type only: MNER-MI asks for no location
+                                         (Sec. 5.3), so predicted boxes are ignored
+``grec``    iou, entail                 the answer's location (its box, None, or several
+                                         boxes = wrong) against the one gold expression's
+                                         (`mcr_swift.grec.grec_reward_terms`)
+==========  ==========================  ===================================================
+
+Weights of ``gmner_orm`` per task (`task_weights`): the lambdas of the task's terms, rescaled so that
+they sum to the same total as all five lambdas (1.0 by default). So every task's R lies in the same
+range [0, sum lambda] that App. D.3's filter thresholds assume: by default 1/3 each for MNER-MI and
+0.5 each for GREC. A task whose terms all have weight 0 scores 0.0 (warned once at start).
+The single-term rewards return None (ms-swift turns it into NaN and leaves it out of its
+``nansum``) for a row whose task does not use that term; combining them with ``--reward_weights``
+therefore does not rescale per task as ``gmner_orm`` does.
 
 Configuration (environment, read when the reward object is built; bad values raise ValueError then):
 
@@ -44,6 +67,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from functools import lru_cache
@@ -53,17 +77,23 @@ from swift.rewards import ORM
 
 from .coords import CoordinateSpace, clamp_box
 from .parser import completion_text, format_ok, parse_answer
-from .rows import GOLD_COLUMN, SIZES_COLUMN, parse_gold
+from .grec import grec_reward_terms
+from .rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .rewards import DEFAULT_SIGMA, TERMS, _check_sigma, normalize_weights, reward_terms, weighted_sum
 from .types import Entity
 
 __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
            "GMNEREntailReward", "GMNERFormatReward", "REWARD_NAMES", "register_rewards",
-           "weights_from_env", "sigma_from_env", "malformed_rows", "completion_text"]
+           "weights_from_env", "sigma_from_env", "malformed_rows", "completion_text", "TASK_TERMS",
+           "task_weights"]
 
 logger = logging.getLogger("mcr_swift.rewards")
 
 SPACES = ("model", "original")
+#: The reward terms each row task uses (module docstring).
+TASK_TERMS: Dict[str, Tuple[str, ...]] = {"gmner": TERMS, "mner_mi": ("count", "span", "type"),
+                                          "grec": ("iou", "entail")}
+assert set(TASK_TERMS) == set(TASKS)
 
 _lock = threading.Lock()
 _malformed = 0
@@ -104,6 +134,20 @@ def weights_from_env(env=None) -> Tuple[float, ...]:
         return normalize_weights([float(p) for p in parts])
     except ValueError as e:
         raise ValueError(f"MCR_REWARD_WEIGHTS={raw!r}: {e}") from None
+
+
+def task_weights(weights: Tuple[float, ...], task: str) -> Dict[str, float]:
+    """The lambdas ``gmner_orm`` uses for ``task``: those of its terms (`TASK_TERMS`), rescaled to
+    the total of all five; all 0 when every term of the task weighs 0."""
+    active = TASK_TERMS[task]
+    if active == TERMS:
+        return dict(zip(TERMS, weights))
+    sub = {t: w for t, w in zip(TERMS, weights) if t in active}
+    part = math.fsum(sub.values())
+    if part == 0:
+        return {t: 0.0 for t in active}
+    total = math.fsum(weights)
+    return {t: w * total / part for t, w in sub.items()}
 
 
 def sigma_from_env(env=None) -> float:
@@ -187,12 +231,14 @@ _CACHE_MAX_TEXT = 16384
 
 
 @lru_cache(maxsize=4096)
-def _terms_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str, sigma: float):
-    return _terms_uncached(text, raw, size, space, mode, sigma)
+def _terms_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str, sigma: float,
+                  task: str = "gmner"):
+    return _terms_uncached(text, raw, size, space, mode, sigma, task)
 
 
-def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str, sigma: float):
-    """(terms dict, parse ok, n_pred, n_gold), or None when the row is unusable."""
+def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str, sigma: float,
+                    task: str = "gmner"):
+    """(terms dict of the task's terms, parse ok, n_pred, n_gold), or ("malformed", why)."""
     try:
         gold = _gold_for(raw, size, space, mode)
         extent = _extent(space, size) if size is not None else None
@@ -204,7 +250,14 @@ def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str
         pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])) for e in pred]
     elif mode == "original" and any(e.boxes for e in pred) and any(e.boxes for e in gold):
         return ("malformed", f"no usable image size ({SIZES_COLUMN}) to map the predicted boxes")
-    terms = reward_terms(pred, gold, sigma)
+    if task == "grec":
+        try:
+            terms = grec_reward_terms(pred, gold, sigma)
+        except ValueError as e:  # not exactly one gold expression
+            return ("malformed", str(e))
+    else:
+        terms = reward_terms(pred, gold, sigma)
+        terms = {t: terms[t] for t in TASK_TERMS[task]}
     return (terms, res.ok, len(pred), len(gold))
 
 
@@ -218,42 +271,62 @@ class _GMNERBase(ORM):
     def __init__(self, args=None, **kwargs):
         super().__init__(args, **kwargs)
         self.weights = weights_from_env()
+        self.task_weights = {t: task_weights(self.weights, t) for t in TASK_TERMS}
         self.sigma = sigma_from_env()
         self.space_mode = space_mode_from_env()
+        if self.term is None:
+            zero = [t for t, w in self.task_weights.items() if not any(w.values())]
+            if zero:
+                logger.warning("mcr-swift reward: MCR_REWARD_WEIGHTS gives weight 0 to every term of "
+                               "task(s) %s; their rows score 0.0", ", ".join(zero))
 
     def score(self, completions: Sequence[Any], **kwargs) -> List[Optional[tuple]]:
-        """Per completion: (terms, parse_ok, n_pred, n_gold), or None for an unusable row."""
+        """Per completion: (terms, parse_ok, n_pred, n_gold, task), or None for an unusable row."""
         n = len(completions)
         golds = _column(kwargs, GOLD_COLUMN, n)
         sizes = _column(kwargs, SIZES_COLUMN, n)
+        tasks = _column(kwargs, TASK_COLUMN, n)
         space = CoordinateSpace.from_env()
         out: List[Optional[tuple]] = []
-        for c, raw, sz in zip(completions, golds, sizes):
+        for c, raw, sz, task in zip(completions, golds, sizes, tasks):
             if raw is None:
                 _note_malformed(f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
+                out.append(None)
+                continue
+            task = task or "gmner"
+            if task not in TASK_TERMS:
+                _note_malformed(f"unknown {TASK_COLUMN} {task!r} (known: {', '.join(TASK_TERMS)})")
                 out.append(None)
                 continue
             text = completion_text(c)
             size = _first_size(sz)
             if isinstance(raw, str) and len(text) <= _CACHE_MAX_TEXT:
-                r = _terms_cached(text, raw, size, space, self.space_mode, self.sigma)
+                r = _terms_cached(text, raw, size, space, self.space_mode, self.sigma, task)
             else:
-                r = _terms_uncached(text, raw, size, space, self.space_mode, self.sigma)
+                r = _terms_uncached(text, raw, size, space, self.space_mode, self.sigma, task)
             if r[0] == "malformed":
                 _note_malformed(f"unusable row ({r[1]})")
                 out.append(None)
             else:
-                out.append(r)
+                out.append((*r, task))
         return out
 
-    def _value(self, terms: Dict[str, float]) -> float:
-        if self.term is None:
+    def _value(self, terms: Dict[str, float], task: str) -> Optional[float]:
+        """The reward of one scored row: the task-weighted sum (``gmner_orm``), or the single term
+        (None when the task does not use it)."""
+        if self.term is not None:
+            return terms.get(self.term)
+        if task == "gmner":
             return weighted_sum(terms, self.weights)
-        return terms[self.term]
+        w = self.task_weights[task]
+        return min(max(math.fsum(w[t] * terms[t] for t in w), 0.0), math.fsum(w.values()))
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions, **kwargs) -> List[Optional[float]]:
         scored = self.score(completions, **kwargs)
-        rewards = [0.0 if r is None else float(self._value(r[0])) for r in scored]
+        rewards = []
+        for r in scored:
+            v = 0.0 if r is None else self._value(r[0], r[4])
+            rewards.append(None if v is None else float(v))
         log_path = os.environ.get("MCR_REWARD_LOG")
         if log_path and self.term is None:  # only gmner_orm logs (module docstring)
             self._log(log_path, completions, scored, rewards, kwargs)
@@ -265,7 +338,8 @@ class _GMNERBase(ORM):
         ids = _column(kwargs, "mcr_id", len(completions))
         lines = []
         for c, r, rew, i in zip(completions, scored, rewards, ids):
-            rec = {"mcr_id": i, "completion": completion_text(c), "reward": rew,
+            rec = {"mcr_id": i, "mcr_task": None if r is None else r[4], "completion": completion_text(c),
+                   "reward": rew,
                    "terms": None if r is None else r[0], "parse_ok": None if r is None else r[1],
                    "n_pred": None if r is None else r[2], "n_gold": None if r is None else r[3]}
             lines.append(json.dumps(rec, ensure_ascii=False, default=str))

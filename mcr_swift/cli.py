@@ -17,6 +17,9 @@ COMMANDS = {
     "report": ("mcr_swift.report", "final report of a full-pipeline run folder (metrics, stage times, args)"),
     "pictures": ("mcr_swift.pictures", "draw gold/predicted boxes and spans of chosen posts: PNGs + HTML page"),
     "bias-report": ("mcr_swift.bias_report", "modality-bias report (N-Pre/Rec/F1, N-Count, confusion, worst cases)"),
+    "curves": ("mcr_swift.curves", "training curves of ms-swift runs (reward, terms, F1, length, entropy/KL) as PNG"),
+    "baselines": ("mcr_swift.baselines", "Table 1 end-to-end baselines (direct, CoT, CoT+3-shot) on an endpoint"),
+    "predict": ("mcr_swift.predict", "grounded entities of new posts (text + images) from a trained model"),
 }
 
 

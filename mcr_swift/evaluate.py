@@ -137,6 +137,9 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         size = tuple(sizes[0]) if sizes else None
         if "entities" in row and row.get("response") is None:
             pred = [Entity.from_dict(d) for d in row["entities"]]
+            if row.get("parse_ok") is False:  # predict/baselines rows keep the raw answer and this flag
+                n_fail += 1
+                fails_by_task[task] += 1
             if task == "mner_mi":  # no location is asked: boxes are ignored
                 pred = [Entity(e.text, e.type) for e in pred]
             elif entities_space == "model":

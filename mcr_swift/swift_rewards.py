@@ -61,7 +61,8 @@ warning and all are counted in `malformed_rows()`.
 
 Registered names (`register_rewards`): ``gmner_orm`` (`GMNERReward`, the weighted sum), ``gmner_count``,
 ``gmner_span``, ``gmner_type``, ``gmner_iou``, ``gmner_entail`` (one term each, to combine with
-ms-swift's ``--reward_weights``) and ``gmner_format`` (1.0 iff `mcr_swift.parser.format_ok`).
+ms-swift's ``--reward_weights``), ``gmner_format`` (1.0 iff `mcr_swift.parser.format_ok`) and
+``gmner_f1`` (`GMNERF1Reward`: the completion's GMNER F1, a logged metric for Fig. 4, not a term).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ from .rewards import DEFAULT_SIGMA, TERMS, _check_sigma, normalize_weights, rewa
 from .types import Entity
 
 __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
-           "GMNEREntailReward", "GMNERFormatReward", "REWARD_NAMES", "register_rewards",
+           "GMNEREntailReward", "GMNERFormatReward", "GMNERF1Reward", "REWARD_NAMES", "register_rewards",
            "weights_from_env", "sigma_from_env", "malformed_rows", "completion_text", "TASK_TERMS",
            "task_weights"]
 
@@ -181,6 +182,13 @@ def _column(kwargs: Dict[str, Any], name: str, n: int) -> List[Any]:
     return col + [None] * (n - len(col)) if len(col) < n else col
 
 
+def _rows(completions: Sequence[Any], kwargs: Dict[str, Any]):
+    """(completion, gold, sizes, task) per completion, from the columns GRPO passes."""
+    n = len(completions)
+    return zip(completions, _column(kwargs, GOLD_COLUMN, n), _column(kwargs, SIZES_COLUMN, n),
+               _column(kwargs, TASK_COLUMN, n))
+
+
 def _first_size(sizes: Any) -> Optional[Tuple[int, int]]:
     """(w, h) of the row's first image, or None."""
     if isinstance(sizes, str):
@@ -261,6 +269,33 @@ def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str
     return (terms, res.ok, len(pred), len(gold))
 
 
+def _post_f1(text: str, raw: Any, size, space: CoordinateSpace, mode: str, task: str) -> Optional[float]:
+    """F1 of one completion against its row's gold, as the evaluation counts it (Eq. 19-24, one post):
+    GMNER F1 (span, type and location) for ``gmner`` rows, MNER F1 (span, type) for ``mner_mi`` rows,
+    None for ``grec`` rows (Table 2 scores GREC by N-acc / precision, not F1). No prediction and no
+    gold is 1.0 (nothing to find, nothing invented). Boxes compare in the reward's space (see 3.)."""
+    from .metrics import post_counts
+    if task == "grec":
+        return None
+    try:
+        gold = _gold_for(raw, size, space, mode)
+        extent = _extent(space, size) if size is not None else None
+    except Exception:
+        return 0.0
+    pred = parse_answer(text, extent=extent).entities
+    if task == "mner_mi":
+        pred, gold = [Entity(e.text, e.type) for e in pred], [Entity(e.text, e.type) for e in gold]
+    elif mode == "original":
+        if size is None and any(e.boxes for e in pred):
+            return 0.0
+        if size is not None:
+            pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])) for e in pred]
+    if not pred and not gold:
+        return 1.0
+    c = post_counts(pred, gold, pairs=False)["mner" if task == "mner_mi" else "gmner"]
+    return 2.0 * c["correct"] / (c["predicted"] + c["gold"])
+
+
 # --------------------------------------------------------------------------- ORMs
 class _GMNERBase(ORM):
     """Shared machinery: parse, map spaces, score; subclasses pick what to return."""
@@ -282,13 +317,9 @@ class _GMNERBase(ORM):
 
     def score(self, completions: Sequence[Any], **kwargs) -> List[Optional[tuple]]:
         """Per completion: (terms, parse_ok, n_pred, n_gold, task), or None for an unusable row."""
-        n = len(completions)
-        golds = _column(kwargs, GOLD_COLUMN, n)
-        sizes = _column(kwargs, SIZES_COLUMN, n)
-        tasks = _column(kwargs, TASK_COLUMN, n)
         space = CoordinateSpace.from_env()
         out: List[Optional[tuple]] = []
-        for c, raw, sz, task in zip(completions, golds, sizes, tasks):
+        for c, raw, sz, task in _rows(completions, kwargs):
             if raw is None:
                 _note_malformed(f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
                 out.append(None)
@@ -380,6 +411,28 @@ class GMNEREntailReward(_GMNERBase):
     term = "entail"
 
 
+class GMNERF1Reward(_GMNERBase):
+    """Per-completion F1 (`_post_f1`): not a term of Eq. 10 but the quantity of the paper's Fig. 4 F1
+    curve; use it with weight 0 (``LOG_REWARD_TERMS=true`` in recipes/cvo_grpo.sh) so that ms-swift logs
+    it, and on the validation set when one is given (``eval_rewards/GMNERF1Reward/mean``)."""
+
+    def __call__(self, completions, **kwargs) -> List[Optional[float]]:
+        space = CoordinateSpace.from_env()
+        out: List[Optional[float]] = []
+        for c, raw, sz, task in _rows(completions, kwargs):
+            task = task or "gmner"
+            if raw is None or task not in TASK_TERMS:
+                _note_malformed(f"a row without a usable {GOLD_COLUMN!r} / {TASK_COLUMN!r}")
+                out.append(0.0)
+                continue
+            try:
+                out.append(_post_f1(completion_text(c), raw, _first_size(sz), space, self.space_mode, task))
+            except Exception as e:  # adversarial output never stops training
+                _note_malformed(f"F1 not computable ({type(e).__name__}: {e})")
+                out.append(0.0)
+        return out
+
+
 class GMNERFormatReward(ORM):
     """1.0 iff the completion has exactly the canonical think/answer shape (`format_ok`)."""
 
@@ -395,6 +448,7 @@ REWARD_NAMES: Dict[str, type] = {
     "gmner_iou": GMNERIoUReward,
     "gmner_entail": GMNEREntailReward,
     "gmner_format": GMNERFormatReward,
+    "gmner_f1": GMNERF1Reward,
 }
 assert set(TERMS) == {c.term for c in REWARD_NAMES.values() if getattr(c, "term", None)}
 

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # MRSI stage (paper Sec. 4.1, App. E.4): LoRA SFT on D1 with the task instruction.
 # Defaults are the paper's: lr 1e-4, cosine schedule, effective batch 16, 2 epochs for Qwen2.5-VL
-# (5 for MiMo-VL). The effective batch is kept whatever the GPU count:
-#   gradient_accumulation_steps = BATCH_SIZE / (NPROC_PER_NODE * PER_DEVICE_BATCH_SIZE).
-# Every value can be overridden by an environment variable; EXTRA_ARGS is appended verbatim.
+# (5 for MiMo-VL, TEMPLATE=mimo_vl), on 8 GPUs with DeepSpeed ZeRO-2. The effective batch is kept
+# whatever the GPU count: BATCH_SIZE = NPROC_PER_NODE x PER_DEVICE_BATCH_SIZE x gradient accumulation.
+# DATASET defaults to D1 (mcr-mrsi:d1, written by `mcr-swift split`); when $MCR_DATA_DIR/mrsi/d1.jsonl
+# does not exist it falls back to the prepared Twitter-GMNER train split (mcr-gmner:train) and says so.
+# Every value is an environment variable; EXTRA_ARGS is appended verbatim. SWIFT=echo prints the
+# command; SWIFT="python tools/swift_args.py" resolves it into args.json without training.
+# Writes the newest checkpoint folder to $OUTPUT_DIR/last_checkpoint.txt (real swift only).
 set -euo pipefail
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
 TEMPLATE=${TEMPLATE:-qwen2_5_vl}
-DATASET=${DATASET:-mcr-gmner:train}
+if [ -z "${DATASET:-}" ]; then
+  DATASET=mcr-mrsi:d1                       # Sec. 4.1: MRSI trains on D1
+  if [ ! -f "${MCR_DATA_DIR:-mcr_data}/mrsi/d1.jsonl" ]; then
+    echo "[mrsi_sft] notice: ${MCR_DATA_DIR:-mcr_data}/mrsi/d1.jsonl not found (run mcr-swift synth + split);" \
+         "training on mcr-gmner:train instead" >&2
+    DATASET=mcr-gmner:train
+  fi
+fi
 if [ "$TEMPLATE" = mimo_vl ]; then NUM_EPOCHS=${NUM_EPOCHS:-5}; else NUM_EPOCHS=${NUM_EPOCHS:-2}; fi  # App. E.4
 LEARNING_RATE=${LEARNING_RATE:-1e-4}        # App. E.4
 LR_SCHEDULER=${LR_SCHEDULER:-cosine}        # App. E.4
 BATCH_SIZE=${BATCH_SIZE:-16}                # App. E.4, effective (global) batch
-NPROC_PER_NODE=${NPROC_PER_NODE:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}
-[ "${NPROC_PER_NODE:-0}" -ge 1 ] 2>/dev/null || NPROC_PER_NODE=1
-PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-$(( BATCH_SIZE / NPROC_PER_NODE > 2 ? 2 : (BATCH_SIZE / NPROC_PER_NODE > 0 ? BATCH_SIZE / NPROC_PER_NODE : 1) ))}
-if (( BATCH_SIZE % (NPROC_PER_NODE * PER_DEVICE_BATCH_SIZE) != 0 )); then
-  echo "BATCH_SIZE=$BATCH_SIZE is not a multiple of NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE=$((NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE))" >&2; exit 2
-fi
-GRAD_ACC=$(( BATCH_SIZE / (NPROC_PER_NODE * PER_DEVICE_BATCH_SIZE) ))
+SPLIT=$(python -m mcr_swift.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" \
+        --per-device "${PER_DEVICE_BATCH_SIZE:-}" --max-per-device 2) || exit $?
+eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), PER_DEVICE_BATCH_SIZE, GRAD_ACC
 MAX_STEPS=${MAX_STEPS:--1}                  # -1: train NUM_EPOCHS epochs
 LORA_RANK=${LORA_RANK:-8}                   # paper silent: ms-swift's default LoRA (rank 8, alpha 32)
 LORA_ALPHA=${LORA_ALPHA:-32}
@@ -30,8 +37,9 @@ PLUGIN=$(python -m mcr_swift.cli plugin)
 if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$NPROC_PER_NODE" -gt 1 ] && echo zero2 || echo ""); fi
 
 export NPROC_PER_NODE
-echo "[mrsi_sft] model=$MODEL dataset=$DATASET epochs=$NUM_EPOCHS lr=$LEARNING_RATE batch=$BATCH_SIZE" \
-     "(= $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation) max_steps=$MAX_STEPS"
+echo "[mrsi_sft] model=$MODEL template=$TEMPLATE dataset=$DATASET epochs=$NUM_EPOCHS lr=$LEARNING_RATE" \
+     "batch=$BATCH_SIZE (= $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation)" \
+     "max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} max_pixels=$MAX_PIXELS output=$OUTPUT_DIR"
 # shellcheck disable=SC2086
 $SWIFT sft \
   --model "$MODEL" --template "$TEMPLATE" --check_model false \
@@ -44,3 +52,4 @@ $SWIFT sft \
   --save_total_limit "${SAVE_TOTAL_LIMIT:-2}" --dataloader_num_workers "${DATALOADER_WORKERS:-4}" \
   --report_to "${REPORT_TO:-tensorboard}" --output_dir "$OUTPUT_DIR" \
   ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} ${EXTRA_ARGS:-}
+if [ "$(basename "${SWIFT%% *}")" = swift ]; then python -m mcr_swift.recipe_args last-checkpoint "$OUTPUT_DIR"; fi

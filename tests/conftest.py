@@ -20,6 +20,16 @@ def swift_bin() -> str:
     return str(Path(sys.executable).with_name("swift"))
 
 
+@pytest.fixture(autouse=True)
+def _environ_is_restored():
+    """CLI mains run in-process set resize variables (MAX_PIXELS, ...) as their processes should;
+    no test may leak them into the next one (or into the subprocesses it starts)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def data_v2() -> Path:
     if not DATA_V2.is_dir():

@@ -13,7 +13,7 @@ from mcr_swift.answer import render_answer  # noqa: E402
 from mcr_swift.coords import CoordinateSpace  # noqa: E402
 from mcr_swift.rewards import gmner_reward, reward_terms  # noqa: E402
 from mcr_swift.swift_rewards import (REWARD_NAMES, GMNERCountReward, GMNEREntailReward,  # noqa: E402
-                                     GMNERFormatReward, GMNERIoUReward, GMNERReward, GMNERSpanReward,
+                                     GMNERF1Reward, GMNERFormatReward, GMNERIoUReward, GMNERReward, GMNERSpanReward,
                                      GMNERTypeReward, register_rewards)
 from mcr_swift.types import Entity  # noqa: E402
 
@@ -174,7 +174,7 @@ def test_odd_completions_never_raise():
            [{"role": "assistant", "content": [{"type": "text", "text": "<answer>[]</answer>"}]}],
            {"role": "assistant", "content": "x"}, "<answer>" + "[" * 100000]
     kw = grpo_kwargs(len(odd))
-    for cls in (*TERM_CLASSES.values(), GMNERReward, GMNERFormatReward):
+    for cls in (*TERM_CLASSES.values(), GMNERReward, GMNERFormatReward, GMNERF1Reward):
         out = cls()(odd, **kw)
         assert len(out) == len(odd) and all(0.0 <= v <= 1.0 for v in out)
 
@@ -184,6 +184,27 @@ def test_empty_gold_and_empty_answer():
     out = GMNERReward()(["<think>x</think>\n<answer>\n[]\n</answer>", "<answer>None</answer>",
                          '<answer>[{"entity": "NBA", "type": "ORG", "bbox": null}]</answer>'], **kw)
     assert out == [1.0, 1.0, 0.0]
+
+
+def test_f1_metric_reward_counts_like_the_evaluation():
+    """gmner_f1 (logged with weight 0 for Fig. 4): one post's F1 as Eq. 19-24 count it."""
+    gold_m = in_model_space(GOLD)
+    perfect, _ = render_answer(gold_m, "r")
+    # Kevin Durant right (box on the largest gold box); NBA gets a box it has not (location wrong);
+    # "Oklahoma" is a wrong span: GMNER 1 correct of 3 predicted, 3 gold -> F1 = 2*1/(3+3) = 1/3;
+    # MNER (MNER-MI rows: span + type) 2 correct -> 2/3
+    part, _ = render_answer([gold_m[0], Entity("NBA", "ORG", ((1, 1, 50, 50),)), Entity("Oklahoma", "LOC")], "r")
+    kw = grpo_kwargs(5)
+    out = GMNERF1Reward()([perfect, part, "junk", "<answer>[]</answer>", None], **kw)
+    assert out == [1.0, pytest.approx(1 / 3), 0.0, 0.0, 0.0]
+    kw["mcr_task"] = ["mner_mi"] * 5
+    assert GMNERF1Reward()([perfect, part, "junk", "<answer>[]</answer>", None], **kw)[:2] == [1.0, pytest.approx(2 / 3)]
+    kw["mcr_task"] = ["grec"] * 5          # GREC is scored by N-acc / precision, not F1
+    assert GMNERF1Reward()([perfect] * 5, **kw) == [None] * 5
+    # nothing to find and nothing found is perfect; a row without gold scores 0 and is counted
+    assert GMNERF1Reward()(["<answer>[]</answer>", part], **grpo_kwargs(2, gold="[]")) == [1.0, 0.0]
+    assert GMNERF1Reward()([perfect], mcr_gold=[None], mcr_image_sizes=[[list(SIZE)]]) == [0.0]
+    assert swift_rewards.malformed_rows() == 1
 
 
 def test_reward_log(tmp_path, monkeypatch):
@@ -200,7 +221,8 @@ def test_registration_is_idempotent():
     import swift.rewards
     register_rewards()
     register_rewards()
-    names = ["gmner_orm", "gmner_count", "gmner_span", "gmner_type", "gmner_iou", "gmner_entail", "gmner_format"]
+    names = ["gmner_orm", "gmner_count", "gmner_span", "gmner_type", "gmner_iou", "gmner_entail", "gmner_format",
+             "gmner_f1"]
     for name in names:
         assert swift.rewards.orms[name] is REWARD_NAMES[name]
         assert issubclass(swift.rewards.orms[name], swift.rewards.ORM)

@@ -78,7 +78,9 @@ def test_label_boxes_are_the_converted_original_boxes(tiny_model, data_v2, tmp_p
     prepare_twitter_gmner(data_v2, tmp_path / "data", splits=["train"], standin_dir=tmp_path / "img",
                           limit=120, progress=False)
     rows = tmp_path / "data" / "twitter_gmner" / "train.jsonl"
-    env = {**os.environ, "MAX_PIXELS": str(max_pixels), "PYTHONPATH": str(REPO)}
+    resize = ("MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM")  # only max_pixels applies
+    env = {**{k: v for k, v in os.environ.items() if k not in resize}, "MAX_PIXELS": str(max_pixels),
+           "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "_encode_labels.py"), str(tiny_model),
                            str(rows), "60"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,0 +1,76 @@
+"""The project's main job: ``PROFILE=tiny bash recipes/qwen25vl_7b_full.sh`` runs every stage of the
+paper's pipeline on a CPU (tiny model, 8 posts per split, a local ``swift deploy`` as the synthesis
+endpoint), writes the final report, and a second run resumes: finished stages are skipped, a stage
+whose output is removed runs again."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, SHARED
+
+pytestmark = pytest.mark.swift
+
+STAGES = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo", "infer-eval"]
+
+
+def _run(run_dir):
+    env = {**os.environ, "PROFILE": "tiny", "RUN_DIR": str(run_dir), "MCR_SHARED_DIR": str(SHARED)}
+    t = time.time()
+    p = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=2400)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-6000:]
+    return p, time.time() - t
+
+
+def _last_runs(run_dir):
+    return {t["stage"]: t["last_run"] for t in json.loads((run_dir / "report.json").read_text())["times"]}
+
+
+def test_full_pipeline_on_cpu_then_resume(tmp_path):
+    run = tmp_path / "run"
+    p, wall = _run(run)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    r = json.loads((run / "report.json").read_text())
+    assert [t["stage"] for t in r["times"]] == STAGES
+    assert all(t["seconds"] is not None for t in r["times"])
+    # data: 8 posts per split; D_R has every style; D1 / D2 split the 8 train posts by post
+    assert {k: v["rows"] for k, v in r["prepare"].items()} == {"train": 8, "dev": 8, "test": 8}
+    assert r["synth"]["formatted_a"]["produced"] == r["synth"]["formatted_b"]["produced"] == 8
+    for style in ("llm_qa", "llm_conclusions", "mllm_distill"):  # the random tiny model's chains are rejected
+        d = r["synth"][style]
+        assert d["planned"] == 8 and d.get("produced", 0) + d.get("rejected", 0) == 8
+    d1 = {json.loads(l)["mcr_id"] for l in (run / "data/mrsi/d1.jsonl").read_text().splitlines()}
+    d2 = {json.loads(l)["mcr_id"] for l in (run / "data/mrsi/d2.jsonl").read_text().splitlines()}
+    assert len(d1) == len(d2) == 4 and not d1 & d2
+    assert r["filter"]["queries"] == 4 and r["filter"]["kept"] == 4  # tiny profile opens the thresholds
+    # the stages trained with the paper's values where the tiny profile does not shrink them
+    sft, grpo = r["mrsi_sft_args"], r["cvo_grpo_args"]
+    assert (sft["learning_rate"], sft["lr_scheduler_type"], sft["tuner_type"]) == (1e-4, "cosine", "lora")
+    assert sft["max_steps"] == 5
+    assert (grpo["learning_rate"], grpo["warmup_ratio"], grpo["temperature"], grpo["top_k"], grpo["top_p"],
+            grpo["beta"], grpo["epsilon"], grpo["epsilon_high"]) == (5e-6, 0.05, 1.5, 200, 0.95, 0.005, 0.15, 0.25)
+    assert grpo["reward_funcs"] == ["gmner_orm"] and grpo["max_steps"] == 2
+    m = r["metrics"]
+    assert m["posts"] == 8 and set(m["metrics"]) >= {"gmner", "mner", "eeg", "n"}
+    md = (run / "report.md").read_text()
+    assert "GMNER Pre" in md and "| cvo-grpo |" in md and "| learning_rate | 5e-06 |" in md
+    print(f"\n[full pipeline, tiny, CPU] wall {wall:.0f} s, peak RSS of one process {peak:.0f} MB; stages (s): "
+          + ", ".join(f"{t['stage']} {t['seconds']}" for t in r["times"]))
+
+    # second run: everything is there, every stage is skipped, the report is the same
+    _, wall2 = _run(run)
+    assert set(_last_runs(run).values()) == {"skipped"}
+    assert json.loads((run / "report.json").read_text())["metrics"] == m
+    # a failed / removed stage output: only that stage runs again
+    shutil.rmtree(run / "eval")
+    _run(run)
+    last = _last_runs(run)
+    assert last.pop("infer-eval") != "skipped" and set(last.values()) == {"skipped"}
+    print(f"[full pipeline, tiny, CPU] resumed run with nothing to do: {wall2:.1f} s")

@@ -309,7 +309,7 @@ class _GMNERBase(ORM):
         self.task_weights = {t: task_weights(self.weights, t) for t in TASK_TERMS}
         self.sigma = sigma_from_env()
         self.space_mode = space_mode_from_env()
-        if self.term is None:
+        if self.term is None and not isinstance(self, GMNERF1Reward):  # the weighted sum only
             zero = [t for t, w in self.task_weights.items() if not any(w.values())]
             if zero:
                 logger.warning("mcr-swift reward: MCR_REWARD_WEIGHTS gives weight 0 to every term of "

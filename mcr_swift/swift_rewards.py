@@ -238,15 +238,9 @@ def _gold_for(raw: Any, size, space: CoordinateSpace, mode: str) -> List[Entity]
 _CACHE_MAX_TEXT = 16384
 
 
-@lru_cache(maxsize=4096)
-def _terms_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str, sigma: float,
-                  task: str = "gmner"):
-    return _terms_uncached(text, raw, size, space, mode, sigma, task)
-
-
-def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str, sigma: float,
-                    task: str = "gmner"):
-    """(terms dict of the task's terms, parse ok, n_pred, n_gold), or ("malformed", why)."""
+def _decode(text: str, raw: Any, size, space: CoordinateSpace, mode: str):
+    """(predicted entities, gold entities, parse ok), both in the comparison space (module doc, 3.),
+    or ("malformed", why) when the row's gold or size cannot be used."""
     try:
         gold = _gold_for(raw, size, space, mode)
         extent = _extent(space, size) if size is not None else None
@@ -258,6 +252,39 @@ def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str
         pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])) for e in pred]
     elif mode == "original" and any(e.boxes for e in pred) and any(e.boxes for e in gold):
         return ("malformed", f"no usable image size ({SIZES_COLUMN}) to map the predicted boxes")
+    return (tuple(pred), tuple(gold), res.ok)
+
+
+#: Completions longer than this are scored without the caches (which share the parsing and the
+#: scoring between the separate-term rewards, ``gmner_orm`` and ``gmner_f1`` of one step).
+_CACHE_MAX_TEXT = 16384
+
+
+@lru_cache(maxsize=4096)
+def _decode_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str):
+    return _decode(text, raw, size, space, mode)
+
+
+def _decoded(text: str, raw: Any, size, space: CoordinateSpace, mode: str):
+    """`_decode`, through the cache when the row allows it."""
+    if isinstance(raw, str) and len(text) <= _CACHE_MAX_TEXT:
+        return _decode_cached(text, raw, size, space, mode)
+    return _decode(text, raw, size, space, mode)
+
+
+@lru_cache(maxsize=4096)
+def _terms_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str, sigma: float,
+                  task: str = "gmner"):
+    return _terms_uncached(text, raw, size, space, mode, sigma, task)
+
+
+def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str, sigma: float,
+                    task: str = "gmner"):
+    """(terms dict of the task's terms, parse ok, n_pred, n_gold), or ("malformed", why)."""
+    d = _decoded(text, raw, size, space, mode)
+    if d[0] == "malformed":
+        return d
+    pred, gold, ok = d
     if task == "grec":
         try:
             terms = grec_reward_terms(pred, gold, sigma)
@@ -266,34 +293,36 @@ def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str
     else:
         terms = reward_terms(pred, gold, sigma)
         terms = {t: terms[t] for t in TASK_TERMS[task]}
-    return (terms, res.ok, len(pred), len(gold))
+    return (terms, ok, len(pred), len(gold))
 
 
-def _post_f1(text: str, raw: Any, size, space: CoordinateSpace, mode: str, task: str) -> Optional[float]:
-    """F1 of one completion against its row's gold, as the evaluation counts it (Eq. 19-24, one post):
-    GMNER F1 (span, type and location) for ``gmner`` rows, MNER F1 (span, type) for ``mner_mi`` rows,
-    None for ``grec`` rows (Table 2 scores GREC by N-acc / precision, not F1). No prediction and no
-    gold is 1.0 (nothing to find, nothing invented). Boxes compare in the reward's space (see 3.)."""
+def _post_f1(pred: Sequence[Entity], gold: Sequence[Entity], task: str) -> float:
+    """F1 of one decoded completion against its row's gold, as the evaluation counts it (Eq. 19-24,
+    one post): GMNER F1 (span, type and location) for ``gmner`` rows, MNER F1 (span, type) for
+    ``mner_mi`` rows. No prediction and no gold is 1.0 (nothing to find, nothing invented)."""
     from .metrics import post_counts
-    if task == "grec":
-        return None
-    try:
-        gold = _gold_for(raw, size, space, mode)
-        extent = _extent(space, size) if size is not None else None
-    except Exception:
-        return 0.0
-    pred = parse_answer(text, extent=extent).entities
     if task == "mner_mi":
         pred, gold = [Entity(e.text, e.type) for e in pred], [Entity(e.text, e.type) for e in gold]
-    elif mode == "original":
-        if size is None and any(e.boxes for e in pred):
-            return 0.0
-        if size is not None:
-            pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])) for e in pred]
     if not pred and not gold:
         return 1.0
     c = post_counts(pred, gold, pairs=False)["mner" if task == "mner_mi" else "gmner"]
     return 2.0 * c["correct"] / (c["predicted"] + c["gold"])
+
+
+def _usable_rows(completions: Sequence[Any], kwargs: Dict[str, Any]):
+    """Per completion: (text, gold, first image size, task), or None (counted as malformed) for a row
+    with no gold or an unknown task."""
+    for c, raw, sz, task in _rows(completions, kwargs):
+        if raw is None:
+            _note_malformed(f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
+            yield None
+            continue
+        task = task or "gmner"
+        if task not in TASK_TERMS:
+            _note_malformed(f"unknown {TASK_COLUMN} {task!r} (known: {', '.join(TASK_TERMS)})")
+            yield None
+            continue
+        yield completion_text(c), raw, _first_size(sz), task
 
 
 # --------------------------------------------------------------------------- ORMs
@@ -319,18 +348,11 @@ class _GMNERBase(ORM):
         """Per completion: (terms, parse_ok, n_pred, n_gold, task), or None for an unusable row."""
         space = CoordinateSpace.from_env()
         out: List[Optional[tuple]] = []
-        for c, raw, sz, task in _rows(completions, kwargs):
-            if raw is None:
-                _note_malformed(f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
+        for row in _usable_rows(completions, kwargs):
+            if row is None:
                 out.append(None)
                 continue
-            task = task or "gmner"
-            if task not in TASK_TERMS:
-                _note_malformed(f"unknown {TASK_COLUMN} {task!r} (known: {', '.join(TASK_TERMS)})")
-                out.append(None)
-                continue
-            text = completion_text(c)
-            size = _first_size(sz)
+            text, raw, size, task = row
             if isinstance(raw, str) and len(text) <= _CACHE_MAX_TEXT:
                 r = _terms_cached(text, raw, size, space, self.space_mode, self.sigma, task)
             else:
@@ -419,14 +441,21 @@ class GMNERF1Reward(_GMNERBase):
     def __call__(self, completions, **kwargs) -> List[Optional[float]]:
         space = CoordinateSpace.from_env()
         out: List[Optional[float]] = []
-        for c, raw, sz, task in _rows(completions, kwargs):
-            task = task or "gmner"
-            if raw is None or task not in TASK_TERMS:
-                _note_malformed(f"a row without a usable {GOLD_COLUMN!r} / {TASK_COLUMN!r}")
+        for row in _usable_rows(completions, kwargs):
+            if row is None:
+                out.append(0.0)
+                continue
+            text, raw, size, task = row
+            if task == "grec":  # Table 2 scores GREC by N-acc / precision, not F1
+                out.append(None)
+                continue
+            d = _decoded(text, raw, size, space, self.space_mode)
+            if d[0] == "malformed":
+                _note_malformed(f"unusable row ({d[1]})")
                 out.append(0.0)
                 continue
             try:
-                out.append(_post_f1(completion_text(c), raw, _first_size(sz), space, self.space_mode, task))
+                out.append(_post_f1(d[0], d[1], task))
             except Exception as e:  # adversarial output never stops training
                 _note_malformed(f"F1 not computable ({type(e).__name__}: {e})")
                 out.append(0.0)

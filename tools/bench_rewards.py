@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     if not args.no_orm:
         try:
             import swift.rewards  # noqa: F401  (slow: imports torch/transformers)
-            from mcr_swift.swift_rewards import GMNERReward, _gold_cached, _terms_cached
+            from mcr_swift.swift_rewards import GMNERReward, _decode_cached, _gold_cached, _terms_cached
         except ImportError as e:
             print(f"(gmner_orm row skipped: {e})")
         else:
@@ -146,6 +146,7 @@ def main(argv=None) -> None:
             def call():
                 _terms_cached.cache_clear()  # time real work, not the cache
                 _gold_cached.cache_clear()
+                _decode_cached.cache_clear()
                 orm(comps, **kwargs)
             timings.append(("gmner_orm", best_of(call, args.repeat)))
 

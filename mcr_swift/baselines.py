@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
-from .coords import CoordinateSpace
+from .coords import CoordinateSpace, add_space_args, space_from_args
 from .jsonl import iter_jsonl, write_jsonl_atomic
 from .prompts import load_prompt
 from .rows import row_task, user_content
@@ -236,7 +236,7 @@ def _read(path: str, limit: Optional[int] = None) -> Tuple[List[Dict[str, Any]],
 
 def main(argv: Optional[List[str]] = None) -> int:
     from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args
-    from .predict import add_request_args, add_space_args, space_from_args
+    from .predict import add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift baselines", description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--input", required=True, help="prepared split to answer, e.g. mcr_data/twitter_gmner/test.jsonl")

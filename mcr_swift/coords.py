@@ -212,3 +212,25 @@ class CoordinateSpace:
             return 1000.0, 1000.0
         rw, rh = self.resized_size(*image_size)
         return float(rw), float(rh)
+
+
+# --------------------------------------------------------------------------- command-line flags
+def add_space_args(p) -> None:
+    """The resize flags of a run, shared by ``evaluate``, ``pictures``, ``bias-report``, ``predict`` and
+    ``baselines`` (read with `space_from_args`)."""
+    p.add_argument("--family", default=None, choices=sorted(FAMILIES),
+                   help="model family: its box space (default $MCR_MODEL_FAMILY, else qwen2_5_vl)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="smart-resize max pixels of the run (default $MAX_PIXELS or qwen-vl-utils')")
+    p.add_argument("--min-pixels", type=int, default=None, help="MIN_PIXELS (default $MIN_PIXELS)")
+    p.add_argument("--template-max-pixels", type=int, default=None, help="the run's ms-swift --max_pixels, if any")
+
+
+def space_from_args(a, family: Optional[str] = None) -> CoordinateSpace:
+    """The coordinate space of a run: the `add_space_args` flags over the environment variables
+    ms-swift reads (`CoordinateSpace.from_env`); ``family`` is the fallback when ``--family`` is unset."""
+    env = CoordinateSpace.from_env(a.family or family)
+    return CoordinateSpace(env.family,
+                           a.min_pixels if a.min_pixels is not None else env.min_pixels,
+                           a.max_pixels if a.max_pixels is not None else env.max_pixels,
+                           a.template_max_pixels if a.template_max_pixels is not None else env.template_max_pixels)

@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .coords import CoordinateSpace
+from .coords import CoordinateSpace, add_space_args, space_from_args
 from .jsonl import iter_jsonl
 from .rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, gold_from_row, row_task
 from .types import Entity
@@ -263,22 +263,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--gold", action="append", default=None,
                    help="prepared dataset JSONL with mcr_gold (needed for swift infer output); repeat it for "
                         "several datasets (e.g. mner_mi/test.jsonl and grec/testA.jsonl)")
-    p.add_argument("--family", default=None, help="model family (default $MCR_MODEL_FAMILY or qwen2_5_vl)")
-    p.add_argument("--max-pixels", type=int, default=None, help="smart-resize max pixels of the run "
-                                                                "(default $MAX_PIXELS or qwen-vl-utils')")
-    p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--template-max-pixels", type=int, default=None, help="the run's --max_pixels, if any")
+    add_space_args(p)
     p.add_argument("--entities-space", choices=["original", "model"], default="original",
                    help="space of boxes given as 'entities' (responses are always model space)")
     p.add_argument("--json-out", default=None, help="write the report here (default: <first result>.metrics.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    env_space = CoordinateSpace.from_env(a.family)
-    space = CoordinateSpace(env_space.family,
-                            a.min_pixels if a.min_pixels is not None else env_space.min_pixels,
-                            a.max_pixels if a.max_pixels is not None else env_space.max_pixels,
-                            a.template_max_pixels if a.template_max_pixels is not None
-                            else env_space.template_max_pixels)
+    space = space_from_args(a)
     gold = None
     for g in a.gold or []:
         rows = _read_jsonl(Path(g), not a.no_progress)

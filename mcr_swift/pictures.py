@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .coords import CoordinateSpace
+from .coords import CoordinateSpace, add_space_args, space_from_args
 from .metrics import location_correct, normalize_text, post_counts
 from .types import Entity
 
@@ -82,10 +82,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     """The result-file options shared by ``pictures`` and ``bias-report`` (those of ``evaluate``)."""
     p.add_argument("result", help="swift infer result file or predictions JSONL (as for mcr-swift evaluate)")
     p.add_argument("--gold", help="prepared dataset JSONL with mcr_gold (needed for swift infer output)")
-    p.add_argument("--family", default=None, help="model family (default $MCR_MODEL_FAMILY or qwen2_5_vl)")
-    p.add_argument("--max-pixels", type=int, default=None, help="smart-resize max pixels of the run")
-    p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--template-max-pixels", type=int, default=None, help="the run's --max_pixels, if any")
+    add_space_args(p)
     p.add_argument("--entities-space", choices=["original", "model"], default="original",
                    help="space of boxes given as 'entities' (responses are always model space)")
     p.add_argument("--image-dir", default=None,
@@ -94,16 +91,6 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                    help="draw a placeholder (counted) instead of stopping when an image is missing")
     p.add_argument("--width", type=positive_int, default=DEFAULT_WIDTH, help="picture width in pixels")
     p.add_argument("--no-progress", action="store_true")
-
-
-def space_from_args(a: argparse.Namespace) -> CoordinateSpace:
-    """The run's coordinate space: command-line values over the environment (as ``evaluate``)."""
-    env = CoordinateSpace.from_env(a.family)
-    return CoordinateSpace(env.family,
-                           a.min_pixels if a.min_pixels is not None else env.min_pixels,
-                           a.max_pixels if a.max_pixels is not None else env.max_pixels,
-                           a.template_max_pixels if a.template_max_pixels is not None
-                           else env.template_max_pixels)
 
 
 def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,

@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .coords import FAMILIES, CoordinateSpace
+from .coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
 from .jsonl import iter_jsonl, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
-           "LocalBackend", "ApiBackend", "predict_posts", "add_space_args", "space_from_args", "describe_space",
+           "LocalBackend", "ApiBackend", "predict_posts", "describe_space",
            "add_request_args", "file_digest", "main"]
 
 #: Decoding for predictions: the paper is silent (App. E.4 gives only CVO's rollout sampling); greedy
@@ -290,26 +290,6 @@ def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optio
 
 
 # --------------------------------------------------------------------------- coordinate-space flags
-def add_space_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default=None, choices=sorted(FAMILIES),
-                   help="model family: its box space (default $MCR_MODEL_FAMILY, else qwen2_5_vl; predict: "
-                        "--template when it names a family)")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="the model's smart-resize MAX_PIXELS (default $MAX_PIXELS or qwen-vl-utils')")
-    p.add_argument("--min-pixels", type=int, default=None, help="MIN_PIXELS (default $MIN_PIXELS)")
-    p.add_argument("--template-max-pixels", type=int, default=None, help="ms-swift's --max_pixels, if used")
-
-
-def space_from_args(a: argparse.Namespace, family: Optional[str] = None) -> CoordinateSpace:
-    """The coordinate space the model answers in: the flags override the environment variables
-    ms-swift reads (`CoordinateSpace.from_env`)."""
-    env = CoordinateSpace.from_env(a.family or family)
-    return CoordinateSpace(env.family,
-                           a.min_pixels if a.min_pixels is not None else env.min_pixels,
-                           a.max_pixels if a.max_pixels is not None else env.max_pixels,
-                           a.template_max_pixels if a.template_max_pixels is not None else env.template_max_pixels)
-
-
 def describe_space(space: Optional[CoordinateSpace]) -> Dict[str, Any]:
     if space is None:
         return {"box_space": "original"}

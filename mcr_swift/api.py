@@ -110,6 +110,11 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         return min(self.max_delay, self.base * (2 ** attempt)) * rng.uniform(0.5, 1.0)
 
+    @classmethod
+    def from_args(cls, a) -> "RetryPolicy":
+        """From the `add_request_args` flags."""
+        return cls(a.retries, a.backoff, a.max_backoff)
+
 
 @dataclass
 class ChatResult:
@@ -400,3 +405,24 @@ def add_endpoint_args(parser, prefix: str = "", what: str = "the endpoint") -> N
     parser.add_argument(f"{p}model", default=None,
                         help=f"model name at {what} (default $OPENAI_MODEL, else the server's only model)")
     parser.add_argument(f"{p}api-key", default=None, help="API key (default $OPENAI_API_KEY, else 'EMPTY')")
+
+
+def add_request_args(parser, max_tokens: int, temperature: float,
+                     seed_help: str = "sent with every request (servers that honour it)") -> None:
+    """Request, decoding and retry flags shared by the commands that call an endpoint (``synth``,
+    ``cvo-filter``, ``baselines``, ``predict``); `RetryPolicy.from_args` reads the retry ones."""
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per request (default 120)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument("--retries", type=int, default=5, help="extra attempts per request on API errors")
+    parser.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles each retry)")
+    parser.add_argument("--max-backoff", type=float, default=60.0)
+    parser.add_argument("--temperature", type=float, default=temperature)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (cache keys follow image contents, not names)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()

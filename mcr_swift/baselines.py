@@ -161,8 +161,9 @@ def run_baselines(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sample], 
                   progress: bool = True) -> Dict[str, Any]:
     """Query the endpoint for every post; returns the summary (and writes ``out`` when complete).
     ``space`` None: boxes in original pixels (``--box-space original``)."""
-    from .api import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
-    from .predict import answer_entities, describe_space, file_digest
+    from .api import (ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, file_digest, run_jobs,
+                      to_openai_messages)
+    from .predict import answer_entities, describe_space
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +236,7 @@ def _read(path: str, limit: Optional[int] = None) -> Tuple[List[Dict[str, Any]],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args
-    from .predict import add_request_args
+    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift baselines", description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--input", required=True, help="prepared split to answer, e.g. mcr_data/twitter_gmner/test.jsonl")
@@ -254,7 +254,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="the one box a demonstration writes for an entity with several gold boxes")
     p.add_argument("--limit", type=int, default=None, help="only the first N posts")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
-    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE)
+    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE,
+                     "sent with every request (servers that honour it); also draws the demonstrations")
     a = p.parse_args(argv)
     shots = METHODS[a.method][1] if a.shots is None else a.shots
     space = None if a.box_space == "original" else space_from_args(a)
@@ -278,7 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = run_baselines(rows, samples, Path(a.out), ep, a.method, demos=demos, space=space,
                                 multi_box=a.multi_box, temperature=a.temperature, max_tokens=a.max_tokens,
                                 seed=a.seed, concurrency=a.concurrency,
-                                retry=RetryPolicy(a.retries, a.backoff, a.max_backoff),
+                                retry=RetryPolicy.from_args(a),
                                 cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress)
     except (EndpointError, OSError, ValueError) as e:
         print(f"mcr-swift baselines: {e}", file=sys.stderr)

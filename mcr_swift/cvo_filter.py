@@ -231,18 +231,15 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args
+    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
     p.add_argument("--out", required=True, help="kept queries, e.g. mcr_data/mrsi/d2_filtered.jsonl")
     add_endpoint_args(p, "", "the policy server (swift deploy / vllm serve of the MRSI checkpoint)")
-    p.add_argument("--timeout", type=float, default=None)
+    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "request seeds derive from it (servers that honour seed)")
     p.add_argument("-G", "--num-generations", type=int, default=DEFAULT_G, help="responses per query (App. E.4: 8)")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
-    p.add_argument("--seed", type=int, default=0, help="request seeds derive from it (servers that honour seed)")
     p.add_argument("--min-std", type=float, default=0.1)
     p.add_argument("--min-max", type=float, default=0.8)
     p.add_argument("--min-median", type=float, default=0.08)
@@ -251,13 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-pixels", type=int, default=None, help="the server's MAX_PIXELS (reward coordinate space)")
     p.add_argument("--min-pixels", type=int, default=None)
     p.add_argument("--family", default=None, help="model family (default $MCR_MODEL_FAMILY or qwen2_5_vl)")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--retries", type=int, default=5)
-    p.add_argument("--backoff", type=float, default=1.0)
-    p.add_argument("--max-backoff", type=float, default=60.0)
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     for flag, var in ((a.max_pixels, "MAX_PIXELS"), (a.min_pixels, "MIN_PIXELS"), (a.family, "MCR_MODEL_FAMILY")):
         if flag is not None:  # the reward reads the coordinate space from the environment, as in GRPO
@@ -269,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
                             thresholds=FilterThresholds(a.min_std, a.min_max, a.min_median, a.max_median,
                                                         a.std_ddof),
-                            concurrency=a.concurrency, retry=RetryPolicy(a.retries, a.backoff, a.max_backoff),
+                            concurrency=a.concurrency, retry=RetryPolicy.from_args(a),
                             cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress,
                             source=a.input)
     except (EndpointError, ValueError) as e:

@@ -28,7 +28,6 @@ records it for that post, counts it, and exits 3 (re-run to resume) if requests 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -44,7 +43,7 @@ from .jsonl import iter_jsonl, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
            "LocalBackend", "ApiBackend", "predict_posts", "describe_space",
-           "add_request_args", "file_digest", "main"]
+           "main"]
 
 #: Decoding for predictions: the paper is silent (App. E.4 gives only CVO's rollout sampling); greedy
 #: answers are reproducible, and the reasoning needs room.
@@ -216,12 +215,6 @@ class ApiBackend:
                     on_retry=on_retry)
 
 
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's bytes (cache keys follow image contents, not names)."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def _record(post: Post, text: Optional[str], space: Optional[CoordinateSpace],
             error: Optional[str] = None) -> Dict[str, Any]:
     if text is None:
@@ -240,7 +233,7 @@ def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optio
     """
     import tempfile
 
-    from .api import ChatResult, EndpointError, ResultCache, RunStats, cache_key, run_jobs
+    from .api import ChatResult, EndpointError, ResultCache, RunStats, cache_key, file_digest, run_jobs
     tmp = None
     if cache_path is None:
         tmp = tempfile.TemporaryDirectory(prefix="mcr-predict-")
@@ -297,20 +290,6 @@ def describe_space(space: Optional[CoordinateSpace]) -> Dict[str, Any]:
             "max_pixels": space.max_pixels, "template_max_pixels": space.template_max_pixels}
 
 
-def add_request_args(p: argparse.ArgumentParser, max_tokens: int, temperature: float) -> None:
-    """Decoding and retry flags shared by ``predict`` and ``baselines``."""
-    p.add_argument("--timeout", type=float, default=None, help="seconds per request (default 120)")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (endpoint only)")
-    p.add_argument("--retries", type=int, default=5, help="extra attempts per request on API errors")
-    p.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles each retry)")
-    p.add_argument("--max-backoff", type=float, default=60.0)
-    p.add_argument("--temperature", type=float, default=temperature)
-    p.add_argument("--max-tokens", type=int, default=max_tokens)
-    p.add_argument("--seed", type=int, default=0,
-                   help="sent with every request (servers that honour it); baselines: also draws the demonstrations")
-    p.add_argument("--no-progress", action="store_true")
-
-
 # --------------------------------------------------------------------------- command line
 def _fail(msg: str) -> int:
     print(f"mcr-swift predict: {msg}", file=sys.stderr)
@@ -318,7 +297,7 @@ def _fail(msg: str) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args
+    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     from .prompts import task_instruction
     p = argparse.ArgumentParser(prog="mcr-swift predict", description=__doc__.splitlines()[0])
     src = p.add_argument_group("input (one post, or a JSONL of posts)")
@@ -337,7 +316,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="instruction file in prompts/ (default: the MCR task instruction the model was trained on)")
     add_space_args(p)
     p.add_argument("--cache", default=None, help="request cache of a JSONL run (default <out>.cache.jsonl)")
-    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE)
+    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "sent with every request (servers that honour it)")
     a = p.parse_args(argv)
     if (a.input is None) == (a.text is None):
         p.error("give either --text with --image, or --input posts.jsonl")
@@ -374,7 +353,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             backend = LocalBackend(a.model, a.adapters, a.template, a.max_tokens, a.temperature, a.seed)
         else:
             ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
-            backend = ApiBackend(ep, concurrency=a.concurrency, retry=RetryPolicy(a.retries, a.backoff, a.max_backoff),
+            backend = ApiBackend(ep, concurrency=a.concurrency, retry=RetryPolicy.from_args(a),
                                  max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed)
     except (EndpointError, RuntimeError) as e:
         return _fail(str(e))

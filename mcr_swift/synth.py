@@ -365,7 +365,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args
+    from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="prepared dataset JSONL (mcr-swift prepare), e.g. train.jsonl")
     p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
@@ -375,20 +375,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_endpoint_args(p, "", "both endpoints")
     add_endpoint_args(p, "llm-", "the LLM styles' endpoint (default: --base-url)")
     add_endpoint_args(p, "mllm-", "the MLLM style's endpoint (default: --base-url)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per request (default 120)")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--retries", type=int, default=5, help="extra attempts per request on API errors")
-    p.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles each retry)")
-    p.add_argument("--max-backoff", type=float, default=60.0)
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "template styles' seed; sent to the API as well")
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
-    p.add_argument("--seed", type=int, default=0, help="template styles' seed; sent to the API as well")
     p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
     p.add_argument("--limit", type=int, default=None, help="only the first N posts")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
@@ -409,7 +401,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
                              cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
-                             retry=RetryPolicy(a.retries, a.backoff, a.max_backoff), temperature=a.temperature,
+                             retry=RetryPolicy.from_args(a), temperature=a.temperature,
                              top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                              repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
                              source=a.input)

@@ -8,6 +8,8 @@ parse of a recipe's ``swift`` command into ms-swift's own argument objects (args
     the GRPO constraint is checked too: ms-swift generates ``PER_DEVICE × NPROC × GRAD_ACC``
     completions per optimizer step (``steps_per_generation`` = GRAD_ACC), which must be a multiple
     of G. A batch that cannot be split exits 2 with the reason.
+``python -m mcr_swift.recipe_args gpus``
+    prints the GPU count alone (`count_gpus`), for scripts that split no batch.
 ``python -m mcr_swift.recipe_args last-checkpoint OUTPUT_DIR``
     writes the absolute path of the newest ``v*-*/checkpoint-*`` folder ms-swift wrote under
     OUTPUT_DIR to ``OUTPUT_DIR/last_checkpoint.txt`` (what the full pipeline chains stages with).
@@ -207,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--per-device", default="", help="per-device batch; empty: min(max, batch/nproc)")
     b.add_argument("--max-per-device", type=int, default=2)
     b.add_argument("--num-generations", type=int, default=None, help="GRPO: completions per prompt")
+    sub.add_parser("gpus", help="print the number of GPUs nvidia-smi lists")
     c = sub.add_parser("last-checkpoint", help="write OUTPUT_DIR/last_checkpoint.txt")
     c.add_argument("output_dir", type=Path)
     c.add_argument("--checkpoint", type=Path, default=None, help="this folder instead of the newest")
@@ -216,6 +219,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ns = parser.parse_args(argv)
     if ns.cmd == "batch":
         return _main_batch(ns)
+    if ns.cmd == "gpus":
+        print(count_gpus())
+        return 0
     if ns.cmd == "last-checkpoint":
         try:
             print(write_last_checkpoint(ns.output_dir, ns.checkpoint).read_text().strip())

@@ -51,8 +51,8 @@ case "$PROFILE" in
     USE_VLLM=${USE_VLLM:-true}; INFER_BACKEND=${INFER_BACKEND:-vllm}
     MODEL=${MODEL:?set MODEL (the wrappers do)}
     # the filter's policy server: one vLLM engine per GPU found (data parallel), like the training run
-    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    if [ "$INFER_BACKEND" = vllm ] && [ "${GPUS:-0}" -gt 1 ]; then
+    GPUS=$(python -m mcr_swift.recipe_args gpus)
+    if [ "$INFER_BACKEND" = vllm ] && [ "$GPUS" -gt 1 ]; then
       SERVE_EXTRA_ARGS=${SERVE_EXTRA_ARGS:---vllm_data_parallel_size $GPUS}; fi
     ;;
   *) echo "PROFILE must be paper or tiny, got '$PROFILE'" >&2; exit 2 ;;

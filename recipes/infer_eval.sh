@@ -12,8 +12,7 @@ TEMPLATE=${TEMPLATE:-qwen2_5_vl}
 export MCR_MODEL_FAMILY=${MCR_MODEL_FAMILY:-$TEMPLATE}   # evaluate maps boxes from this family's space
 DATASET=${DATASET:-mcr-gmner:test}
 GOLD=${GOLD:-${MCR_DATA_DIR:-mcr_data}/twitter_gmner/test.jsonl}
-SPLIT=$(python -m mcr_swift.recipe_args batch --batch 1 --nproc 1) || exit $?
-eval "$SPLIT"                               # GPUS
+GPUS=$(python -m mcr_swift.recipe_args gpus)
 INFER_BACKEND=${INFER_BACKEND:-$([ "$GPUS" -gt 0 ] && echo vllm || echo transformers)}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-2048}      # paper silent
 TEMPERATURE=${TEMPERATURE:-0}
@@ -41,7 +40,7 @@ fi
 RESULT="$OUTPUT_DIR/infer.jsonl"
 if [ "$REAL" = true ]; then mkdir -p "$OUTPUT_DIR"; rm -f "$RESULT"; fi   # swift infer appends to an existing file
 echo "[infer_eval] model=$MODEL adapters=${ADAPTERS:-none} template=$TEMPLATE dataset=$DATASET" \
-     "backend=$INFER_BACKEND max_new_tokens=$MAX_NEW_TOKENS temperature=$TEMPERATURE gold=$GOLD output=$OUTPUT_DIR"
+     "backend=$INFER_BACKEND nproc=${NPROC_PER_NODE:-1} max_new_tokens=$MAX_NEW_TOKENS temperature=$TEMPERATURE gold=$GOLD output=$OUTPUT_DIR"
 # shellcheck disable=SC2086
 $SWIFT infer --model "$MODEL" ${ADAPTERS:+--adapters "$ADAPTERS"} --template "$TEMPLATE" \
   --custom_register_path "$PLUGIN" --val_dataset $DATASET --result_path "$RESULT" "${BACKEND[@]}" \

@@ -166,11 +166,13 @@ def test_merge_and_infer_commands(tmp_path):
     gpus = fake_gpus(tmp_path / "g", 8)
     gpu = recipe_args("infer_eval", gpus, ADAPTERS="ck/checkpoint-5", MCR_DATA_DIR="d")
     # vLLM: the adapter is merged first (one process), then vLLM serves the merged model
-    assert "export --model Qwen/Qwen2.5-VL-7B-Instruct --adapters ck/checkpoint-5" in run_recipe(
-        "infer_eval", gpus, ADAPTERS="ck/checkpoint-5").stdout
+    out = run_recipe("infer_eval", gpus, ADAPTERS="ck/checkpoint-5").stdout
+    assert "export --model Qwen/Qwen2.5-VL-7B-Instruct --adapters ck/checkpoint-5" in out
+    assert "nproc=8" in out                              # one vLLM engine per GPU found (data parallel)
     assert (gpu["model"], gpu["infer_backend"], gpu["val_dataset"]) == ("runs/eval/policy/merged", "vllm",
                                                                         "mcr-gmner:test")
     assert "adapters" not in gpu and gpu["result_path"] == "runs/eval/infer.jsonl" and gpu["temperature"] == "0"
+    assert "nproc=1" in run_recipe("infer_eval", fake_gpus(tmp_path / "c", 0)).stdout
     cpu = recipe_args("infer_eval", fake_gpus(tmp_path / "c", 0), ADAPTERS="ck/checkpoint-5")
     assert (cpu["infer_backend"], cpu["adapters"]) == ("transformers", "ck/checkpoint-5")
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .recipe_args import version_number
+
 STEP_KEY = "global_step/max_steps"
 
 
@@ -97,11 +99,6 @@ def read_log(path: Path, label: str) -> Run:
     return run
 
 
-def _version_number(folder: Path) -> int:
-    m = re.match(r"v(\d+)-", folder.name)
-    return int(m.group(1)) if m else -1
-
-
 def find_logs(root: Path) -> List[Tuple[Path, str]]:
     """``(logging.jsonl, label)`` of the run(s) at ``root`` (see the module doc); newest version per
     output dir. Raises FileNotFoundError naming ``root`` when there is none."""
@@ -115,7 +112,7 @@ def find_logs(root: Path) -> List[Tuple[Path, str]]:
         raise FileNotFoundError(f"{root}: no logging.jsonl (expected <output_dir>/v*-*/logging.jsonl)")
     found = []
     for out in output_dirs:
-        versions = sorted((p.parent for p in out.glob("v*-*/logging.jsonl")), key=_version_number)
+        versions = sorted((p.parent for p in out.glob("v*-*/logging.jsonl")), key=version_number)
         if len(versions) > 1:
             print(f"[curves] {out}: {len(versions)} versions, reading the newest ({versions[-1].name})")
         label = str(out.relative_to(root)) if out != root else out.name

@@ -78,11 +78,16 @@ def split_batch(batch: int, nproc: int, per_device: Optional[int] = None, max_pe
     return per_device, batch // (nproc * per_device)
 
 
+def version_number(folder: Path) -> int:
+    """N of an ms-swift run folder ``v<N>-<time>`` (-1 for another name): newer runs have larger N."""
+    m = re.match(r"v(\d+)-", Path(folder).name)
+    return int(m.group(1)) if m else -1
+
+
 def _version_key(path: Path) -> Tuple[int, int]:
     """Sort key of ``v<N>-<time>/checkpoint-<step>``: version number, then step."""
-    version = re.match(r"v(\d+)-", path.parent.name)
     step = re.match(r"checkpoint-(\d+)$", path.name)
-    return int(version.group(1)) if version else -1, int(step.group(1)) if step else -1
+    return version_number(path.parent), int(step.group(1)) if step else -1
 
 
 def newest_checkpoint(output_dir: Path) -> Path:

@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .recipe_args import version_number
+
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "main"]
 
 #: args.json keys reported per stage (App. E.4's hyper-parameters and what fixes the effective batch)
@@ -35,7 +37,7 @@ def _json(path: Path) -> Optional[Any]:
 
 def _args(stage_dir: Path, keys) -> Optional[Dict[str, Any]]:
     """The newest ``args.json`` ms-swift wrote under ``stage_dir`` (``v*-*/args.json``), reduced to ``keys``."""
-    found = sorted(stage_dir.glob("v*/args.json"), key=lambda p: p.stat().st_mtime)
+    found = sorted(stage_dir.glob("v*-*/args.json"), key=lambda p: version_number(p.parent))
     if not found:
         return None
     a = _json(found[-1]) or {}

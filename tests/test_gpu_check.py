@@ -72,6 +72,11 @@ def test_dry_run_resolves_every_gpu_path(tmp_path):
     assert infer["result_path"].startswith(str(work.resolve()))
     assert not (work / "tiny-qwen2_5_vl").exists() and not (work / "data").exists()
     assert "max_pixels=50176" in out
+    # bf16 on the GPU for every path, eager vLLM engines (no CUDA-graph capture for a 10 M model)
+    for flags in (sft, grpo, infer, deploy):
+        assert flags["torch_dtype"] == "bfloat16"
+    for flags in (grpo, infer, deploy):
+        assert flags["vllm_enforce_eager"] == "true"
 
 
 def test_dry_run_from_the_environment_and_bad_options(tmp_path):

@@ -25,8 +25,9 @@
 # given; on a machine without the repo's venv that Python should already hold a CUDA torch
 # (like `MCR_TORCH="" MCR_EXTRAS=test,vllm bash tools/setup.sh`, which keeps the image's torch).
 # --dry-run prints the resolved command of every path (the recipes' SWIFT=echo) and runs nothing.
-# Small-model settings: vLLM gets max_model_len 2048 (the tiny model's positions: 4096) and
-# gpu_memory_utilization 0.2 (VLLM_GPU_MEMORY_UTILIZATION), images at most 64 tokens (MAX_PIXELS 50176).
+# Small-model settings: vLLM gets max_model_len 2048 (the tiny model's positions: 4096),
+# gpu_memory_utilization 0.2 (VLLM_GPU_MEMORY_UTILIZATION) and eager mode (VLLM_ARGS), weights in bf16
+# (DTYPE_ARGS), images at most 64 tokens (MAX_PIXELS 50176); no path downloads anything.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -40,7 +41,7 @@ run_path() {
   case "$name" in
     sft-deepspeed-zero2)
       MODEL="$TINY" DATASET=mcr-gmner:train DEEPSPEED=zero2 NPROC_PER_NODE=1 MAX_STEPS=2 BATCH_SIZE=2 \
-        PER_DEVICE_BATCH_SIZE=1 SAVE_STEPS=2 OUTPUT_DIR="$out" bash recipes/mrsi_sft.sh || return 1
+        PER_DEVICE_BATCH_SIZE=1 SAVE_STEPS=2 OUTPUT_DIR="$out" EXTRA_ARGS="$DTYPE_ARGS" bash recipes/mrsi_sft.sh || return 1
       [ "$DRY" = 1 ] && return 0
       [ -s "$out/last_checkpoint.txt" ] || { echo "ERROR: no checkpoint written under $out"; return 1; }
       grep -q 'zero_optimization' "$out"/v*/args.json || { echo "ERROR: args.json has no DeepSpeed ZeRO config"; return 1; }
@@ -49,7 +50,7 @@ run_path() {
       MODEL="$TINY" DATASET="mcr-gmner:train#8" USE_VLLM=true VLLM_MODE=colocate SLEEP_LEVEL=1 \
         VLLM_MAX_MODEL_LEN=2048 NPROC_PER_NODE=1 DEEPSPEED="" MAX_STEPS=2 BATCH_SIZE=4 NUM_GENERATIONS=4 \
         MAX_COMPLETION_LENGTH=32 SAVE_STEPS=2 LOG_REWARD_TERMS=true OUTPUT_DIR="$out" \
-        bash recipes/cvo_grpo.sh || return 1
+        EXTRA_ARGS="$DTYPE_ARGS $VLLM_ARGS" bash recipes/cvo_grpo.sh || return 1
       [ "$DRY" = 1 ] && return 0
       [ -s "$out/last_checkpoint.txt" ] || { echo "ERROR: no checkpoint written under $out"; return 1; }
       grep -q '"use_vllm": true' "$out"/v*/args.json || { echo "ERROR: args.json says use_vllm false"; return 1; }
@@ -59,7 +60,7 @@ run_path() {
       # one engine on the one visible GPU: a plain process (torchrun only if nvidia-smi lists several GPUs)
       env ${ONE_PROC_IF_MULTI_GPU} MODEL="$TINY" DATASET=mcr-gmner:test GOLD="$MCR_DATA_DIR/twitter_gmner/test.jsonl" \
         INFER_BACKEND=vllm VLLM_MAX_MODEL_LEN=2048 MAX_NEW_TOKENS=32 OUTPUT_DIR="$out" \
-        bash recipes/infer_eval.sh || return 1
+        EXTRA_ARGS="$DTYPE_ARGS $VLLM_ARGS" bash recipes/infer_eval.sh || return 1
       [ "$DRY" = 1 ] && return 0
       local want got
       want=$(wc -l < "$MCR_DATA_DIR/twitter_gmner/test.jsonl"); got=$(wc -l < "$out/infer.jsonl")
@@ -69,7 +70,7 @@ run_path() {
     filter-deploy-vllm)
       local deploy=(--model "$TINY" --template qwen2_5_vl --infer_backend vllm --served_model_name policy
                     --max_new_tokens 32 --vllm_max_model_len 2048
-                    --vllm_gpu_memory_utilization "$VLLM_GPU_MEMORY_UTILIZATION")
+                    --vllm_gpu_memory_utilization "$VLLM_GPU_MEMORY_UTILIZATION" $DTYPE_ARGS $VLLM_ARGS)
       local filter=(--input "$MCR_DATA_DIR/twitter_gmner/train.jsonl" --out "$out/d2_filtered.jsonl" -G 4
                     --max-tokens 32 --min-std 0 --min-max 0 --min-median 0 --max-median 1 --no-progress)
       if [ "$DRY" = 1 ]; then
@@ -130,6 +131,10 @@ export MCR_DATA_DIR="$WORK/data" MCR_MODEL_FAMILY=qwen2_5_vl MAX_PIXELS=${MAX_PI
 export VLLM_GPU_MEMORY_UTILIZATION=${VLLM_GPU_MEMORY_UTILIZATION:-0.2} MAX_LENGTH=${MAX_LENGTH:-2048}
 export DATALOADER_WORKERS=0 REPORT_TO=none LOGGING_STEPS=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 export TINY="$WORK/tiny-qwen2_5_vl" WORK DRY
+# bf16 weights on the GPU (the tiny model is saved in fp32, which vLLM's FlashAttention does not take);
+# eager vLLM (no CUDA-graph capture / compile: minutes saved on a 10 M-parameter model). The tiny model's
+# head size is 16: vLLM picks an attention backend that supports it (set VLLM_ATTENTION_BACKEND to force one).
+export DTYPE_ARGS=${DTYPE_ARGS:---torch_dtype bfloat16} VLLM_ARGS=${VLLM_ARGS:---vllm_enforce_eager true}
 # the check uses one GPU (CUDA_VISIBLE_DEVICES); recipes that count GPUs with nvidia-smi get told so
 ONE_PROC_IF_MULTI_GPU=""
 [ "$(python -m mcr_swift.recipe_args gpus 2>/dev/null || echo 0)" -gt 1 ] && ONE_PROC_IF_MULTI_GPU="NPROC_PER_NODE=1"

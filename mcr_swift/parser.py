@@ -89,9 +89,10 @@ no gold entity. It is True iff ``ok`` and
   such as ``{"entities": []}``, ``None`` / ``null`` / ``N/A`` / ``nothing`` / ``no entities``
   (inside ``<answer>`` or, untagged, after the last ``</think>``).
 
-Not answered: ``ok`` False (no text, ``<answer></answer>``, prose, ``[1, 2, 3]``, a page of x's),
-and a structure whose items were all discarded (``[{}]``, ``[null]``, ``[{"foo": 1}]``, a truncated
-list whose only object was cut off).
+Not answered: ``ok`` False (no text, ``<answer></answer>``, ``<answer>[``, prose, ``[1, 2, 3]``, a
+page of x's), and a structure whose items were all discarded (``[{}]``, ``[null]``, ``[{"foo": 1}]``).
+A truncated answer is answered when an entity was salvaged from it (a cut single object is often
+still read by the ``key: value`` reader).
 
 `format_ok(text)` is the strict check behind the format reward: exactly one ``<think>..</think>``
 followed by exactly one ``<answer>..</answer>`` (only whitespace around them) whose content is a JSON

@@ -416,3 +416,9 @@ def test_partial_answers_keep_what_they_read():
     # a box that cannot be repaired leaves the entity unlocated (repaired 1): still an answer
     r = parse_answer('<answer>[{"entity": "NBA", "type": "ORG", "bbox": [1, 2, 3]}]</answer>')
     assert r.answered and r.entities == [Entity("NBA", "ORG")] and r.repaired == 1
+
+
+def test_a_cut_single_object_is_salvaged_or_not_answered():
+    r = parse_answer('<answer>[{"entity": "NBA", "type": "ORG"')
+    assert r.answered and r.entities == [Entity("NBA", "ORG")]
+    assert not parse_answer("<answer>[").answered

@@ -214,7 +214,10 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
     if complete:
         write_jsonl_atomic(out, kept)
         write_jsonl_atomic(out.with_name(out.name + ".stats.jsonl"), records)
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    target = out.with_name(out.name + ".summary.json")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, target)  # atomic: a reader never sees half a summary
     return summary
 
 

@@ -206,12 +206,27 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         "tokens": dict(tokens), "requests": st.as_dict(), "endpoint": endpoint.describe(),
         "cache": {"path": str(cache.path), "records": len(cache), "torn_lines_dropped": cache.torn},
         "complete": complete, "out": str(out) if complete else None,
+        # the scoring GRPO will use: the reward's settings and the coordinate space it compares in
+        "reward": {"weights": list(reward.weights), "sigma": reward.sigma, "unmatched": reward.unmatched,
+                   "space_mode": reward.space_mode},
+        "space": _space_dict(),
     }
     if complete:
         write_jsonl_atomic(out, kept)
         write_jsonl_atomic(out.with_name(out.name + ".stats.jsonl"), records)
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    target = out.with_name(out.name + ".summary.json")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, target)  # atomic: a reader never sees half a summary
     return summary
+
+
+def _space_dict() -> Dict[str, Any]:
+    """The resize settings the reward resolves from the environment (`CoordinateSpace.from_env`)."""
+    from .coords import CoordinateSpace
+    sp = CoordinateSpace.from_env()
+    return {"family": sp.family, "min_pixels": sp.min_pixels, "max_pixels": sp.max_pixels,
+            "template_max_pixels": sp.template_max_pixels}
 
 
 def format_summary(s: Mapping[str, Any]) -> str:
@@ -232,6 +247,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from .coords import add_space_args
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
     p.add_argument("--out", required=True, help="kept queries, e.g. mcr_data/mrsi/d2_filtered.jsonl")
@@ -245,15 +261,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--min-median", type=float, default=0.08)
     p.add_argument("--max-median", type=float, default=0.6)
     p.add_argument("--std-ddof", type=int, default=0, choices=[0, 1], help="0: population std (default)")
-    p.add_argument("--max-pixels", type=int, default=None, help="the server's MAX_PIXELS (reward coordinate space)")
-    p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--family", default=None, help="model family (default $MCR_MODEL_FAMILY or qwen2_5_vl)")
+    add_space_args(p)  # the server's resize settings: the reward compares in its coordinate space
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
-    for flag, var in ((a.max_pixels, "MAX_PIXELS"), (a.min_pixels, "MIN_PIXELS"), (a.family, "MCR_MODEL_FAMILY")):
+    for flag, var, shadow in ((a.max_pixels, "MAX_PIXELS", "IMAGE_MAX_TOKEN_NUM"),
+                              (a.min_pixels, "MIN_PIXELS", "IMAGE_MIN_TOKEN_NUM"),
+                              (a.template_max_pixels, "MCR_TEMPLATE_MAX_PIXELS", None),
+                              (a.family, "MCR_MODEL_FAMILY", None)):
         if flag is not None:  # the reward reads the coordinate space from the environment, as in GRPO
             os.environ[var] = str(flag)
+            if shadow:  # a token count in the environment would win over the flag (ms-swift's rule)
+                os.environ.pop(shadow, None)
     rows = [row for _, row, _ in iter_jsonl(a.input)][:a.limit]
     try:
         ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)

@@ -77,6 +77,23 @@ Counters
 above, plus 1 for a recovered truncated or malformed (trailing-comma) JSON answer. Both count only
 what lies inside the scanned window.
 
+Parseable
+---------
+``ParseResult.answered`` is what the rewards (`mcr_swift.swift_rewards`, the App. D.3 filter) pay
+for; a completion that is not answered scores 0 on every term of every task, also on a post with
+no gold entity. It is True iff ``ok`` and
+
+* at least one entity was read (also from a repaired or truncated answer: the entities it kept are
+  scored as they are, and a garbled one costs through the count and span terms), or
+* the answer is an explicit empty one with nothing dropped or repaired: ``[]``, ``{}``, a wrapper
+  such as ``{"entities": []}``, ``None`` / ``null`` / ``N/A`` / ``nothing`` / ``no entities``
+  (inside ``<answer>`` or, untagged, after the last ``</think>``).
+
+Not answered: ``ok`` False (no text, ``<answer></answer>``, ``<answer>[``, prose, ``[1, 2, 3]``, a
+page of x's), and a structure whose items were all discarded (``[{}]``, ``[null]``, ``[{"foo": 1}]``).
+A truncated answer is answered when an entity was salvaged from it (a cut single object is often
+still read by the ``key: value`` reader).
+
 `format_ok(text)` is the strict check behind the format reward: exactly one ``<think>..</think>``
 followed by exactly one ``<answer>..</answer>`` (only whitespace around them) whose content is a JSON
 list of objects with exactly the keys entity (string), type (string) and bbox (null or 4 finite
@@ -171,6 +188,13 @@ class ParseResult:
     dropped: int = 0
     repaired: int = 0
     format: str = "none"
+
+    @property
+    def answered(self) -> bool:
+        """True iff the completion holds a parseable answer, what the rewards pay for (module
+        docstring, "Parseable"): ``ok`` and either at least one entity, or an explicit empty answer
+        with nothing dropped or repaired."""
+        return self.ok and (bool(self.entities) or (self.dropped == 0 and self.repaired == 0))
 
 
 class _Acc:

@@ -1,13 +1,16 @@
 """Helpers of the stage recipes (``recipes/*.sh``): batch arithmetic, checkpoint discovery, and a dry
 parse of a recipe's ``swift`` command into ms-swift's own argument objects (args.json, no training).
 
-``python -m mcr_swift.recipe_args batch --batch 16 --nproc "" --max-per-device 2``
-    prints ``GPUS=8 NPROC_PER_NODE=8 PER_DEVICE_BATCH_SIZE=2 GRAD_ACC=1`` for ``eval``: the effective
-    batch of App. E.4 is kept for any GPU count (``BATCH = NPROC × PER_DEVICE × GRAD_ACC``). GPUS is
-    the count of ``nvidia-smi -L``; an empty ``--nproc`` uses it (1 without a GPU). With ``--num-generations G``
-    the GRPO constraint is checked too: ms-swift generates ``PER_DEVICE × NPROC × GRAD_ACC``
-    completions per optimizer step (``steps_per_generation`` = GRAD_ACC), which must be a multiple
-    of G. A batch that cannot be split exits 2 with the reason.
+``python -m mcr_swift.recipe_args batch --batch 16 --nproc "" --nnodes "" --max-per-device 2``
+    prints ``GPUS=8 NPROC_PER_NODE=8 NNODES=1 WORLD_PROCS=8 PER_DEVICE_BATCH_SIZE=2 GRAD_ACC=1`` for
+    ``eval``: the effective (global) batch of App. E.4 is kept for any GPU and node count
+    (``BATCH = NNODES × NPROC_PER_NODE × PER_DEVICE × GRAD_ACC``; the world size is NNODES ×
+    NPROC_PER_NODE, ms-swift's torchrun variables). GPUS is the count of ``nvidia-smi -L`` on this
+    node; an empty ``--nproc`` uses it (1 without a GPU); an empty ``--nnodes`` reads ``NNODES`` (1 when
+    unset). With ``--num-generations G`` the GRPO constraint is checked too: ms-swift generates
+    ``PER_DEVICE × WORLD × GRAD_ACC`` completions per optimizer step (``steps_per_generation`` =
+    GRAD_ACC), which must be a multiple of G. A batch that cannot be split exits 2 with the reason.
+    (``WORLD_PROCS``, not ``WORLD_SIZE``: that name would make torch/accelerate start a process group.)
 ``python -m mcr_swift.recipe_args gpus``
     prints the GPU count alone (`count_gpus`), for scripts that split no batch.
 ``python -m mcr_swift.recipe_args last-checkpoint OUTPUT_DIR``
@@ -56,26 +59,32 @@ def count_gpus() -> int:
 
 
 def split_batch(batch: int, nproc: int, per_device: Optional[int] = None, max_per_device: int = 2,
-                num_generations: Optional[int] = None) -> Tuple[int, int]:
-    """``(per_device, grad_acc)`` with ``nproc × per_device × grad_acc == batch``.
+                num_generations: Optional[int] = None, nnodes: int = 1) -> Tuple[int, int]:
+    """``(per_device, grad_acc)`` with ``nnodes × nproc × per_device × grad_acc == batch``: ``batch``
+    is the global batch (App. E.4: 16 for SFT, 64 completions for GRPO) whatever the node count.
 
-    ``per_device`` defaults to ``min(max_per_device, batch // nproc)`` (at least 1). Raises
-    `BatchError` when the batch is not a multiple of ``nproc × per_device`` or, for GRPO, when the
-    completions of one step (= ``batch``) are not a multiple of ``num_generations``.
+    ``per_device`` defaults to ``min(max_per_device, batch // world)`` (at least 1), world =
+    ``nnodes × nproc``. Raises `BatchError` when the batch is not a multiple of ``world × per_device``
+    or, for GRPO, when the completions of one step (= ``batch``) are not a multiple of
+    ``num_generations``.
     """
-    if batch < 1 or nproc < 1:
-        raise BatchError(f"BATCH_SIZE={batch} and NPROC_PER_NODE={nproc} must be positive")
+    if batch < 1 or nproc < 1 or nnodes < 1:
+        raise BatchError(f"BATCH_SIZE={batch}, NPROC_PER_NODE={nproc} and NNODES={nnodes} must be positive")
+    world = nnodes * nproc
     if per_device is None:
-        per_device = max(1, min(max_per_device, batch // nproc))
+        per_device = max(1, min(max_per_device, batch // world))
     if per_device < 1:
         raise BatchError(f"PER_DEVICE_BATCH_SIZE={per_device} must be positive")
-    if batch % (nproc * per_device):
-        raise BatchError(f"BATCH_SIZE={batch} is not a multiple of NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE="
-                         f"{nproc * per_device}")
+    if batch % (world * per_device):
+        what = "NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE" if nnodes == 1 else \
+            f"NNODES*NPROC_PER_NODE*PER_DEVICE_BATCH_SIZE ({nnodes}*{nproc}*{per_device})"
+        raise BatchError(f"BATCH_SIZE={batch} is not a multiple of {what}={world * per_device}: the global batch "
+                         f"cannot be split over {world} processes (lower NPROC_PER_NODE, NNODES or "
+                         f"PER_DEVICE_BATCH_SIZE, or set BATCH_SIZE)")
     if num_generations is not None and batch % num_generations:
         raise BatchError(f"BATCH_SIZE={batch} completions per step is not a multiple of "
                          f"NUM_GENERATIONS={num_generations} (ms-swift's generation_batch_size constraint)")
-    return per_device, batch // (nproc * per_device)
+    return per_device, batch // (world * per_device)
 
 
 def version_number(folder: Path) -> int:
@@ -192,16 +201,38 @@ def dry_run(command: str, argv: Sequence[str], world_size: Optional[int] = None)
     return path
 
 
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        raise BatchError(f"{name}={raw!r} is not an integer") from None
+    if v < 1:
+        raise BatchError(f"{name}={raw!r} must be positive")
+    return v
+
+
 def _main_batch(ns: argparse.Namespace) -> int:
     gpus = count_gpus()
-    nproc = int(ns.nproc) if ns.nproc else max(1, gpus)
     try:
-        per_device, grad_acc = split_batch(ns.batch, nproc, int(ns.per_device) if ns.per_device else None,
-                                           ns.max_per_device, ns.num_generations)
+        nproc = _positive_int("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
+        raw_nodes = ns.nnodes if ns.nnodes else (os.environ.get("NNODES") or "1")
+        nnodes = _positive_int("NNODES", raw_nodes)
+        per_device = _positive_int("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
+        per_device, grad_acc = split_batch(ns.batch, nproc, per_device, ns.max_per_device, ns.num_generations,
+                                           nnodes=nnodes)
+        if nnodes > 1:  # torchrun on every node needs the rendezvous; a missing rank would hang all of them
+            missing = [k for k in ("MASTER_ADDR", "NODE_RANK") if not os.environ.get(k)]
+            if missing:
+                raise BatchError(f"NNODES={nnodes} needs {' and '.join(missing)} on every node (MASTER_ADDR: "
+                                 f"the address of the NODE_RANK=0 node; NODE_RANK: 0..{nnodes - 1})")
+            rank = os.environ["NODE_RANK"].strip()
+            if not rank.isdigit() or int(rank) >= nnodes:
+                raise BatchError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
     except BatchError as e:
         print(e, file=sys.stderr)
         return 2
-    print(f"GPUS={gpus} NPROC_PER_NODE={nproc} PER_DEVICE_BATCH_SIZE={per_device} GRAD_ACC={grad_acc}")
+    print(f"GPUS={gpus} NPROC_PER_NODE={nproc} NNODES={nnodes} WORLD_PROCS={nnodes * nproc} "
+          f"PER_DEVICE_BATCH_SIZE={per_device} GRAD_ACC={grad_acc}")
     return 0
 
 
@@ -210,7 +241,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("batch", help="split an effective batch over processes (shell assignments)")
     b.add_argument("--batch", type=int, required=True)
-    b.add_argument("--nproc", default="", help="processes; empty: count the GPUs")
+    b.add_argument("--nproc", default="", help="processes per node; empty: count the GPUs")
+    b.add_argument("--nnodes", default="", help="nodes; empty: $NNODES, else 1")
     b.add_argument("--per-device", default="", help="per-device batch; empty: min(max, batch/nproc)")
     b.add_argument("--max-per-device", type=int, default=2)
     b.add_argument("--num-generations", type=int, default=None, help="GRPO: completions per prompt")

@@ -25,9 +25,23 @@ Conventions where the paper is silent (each decided here once):
 
 * Tokens: whitespace split, **case-sensitive** exact tokens (spans are copied from the sentence, so
   "nba" for "NBA" is a different token). A text with no tokens has F = 0 with everything.
+* No parseable answer (``pred=None``; `mcr_swift.parser.ParseResult.answered` is False): every term
+  is 0, R_c included, on every post, also on a post with no gold entity. Junk ("I refuse.", "", a
+  page of x's) must never earn more than trying; a well-formed empty answer (``[]``, ``None``, ...)
+  is ``pred=[]`` and earns what an empty prediction earns.
 * p = q = 0: every term is 1 (nothing to find and nothing predicted is a perfect answer; Eq. 15
   already gives R_c = 1 for p = q).
 * Otherwise, when no pair is matched (k = 0, e.g. p = 0 < q, or all F = 0): R_s = R_t = R_u = R_e = 0.
+* Unmatched entities (``unmatched=``, env ``MCR_UNMATCHED`` in the ms-swift rewards). Eq. 6-9 average
+  "over the k matched pairs" (Sec. 4.2.1) and App. D.2 takes the pairs of the Hungarian assignment,
+  which can be read two ways:
+
+  - ``drop`` (default): k = the number of assigned pairs with F > 0; assigned pairs with F = 0 and
+    entities left without a partner leave the averages (R_c alone punishes a wrong count).
+  - ``zero``: the Hungarian algorithm pads the p x q F matrix to a square max(p, q) x max(p, q) one
+    (dummy rows/columns of F = 0), so every predicted and every gold entity belongs to one of
+    k = max(p, q) assigned pairs; a pair with F = 0 (or a dummy partner) scores 0 on all four terms.
+    So each of R_s, R_t, R_u, R_e = (sum over the F > 0 pairs) / max(p, q).
 * R_u for one matched pair: both unlocated -> 1; exactly one unlocated -> 0; both located -> the
   Eq. 8 mapping of the IoU between the predicted box and the **best** of the gold entity's boxes
   (Twitter-GMNER has entities with several boxes). sigma defaults to 0.5, must be in [0, 1).
@@ -42,17 +56,22 @@ Conventions where the paper is silent (each decided here once):
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .types import Entity
 
-__all__ = ["TERMS", "DEFAULT_WEIGHTS", "DEFAULT_SIGMA", "count_reward", "span_f1", "match_entities",
+__all__ = ["TERMS", "DEFAULT_WEIGHTS", "DEFAULT_SIGMA", "UNMATCHED_MODES", "DEFAULT_UNMATCHED", "check_unmatched",
+           "count_reward", "span_f1", "match_entities",
            "reward_terms", "gmner_reward", "normalize_weights", "weighted_sum"]
 
 #: The reward terms, in the order of Eq. 10 (lambda_1 .. lambda_5).
 TERMS: Tuple[str, ...] = ("count", "span", "type", "iou", "entail")
 DEFAULT_WEIGHTS: Tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
 DEFAULT_SIGMA = 0.5
+#: Readings of "the k matched pairs" (module docstring); the first is the default.
+UNMATCHED_MODES: Tuple[str, ...] = ("drop", "zero")
+DEFAULT_UNMATCHED = "drop"
+ZEROS: Dict[str, float] = {t: 0.0 for t in ("count", "span", "type", "iou", "entail")}
 #: Weight of the tie-breaking secondary objective in the assignment (see the module docstring).
 _TIE_EPS = 1e-12
 
@@ -305,10 +324,25 @@ def _check_sigma(sigma: float) -> float:
     return s
 
 
-def reward_terms(pred: Sequence[Entity], gold: Sequence[Entity], sigma: float = DEFAULT_SIGMA
-                 ) -> Dict[str, float]:
-    """``{"count", "span", "type", "iou", "entail"}`` for one completion (Eq. 6-9, 15)."""
+def check_unmatched(mode: str) -> str:
+    """``mode`` lower-cased if it is one of `UNMATCHED_MODES`, else ValueError."""
+    m = str(mode).strip().lower()
+    if m not in UNMATCHED_MODES:
+        raise ValueError(f"unmatched must be one of {list(UNMATCHED_MODES)}, got {mode!r}")
+    return m
+
+
+def reward_terms(pred: Optional[Sequence[Entity]], gold: Sequence[Entity], sigma: float = DEFAULT_SIGMA,
+                 *, unmatched: str = DEFAULT_UNMATCHED) -> Dict[str, float]:
+    """``{"count", "span", "type", "iou", "entail"}`` for one completion (Eq. 6-9, 15).
+
+    ``pred=None``: the completion has no parseable answer, every term is 0 (module docstring).
+    ``unmatched``: ``drop`` (default) or ``zero``, the two readings of "the k matched pairs".
+    """
     sigma = _check_sigma(sigma)
+    mode = check_unmatched(unmatched)
+    if pred is None:                                          # junk earns nothing
+        return dict(ZEROS)
     p, q = len(pred), len(gold)
     if p == 0 and q == 0:
         return {"count": 1.0, "span": 1.0, "type": 1.0, "iou": 1.0, "entail": 1.0}
@@ -324,6 +358,8 @@ def reward_terms(pred: Sequence[Entity], gold: Sequence[Entity], sigma: float = 
         t += a.type == g.type                                 # Eq. 7
         u += _grounding(a, g, sigma)                          # Eq. 8
         e += bool(a.boxes) == bool(g.boxes)                   # Eq. 9
+    if mode == "zero":  # the padded square assignment: max(p, q) pairs, the F = 0 ones score 0
+        k = max(p, q)
     return {"count": rc, "span": min(1.0, s / k), "type": t / k, "iou": min(1.0, u / k),
             "entail": e / k}
 
@@ -376,8 +412,9 @@ def weighted_sum(terms: Mapping[str, float], weights: Tuple[float, ...]) -> floa
     return min(max(total, 0.0), math.fsum(weights))
 
 
-def gmner_reward(pred: Sequence[Entity], gold: Sequence[Entity], weights: Weights = None,
-                 sigma: float = DEFAULT_SIGMA) -> float:
-    """R = lambda_1 R_c + lambda_2 R_s + lambda_3 R_t + lambda_4 R_u + lambda_5 R_e (Eq. 10)."""
+def gmner_reward(pred: Optional[Sequence[Entity]], gold: Sequence[Entity], weights: Weights = None,
+                 sigma: float = DEFAULT_SIGMA, *, unmatched: str = DEFAULT_UNMATCHED) -> float:
+    """R = lambda_1 R_c + lambda_2 R_s + lambda_3 R_t + lambda_4 R_u + lambda_5 R_e (Eq. 10);
+    ``pred=None`` (no parseable answer) gives 0."""
     w = normalize_weights(weights)
-    return weighted_sum(reward_terms(pred, gold, sigma), w)
+    return weighted_sum(reward_terms(pred, gold, sigma, unmatched=unmatched), w)

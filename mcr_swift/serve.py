@@ -23,6 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
+#: Environment variables that set the image resolution (`mcr_swift.coords.CoordinateSpace.from_env`).
+RESIZE_VARS = ("MCR_MODEL_FAMILY", "MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM",
+               "MCR_TEMPLATE_MAX_PIXELS")
 _PORT_LINE = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
 
 
@@ -39,6 +42,10 @@ def start(deploy_args: List[str], log: Path, pid_file: Path, timeout: float = 90
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
+        # the resize settings the server's image processor reads (README "One resolution everywhere")
+        f.write("[mcr_swift.serve] " + " ".join(f"{k}={os.environ[k]}" for k in RESIZE_VARS if os.environ.get(k))
+                + "\n")
+        f.flush()
         proc = subprocess.Popen([swift, "deploy", *deploy_args, "--host", "127.0.0.1", "--port", str(port)],
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     pid_file.write_text(str(proc.pid))

@@ -22,6 +22,10 @@ Per completion:
    ``IMAGE_MAX_TOKEN_NUM``, ``IMAGE_MIN_TOKEN_NUM``, ``MCR_TEMPLATE_MAX_PIXELS``; see
    `CoordinateSpace.from_env`) once per call.
 4. The terms of `mcr_swift.rewards.reward_terms` are computed, for the row's task (below).
+   A completion with no parseable answer (`mcr_swift.parser.ParseResult.answered` False: no text,
+   prose, junk, ``<answer></answer>``, a structure with no entity in it) scores 0 on every term of
+   every task and 0 F1 (``gmner_f1``), also on a row with no gold entity or a GREC no-target row;
+   a well-formed empty answer (``<answer>[]</answer>``, ``None``, ...) on such a row earns 1.
 
 Tasks (the row column ``mcr_task``; rows without it are ``gmner``, so
 ``GMNERReward()(completions, mcr_gold=[...], mcr_image_sizes=[...])`` scores GMNER exactly as before):
@@ -52,8 +56,12 @@ Configuration (environment, read when the reward object is built; bad values rai
   count, span, type, iou, entail) or ``"count=0.3,span=0.2,..."`` (missing terms weigh 0). Default 0.2 each.
 * ``MCR_IOU_SIGMA``: sigma of Eq. 8, in [0, 1). Default 0.5.
 * ``MCR_REWARD_SPACE``: ``model`` (default) or ``original``, see 3.
+* ``MCR_UNMATCHED``: ``drop`` (default) or ``zero``, the reading of "the k matched pairs" of
+  Eq. 6-9 (`mcr_swift.rewards`): ``drop`` averages over the assigned pairs with F > 0, ``zero``
+  over max(p, q) pairs (F = 0 pairs and unpartnered entities count as 0). GMNER and MNER-MI rows.
 * ``MCR_REWARD_LOG``: a file to which ``gmner_orm`` appends one JSON line per scored completion
-  (``mcr_id``, ``completion``, ``reward``, ``terms``, ``parse_ok``, ``n_pred``, ``n_gold``).
+  (``mcr_id``, ``completion``, ``reward``, ``terms``, ``parse_ok`` (= answered, see 4.), ``n_pred``,
+  ``n_gold``).
 
 A row whose ``mcr_gold`` is missing or malformed, or whose image size is unusable while gold boxes
 need it, gets 0.0 (never an exception in the training loop); the first such row is logged as a
@@ -80,12 +88,13 @@ from .coords import CoordinateSpace, clamp_box
 from .parser import completion_text, format_ok, parse_answer
 from .grec import grec_reward_terms
 from .rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
-from .rewards import DEFAULT_SIGMA, TERMS, _check_sigma, normalize_weights, reward_terms, weighted_sum
+from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TERMS, _check_sigma, check_unmatched, normalize_weights,
+                      reward_terms, weighted_sum)
 from .types import Entity
 
 __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
            "GMNEREntailReward", "GMNERFormatReward", "GMNERF1Reward", "REWARD_NAMES", "register_rewards",
-           "weights_from_env", "sigma_from_env", "malformed_rows", "completion_text", "TASK_TERMS",
+           "weights_from_env", "sigma_from_env", "unmatched_from_env", "malformed_rows", "completion_text", "TASK_TERMS",
            "task_weights"]
 
 logger = logging.getLogger("mcr_swift.rewards")
@@ -160,6 +169,18 @@ def sigma_from_env(env=None) -> float:
         return _check_sigma(float(raw))
     except ValueError as e:
         raise ValueError(f"MCR_IOU_SIGMA={raw!r}: {e}") from None
+
+
+def unmatched_from_env(env=None) -> str:
+    """``MCR_UNMATCHED`` (``drop`` or ``zero``; default ``drop``)."""
+    env = os.environ if env is None else env
+    raw = (env.get("MCR_UNMATCHED") or "").strip()
+    if not raw:
+        return DEFAULT_UNMATCHED
+    try:
+        return check_unmatched(raw)
+    except ValueError as e:
+        raise ValueError(f"MCR_UNMATCHED={raw!r}: {e}") from None
 
 
 def space_mode_from_env(env=None) -> str:
@@ -239,8 +260,9 @@ _CACHE_MAX_TEXT = 16384
 
 
 def _decode(text: str, raw: Any, size, space: CoordinateSpace, mode: str):
-    """(predicted entities, gold entities, parse ok), both in the comparison space (module doc, 3.),
-    or ("malformed", why) when the row's gold or size cannot be used."""
+    """(predicted entities, gold entities, answered), both in the comparison space (module doc, 3.),
+    or ("malformed", why) when the row's gold or size cannot be used. ``answered`` is
+    `ParseResult.answered` (module doc, 4.)."""
     try:
         gold = _gold_for(raw, size, space, mode)
         extent = _extent(space, size) if size is not None else None
@@ -252,7 +274,7 @@ def _decode(text: str, raw: Any, size, space: CoordinateSpace, mode: str):
         pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])) for e in pred]
     elif mode == "original" and any(e.boxes for e in pred) and any(e.boxes for e in gold):
         return ("malformed", f"no usable image size ({SIZES_COLUMN}) to map the predicted boxes")
-    return (tuple(pred), tuple(gold), res.ok)
+    return (tuple(pred), tuple(gold), res.answered)
 
 
 #: Completions longer than this are scored without the caches (which share the parsing and the
@@ -274,24 +296,28 @@ def _decoded(text: str, raw: Any, size, space: CoordinateSpace, mode: str):
 
 @lru_cache(maxsize=4096)
 def _terms_cached(text: str, raw: str, size, space: CoordinateSpace, mode: str, sigma: float,
-                  task: str = "gmner"):
-    return _terms_uncached(text, raw, size, space, mode, sigma, task)
+                  task: str = "gmner", unmatched: str = DEFAULT_UNMATCHED):
+    return _terms_uncached(text, raw, size, space, mode, sigma, task, unmatched)
 
 
 def _terms_uncached(text: str, raw: Any, size, space: CoordinateSpace, mode: str, sigma: float,
-                    task: str = "gmner"):
-    """(terms dict of the task's terms, parse ok, n_pred, n_gold), or ("malformed", why)."""
+                    task: str = "gmner", unmatched: str = DEFAULT_UNMATCHED):
+    """(terms dict of the task's terms, answered, n_pred, n_gold), or ("malformed", why)."""
     d = _decoded(text, raw, size, space, mode)
     if d[0] == "malformed":
         return d
     pred, gold, ok = d
+    if task == "grec" and len(gold) != 1:
+        return ("malformed", f"a GREC row has exactly one gold expression, got {len(gold)}")
+    if not ok:  # no parseable answer: 0 on every term of every task (module doc, 4.)
+        return ({t: 0.0 for t in TASK_TERMS[task]}, ok, len(pred), len(gold))
     if task == "grec":
         try:
             terms = grec_reward_terms(pred, gold, sigma)
         except ValueError as e:  # not exactly one gold expression
             return ("malformed", str(e))
     else:
-        terms = reward_terms(pred, gold, sigma)
+        terms = reward_terms(pred, gold, sigma, unmatched=unmatched)
         terms = {t: terms[t] for t in TASK_TERMS[task]}
     return (terms, ok, len(pred), len(gold))
 
@@ -337,6 +363,7 @@ class _GMNERBase(ORM):
         self.weights = weights_from_env()
         self.task_weights = {t: task_weights(self.weights, t) for t in TASK_TERMS}
         self.sigma = sigma_from_env()
+        self.unmatched = unmatched_from_env()
         self.space_mode = space_mode_from_env()
         if self.term is None and not isinstance(self, GMNERF1Reward):  # the weighted sum only
             zero = [t for t, w in self.task_weights.items() if not any(w.values())]
@@ -345,7 +372,7 @@ class _GMNERBase(ORM):
                                "task(s) %s; their rows score 0.0", ", ".join(zero))
 
     def score(self, completions: Sequence[Any], **kwargs) -> List[Optional[tuple]]:
-        """Per completion: (terms, parse_ok, n_pred, n_gold, task), or None for an unusable row."""
+        """Per completion: (terms, answered, n_pred, n_gold, task), or None for an unusable row."""
         space = CoordinateSpace.from_env()
         out: List[Optional[tuple]] = []
         for row in _usable_rows(completions, kwargs):
@@ -354,9 +381,9 @@ class _GMNERBase(ORM):
                 continue
             text, raw, size, task = row
             if isinstance(raw, str) and len(text) <= _CACHE_MAX_TEXT:
-                r = _terms_cached(text, raw, size, space, self.space_mode, self.sigma, task)
+                r = _terms_cached(text, raw, size, space, self.space_mode, self.sigma, task, self.unmatched)
             else:
-                r = _terms_uncached(text, raw, size, space, self.space_mode, self.sigma, task)
+                r = _terms_uncached(text, raw, size, space, self.space_mode, self.sigma, task, self.unmatched)
             if r[0] == "malformed":
                 _note_malformed(f"unusable row ({r[1]})")
                 out.append(None)
@@ -452,6 +479,9 @@ class GMNERF1Reward(_GMNERBase):
             d = _decoded(text, raw, size, space, self.space_mode)
             if d[0] == "malformed":
                 _note_malformed(f"unusable row ({d[1]})")
+                out.append(0.0)
+                continue
+            if not d[2]:  # no parseable answer: F1 0, also on a post with no gold entity
                 out.append(0.0)
                 continue
             try:

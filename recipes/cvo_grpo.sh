@@ -3,9 +3,10 @@
 # filtered D2 (App. D.3), starting from the MRSI policy. Defaults are the paper's, on 8 GPUs:
 #   2 epochs, lr 5e-6, effective batch 64, warmup ratio 0.05, 8 generations per prompt, temperature 1.5,
 #   top-k 200, top-p 0.95, beta 0.005, clipping epsilon 0.15 (low) / 0.25 (high), LoRA, vLLM rollouts.
-# BATCH_SIZE counts completions per optimizer step (ms-swift's global batch: NPROC_PER_NODE x
+# BATCH_SIZE counts completions per optimizer step (ms-swift's global batch: NNODES x NPROC_PER_NODE x
 # PER_DEVICE_BATCH_SIZE x gradient accumulation), i.e. 64 = 8 prompts x 8 generations; it must be a
-# multiple of NUM_GENERATIONS (ms-swift's generation_batch_size rule). Kept for any GPU count.
+# multiple of NUM_GENERATIONS (ms-swift's generation_batch_size rule). Kept for any GPU and node count;
+# several nodes: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each (README "Several nodes").
 # Starting point: MODEL = the merged MRSI model (recipes/merge_lora.sh; a new LoRA is trained on it and
 # the KL reference is the MRSI policy), or MODEL = the base model + ADAPTERS = the MRSI LoRA checkpoint
 # (that LoRA keeps training; --ref_adapters makes the KL reference the MRSI policy too, not the base).
@@ -47,9 +48,9 @@ if [ "${LOG_REWARD_TERMS:-false}" = true ]; then
   REWARD_FUNCS="$REWARD_FUNCS gmner_count gmner_span gmner_type gmner_iou gmner_entail gmner_format gmner_f1"
   REWARD_WEIGHTS="${REWARD_WEIGHTS:-1} 0 0 0 0 0 0 0"
 fi
-SPLIT=$(python -m mcr_swift.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" \
+SPLIT=$(python -m mcr_swift.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" --nnodes "${NNODES:-}" \
         --per-device "${PER_DEVICE_BATCH_SIZE:-}" --max-per-device 4 --num-generations "$NUM_GENERATIONS") || exit $?
-eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), PER_DEVICE_BATCH_SIZE, GRAD_ACC
+eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), NNODES, WORLD_PROCS, PER_DEVICE_BATCH_SIZE, GRAD_ACC
 MAX_STEPS=${MAX_STEPS:--1}                  # -1: train NUM_EPOCHS epochs
 MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-1024}  # paper silent
 MAX_LENGTH=${MAX_LENGTH:-4096}
@@ -61,7 +62,7 @@ VLLM_MODE=${VLLM_MODE:-colocate}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/cvo_grpo}
 SWIFT=${SWIFT:-swift}
 PLUGIN=$(python -m mcr_swift.cli plugin)
-if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$NPROC_PER_NODE" -gt 1 ] && echo zero2 || echo ""); fi
+if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$WORLD_PROCS" -gt 1 ] && echo zero2 || echo ""); fi
 EVAL=()
 if [ -n "${VAL_DATASET:-}" ]; then
   # shellcheck disable=SC2206
@@ -84,7 +85,7 @@ fi
 
 export NPROC_PER_NODE
 echo "[cvo_grpo] model=$MODEL adapters=${ADAPTERS:-none} template=$TEMPLATE dataset=$DATASET epochs=$NUM_EPOCHS" \
-     "lr=$LEARNING_RATE batch=$BATCH_SIZE (= $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation," \
+     "lr=$LEARNING_RATE batch=$BATCH_SIZE (= $NNODES nodes x $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation," \
      "$((BATCH_SIZE / NUM_GENERATIONS)) prompts x $NUM_GENERATIONS generations) warmup=$WARMUP_RATIO" \
      "T=$TEMPERATURE top_k=$TOP_K top_p=$TOP_P beta=$BETA eps=$EPSILON/$EPSILON_HIGH rewards=[$REWARD_FUNCS]" \
      "vllm=$USE_VLLM$([ "$USE_VLLM" = true ] && echo "/$VLLM_MODE") max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} output=$OUTPUT_DIR"

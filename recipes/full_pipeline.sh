@@ -57,6 +57,14 @@ case "$PROFILE" in
     ;;
   *) echo "PROFILE must be paper or tiny, got '$PROFILE'" >&2; exit 2 ;;
 esac
+# --- one resolution everywhere: SFT, the filter's server and its reward, GRPO and its reward, inference
+# and evaluation all read the resize settings from this environment (MAX_PIXELS, MIN_PIXELS,
+# IMAGE_MAX_TOKEN_NUM, IMAGE_MIN_TOKEN_NUM, MCR_TEMPLATE_MAX_PIXELS, MCR_MODEL_FAMILY); the paper profile's
+# default is the stage recipes' (1003520 = 1280 image tokens), exported so `swift deploy` sees it too.
+export MAX_PIXELS=${MAX_PIXELS:-1003520}
+RESIZE_VARS="MCR_MODEL_FAMILY MAX_PIXELS MIN_PIXELS IMAGE_MAX_TOKEN_NUM IMAGE_MIN_TOKEN_NUM MCR_TEMPLATE_MAX_PIXELS"
+resize_env() { local v; for v in $RESIZE_VARS; do [ -n "${!v:-}" ] && printf '%s=%s ' "$v" "${!v}"; done; return 0; }
+# --- end of the resolution block
 # App. D.3 filter and App. E.4 sampling (the filter samples like GRPO's rollouts)
 FILTER_G=${FILTER_G:-8}; FILTER_TEMPERATURE=${FILTER_TEMPERATURE:-1.5}; FILTER_TOP_K=${FILTER_TOP_K:-200}
 FILTER_TOP_P=${FILTER_TOP_P:-0.95}; FILTER_MAX_TOKENS=${FILTER_MAX_TOKENS:-1024}
@@ -83,7 +91,7 @@ serve() {  # serve MODEL [ADAPTERS]: background swift deploy; sets BASE_URL
   BASE_URL=$(python -m mcr_swift.serve start --log "$RUN_DIR/logs/deploy_$(date +%s).log" --pid-file "$SERVER_PID" -- \
     --model "$1" ${2:+--adapters "$2"} --template "$TEMPLATE" --infer_backend "$INFER_BACKEND" \
     --served_model_name policy --max_new_tokens "${SERVE_MAX_NEW_TOKENS:-2048}" ${SERVE_EXTRA_ARGS:-})
-  log "server up at $BASE_URL"
+  log "server up at $BASE_URL ($(resize_env))"
 }
 unserve() { python -m mcr_swift.serve stop --pid-file "$SERVER_PID"; }
 mkdir -p "$RUN_DIR/logs"
@@ -157,7 +165,7 @@ do_eval() {
   MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-2048} OUTPUT_DIR="$RUN_DIR/eval" bash recipes/infer_eval.sh
 }
 
-log "profile $PROFILE, model $MODEL, template $TEMPLATE, run dir $RUN_DIR"
+log "profile $PROFILE, model $MODEL, template $TEMPLATE, run dir $RUN_DIR; resolution $(resize_env)"
 [ "$PROFILE" = tiny ] && stage tiny-model "$MODEL/config.json" do_tiny
 stage prepare "$MCR_DATA_DIR/twitter_gmner/summary.json" do_prepare
 stage synth "$MCR_DATA_DIR/mrsi/d_r.jsonl" do_synth

@@ -46,6 +46,8 @@ $SWIFT infer --model "$MODEL" ${ADAPTERS:+--adapters "$ADAPTERS"} --template "$T
   --custom_register_path "$PLUGIN" --val_dataset $DATASET --result_path "$RESULT" "${BACKEND[@]}" \
   --max_new_tokens "$MAX_NEW_TOKENS" --temperature "$TEMPERATURE" --stream false ${EXTRA_ARGS:-}
 if [ "$REAL" = true ]; then
+  # the resize settings come from the environment swift infer saw (MAX_PIXELS, MIN_PIXELS, IMAGE_*_TOKEN_NUM,
+  # MCR_TEMPLATE_MAX_PIXELS), resolved as ms-swift does; a --max-pixels flag would override a token count
   python -m mcr_swift.cli evaluate "$RESULT" --gold "$GOLD" --family "$MCR_MODEL_FAMILY" \
-    --max-pixels "$MAX_PIXELS" --json-out "$OUTPUT_DIR/metrics.json"
+    --json-out "$OUTPUT_DIR/metrics.json"
 fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # MRSI stage (paper Sec. 4.1, App. E.4): LoRA SFT on D1 with the task instruction.
 # Defaults are the paper's: lr 1e-4, cosine schedule, effective batch 16, 2 epochs for Qwen2.5-VL
-# (5 for MiMo-VL, TEMPLATE=mimo_vl), on 8 GPUs with DeepSpeed ZeRO-2. The effective batch is kept
-# whatever the GPU count: BATCH_SIZE = NPROC_PER_NODE x PER_DEVICE_BATCH_SIZE x gradient accumulation.
+# (5 for MiMo-VL, TEMPLATE=mimo_vl), on 8 GPUs with DeepSpeed ZeRO-2. The effective (global) batch is
+# kept whatever the GPU and node count: BATCH_SIZE = NNODES x NPROC_PER_NODE x PER_DEVICE_BATCH_SIZE x
+# gradient accumulation. Several nodes: run the same command on each with NNODES, NODE_RANK (0..NNODES-1),
+# MASTER_ADDR (the rank-0 node) and MASTER_PORT (ms-swift's torchrun variables; README "Several nodes").
 # DATASET defaults to D1 (mcr-mrsi:d1, written by `mcr-swift split`); when $MCR_DATA_DIR/mrsi/d1.jsonl
 # does not exist it falls back to the prepared Twitter-GMNER train split (mcr-gmner:train) and says so.
 # Every value is an environment variable; EXTRA_ARGS is appended verbatim. SWIFT=echo prints the
@@ -23,9 +25,9 @@ if [ "$TEMPLATE" = mimo_vl ]; then NUM_EPOCHS=${NUM_EPOCHS:-5}; else NUM_EPOCHS=
 LEARNING_RATE=${LEARNING_RATE:-1e-4}        # App. E.4
 LR_SCHEDULER=${LR_SCHEDULER:-cosine}        # App. E.4
 BATCH_SIZE=${BATCH_SIZE:-16}                # App. E.4, effective (global) batch
-SPLIT=$(python -m mcr_swift.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" \
+SPLIT=$(python -m mcr_swift.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" --nnodes "${NNODES:-}" \
         --per-device "${PER_DEVICE_BATCH_SIZE:-}" --max-per-device 2) || exit $?
-eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), PER_DEVICE_BATCH_SIZE, GRAD_ACC
+eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), NNODES, WORLD_PROCS, PER_DEVICE_BATCH_SIZE, GRAD_ACC
 MAX_STEPS=${MAX_STEPS:--1}                  # -1: train NUM_EPOCHS epochs
 LORA_RANK=${LORA_RANK:-8}                   # paper silent: ms-swift's default LoRA (rank 8, alpha 32)
 LORA_ALPHA=${LORA_ALPHA:-32}
@@ -34,11 +36,11 @@ export MAX_PIXELS=${MAX_PIXELS:-1003520}    # paper silent: 1280 image tokens (Q
 OUTPUT_DIR=${OUTPUT_DIR:-runs/mrsi_sft}
 SWIFT=${SWIFT:-swift}
 PLUGIN=$(python -m mcr_swift.cli plugin)
-if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$NPROC_PER_NODE" -gt 1 ] && echo zero2 || echo ""); fi
+if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$WORLD_PROCS" -gt 1 ] && echo zero2 || echo ""); fi
 
 export NPROC_PER_NODE
 echo "[mrsi_sft] model=$MODEL template=$TEMPLATE dataset=$DATASET epochs=$NUM_EPOCHS lr=$LEARNING_RATE" \
-     "batch=$BATCH_SIZE (= $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation)" \
+     "batch=$BATCH_SIZE (= $NNODES nodes x $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation)" \
      "max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} max_pixels=$MAX_PIXELS output=$OUTPUT_DIR"
 # shellcheck disable=SC2086
 $SWIFT sft \

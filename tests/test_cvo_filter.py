@@ -142,3 +142,28 @@ def test_cli_resume_and_errors(d2, tmp_path, monkeypatch, capsys):
     assert filter_main(["--input", str(bad), "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
                         "--model", "m"]) == 2
     assert "row 1 (mcr_id '1'): no 'mcr_gold'" in capsys.readouterr().err
+
+
+def test_filter_pays_nothing_for_junk_on_no_entity_posts(prepared, tmp_path, monkeypatch):
+    """App. D.3 scores with gmner_orm itself: on the two no-entity posts of the prepared train rows,
+    junk earns 0 and a well-formed empty answer 1, so a group of 4 + 4 is kept (std .5, max 1,
+    median .5) and a group of 8 junk answers is dropped (std 0, max 0, median 0)."""
+    monkeypatch.setenv("MAX_PIXELS", str(TINY_MAX_PIXELS))
+    rows = [r for _, r, _ in iter_jsonl(prepared / "twitter_gmner" / "train.jsonl")]
+    empty = [r for r in rows if not gold_from_row(r)]
+    assert len(empty) == 2  # posts 5 and 7 of the v2 train split have no entity
+    junk = ["I refuse.", "", "x" * 5000, "<answer></answer>"]
+    groups = {empty[0]["mcr_sentence"]: ["<think>none</think>\n<answer>\n[]\n</answer>"] * 4 + junk,
+              empty[1]["mcr_sentence"]: junk * 2}
+
+    def answer(body):
+        text = prompt_text(body)
+        return groups[next(s for s in groups if f"Sentence: {s}" in text)][:body.get("n", 1)]
+    with FakeOpenAI(answer) as fake:
+        s = filter_d2(empty, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=G, concurrency=1,
+                      progress=False)
+    stats = {json.loads(l)["mcr_id"]: json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()}
+    first, second = stats[empty[0]["mcr_id"]], stats[empty[1]["mcr_id"]]
+    assert first["rewards"] == [1.0] * 4 + [0.0] * 4 and first["kept"] is True
+    assert second["rewards"] == [0.0] * 8 and second["kept"] is False
+    assert s["kept"] == 1

@@ -387,3 +387,38 @@ def test_parse_is_fast_on_canonical_answers():
     for _ in range(512):
         parse_answer(text)
     assert time.perf_counter() - t < 0.5  # typically ~20 ms
+
+
+# --------------------------------------------------------------------------- what counts as parseable
+@pytest.mark.parametrize("text", [
+    "<answer>[]</answer>", "<think>x</think>\n<answer>\n[]\n</answer>", "<answer>{}</answer>",
+    '<answer>{"entities": []}</answer>', "<answer>None</answer>", "<answer>null</answer>",
+    "<answer>N/A</answer>", "<answer>no entities</answer>", "There are no entities.", "[]",
+    "<think>nothing to see</think>\nnothing"])
+def test_explicit_empty_answers_are_answered(text):
+    r = parse_answer(text)
+    assert r.ok and r.answered and r.entities == []
+
+
+@pytest.mark.parametrize("text", [
+    None, "", "I refuse.", "x" * 5000, "<answer></answer>", "<answer>[1, 2, 3]</answer>", "<answer>[",
+    '<answer>""</answer>', "<answer>[{}]</answer>", "<answer>[null]</answer>", "<answer>[[]]</answer>",
+    '<answer>[{"foo": 1}]</answer>', "<answer>()</answer>", b"\xff\xfe"])
+def test_junk_is_not_answered(text):
+    r = parse_answer(text)
+    assert not r.answered and r.entities == []
+
+
+def test_partial_answers_keep_what_they_read():
+    # a truncated list: the complete object is kept (repaired 1, dropped 1) and the answer counts
+    r = parse_answer('<answer>[{"entity": "NBA", "type": "ORG", "bbox": null}, {"entity": "Ke')
+    assert r.answered and [e.text for e in r.entities] == ["NBA"] and (r.dropped, r.repaired) == (1, 1)
+    # a box that cannot be repaired leaves the entity unlocated (repaired 1): still an answer
+    r = parse_answer('<answer>[{"entity": "NBA", "type": "ORG", "bbox": [1, 2, 3]}]</answer>')
+    assert r.answered and r.entities == [Entity("NBA", "ORG")] and r.repaired == 1
+
+
+def test_a_cut_single_object_is_salvaged_or_not_answered():
+    r = parse_answer('<answer>[{"entity": "NBA", "type": "ORG"')
+    assert r.answered and r.entities == [Entity("NBA", "ORG")]
+    assert not parse_answer("<answer>[").answered

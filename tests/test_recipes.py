@@ -219,3 +219,66 @@ def test_grpo_args_json_is_app_e4(tiny_model, tmp_path, gpus):
     # ms-swift's GRPO batch: one generation batch of 64 completions (8 prompts x G) per optimizer step
     assert r["generation_batch_size"] == 64 and r["generation_batch_size"] % a["num_generations"] == 0
     assert r["steps_per_generation"] == a["gradient_accumulation_steps"]
+
+
+# --- several nodes (ms-swift's torchrun variables NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT) ------
+
+@pytest.mark.parametrize("batch,nproc,nnodes,max_pd,gens,expected", [
+    (16, 8, 1, 2, None, (2, 1)), (16, 8, 2, 2, None, (1, 1)), (16, 4, 2, 2, None, (2, 1)),
+    (64, 8, 1, 4, 8, (4, 2)), (64, 8, 2, 4, 8, (4, 1)), (64, 8, 4, 4, 8, (2, 1)), (64, 1, 2, 4, 8, (4, 8)),
+])
+def test_split_batch_over_nodes_keeps_the_global_batch(batch, nproc, nnodes, max_pd, gens, expected):
+    per_device, accum = split_batch(batch, nproc, max_per_device=max_pd, num_generations=gens, nnodes=nnodes)
+    assert (per_device, accum) == expected and nnodes * nproc * per_device * accum == batch
+
+
+def test_split_batch_over_nodes_refusals():
+    with pytest.raises(BatchError, match=r"NNODES\*NPROC_PER_NODE\*PER_DEVICE_BATCH_SIZE \(4\*8\*1\)=32"):
+        split_batch(16, 8, nnodes=4)       # App. E.4's 16 cannot be spread over 32 processes
+    with pytest.raises(BatchError, match="must be positive"):
+        split_batch(16, 8, nnodes=0)
+
+
+MULTI = {"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("nnodes", ["1", "2", "4"])
+def test_recipes_keep_app_e4_batches_on_any_node_count(tmp_path, nnodes):
+    """NNODES=1/2/4 with NPROC_PER_NODE=8: the global batch stays 16 (SFT) and 64 completions (GRPO);
+    before, every node kept its own 16/64 and two nodes doubled them. Four nodes (32 processes)
+    cannot split 16: the SFT recipe stops with exit 2 and the reason."""
+    gpus = fake_gpus(tmp_path, 8)
+    env = {"NNODES": nnodes, "NPROC_PER_NODE": "8", **MULTI}
+    g = recipe_args("cvo_grpo", gpus, **env)
+    assert int(nnodes) * 8 * int(g["per_device_train_batch_size"]) * int(g["gradient_accumulation_steps"]) == 64
+    assert g["deepspeed"] == "zero2"
+    out = run_recipe("mrsi_sft", gpus, **env)
+    if nnodes == "4":
+        assert out.returncode == 2 and "BATCH_SIZE=16 is not a multiple of NNODES*NPROC_PER_NODE" in out.stderr
+        assert "32 processes" in out.stderr and "Traceback" not in out.stderr
+        return
+    s = recipe_args("mrsi_sft", gpus, **env)
+    assert int(nnodes) * 8 * int(s["per_device_train_batch_size"]) * int(s["gradient_accumulation_steps"]) == 16
+    assert f"batch=16 (= {nnodes} nodes x 8 procs" in out.stdout
+
+
+def test_two_nodes_need_the_rendezvous(tmp_path):
+    gpus = fake_gpus(tmp_path, 8)
+    out = run_recipe("mrsi_sft", gpus, NNODES="2", NPROC_PER_NODE="8", MASTER_ADDR="10.0.0.1")
+    assert out.returncode == 2 and "NNODES=2 needs NODE_RANK" in out.stderr
+    out = run_recipe("cvo_grpo", gpus, NNODES="2", NPROC_PER_NODE="8", NODE_RANK="2", MASTER_ADDR="10.0.0.1")
+    assert out.returncode == 2 and "NODE_RANK='2' must be an integer in 0..1" in out.stderr
+    out = run_recipe("cvo_grpo", gpus, NNODES="two", NPROC_PER_NODE="8")
+    assert out.returncode == 2 and "NNODES='two' is not an integer" in out.stderr
+
+
+@pytest.mark.swift
+def test_two_node_args_json_keep_the_global_batch(tiny_model, tmp_path):
+    """ms-swift's own resolution with a world of 2 nodes x 8: 16 for SFT, one generation batch of 64."""
+    env = {"NNODES": "2", "NPROC_PER_NODE": "8", **MULTI}
+    a = swift_args_json("mrsi_sft", tmp_path / "sft", tiny_model, 8, **env)
+    assert a["global_world_size"] == a["mcr_resolved"]["world_size"] == 16
+    assert a["per_device_train_batch_size"] * a["gradient_accumulation_steps"] * 16 == 16
+    g = swift_args_json("cvo_grpo", tmp_path / "grpo", tiny_model, 8, **env)
+    assert g["global_world_size"] == 16 and g["mcr_resolved"]["generation_batch_size"] == 64
+    assert g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] * 16 == 64

@@ -285,3 +285,56 @@ def test_matching_is_a_maximum_sum_assignment(pred_texts, gold_texts):
     assert sum(f for _, _, f in pairs) == pytest.approx(best)
     assert len({i for i, _, _ in pairs}) == len({j for _, j, _ in pairs}) == len(pairs)
     assert all(f > 0 and f == F[i][j] for i, j, f in pairs)
+
+
+# --------------------------------------------------------------------------- no answer; unmatched readings
+def test_no_parseable_answer_scores_zero_on_every_term():
+    """pred=None (no parseable answer) earns 0 everywhere, also where "nothing predicted, nothing
+    to find" would score 1; an empty prediction there still scores 1."""
+    zeros = {t: 0.0 for t in TERMS}
+    assert reward_terms(None, []) == zeros
+    assert reward_terms(None, [Entity("NBA", "ORG")]) == zeros
+    assert gmner_reward(None, []) == 0.0 and gmner_reward([], []) == 1.0
+    for mode in ("drop", "zero"):
+        assert reward_terms(None, [], unmatched=mode) == zeros
+        assert reward_terms([], [], unmatched=mode) == ONES
+
+
+def test_unmatched_readings_by_hand():
+    """Sec. 4.2.1 / App. D.2 read two ways: ``drop`` averages over the k pairs with F > 0, ``zero``
+    over the max(p, q) pairs of the zero-padded square assignment."""
+    kd = Entity("Kevin Durant", "PER", (0, 0, 10, 10))
+    pred = [Entity("Kevin Durant", "PER", (0, 0, 10, 7.5)),   # F 1, IoU 75/100 -> (0.75-0.5)/0.5 = 0.5
+            Entity("Lakers", "ORG"),                          # F 0 with everything
+            Entity("xyz", "PER")]                             # F 0 with everything
+    gold = [kd, Entity("NBA", "ORG")]
+    # p = 3 > q = 2: R_c = 1 - (3 - 2) * w_o(2) = 1 - 0.4 = 0.6 (Eq. 13, 15) in both readings
+    drop = reward_terms(pred, gold)
+    assert drop == pytest.approx({"count": 0.6, "span": 1.0, "type": 1.0, "iou": 0.5, "entail": 1.0})
+    assert reward_terms(pred, gold, unmatched="drop") == drop
+    zero = reward_terms(pred, gold, unmatched="zero")          # k = max(3, 2) = 3
+    assert zero == pytest.approx({"count": 0.6, "span": 1 / 3, "type": 1 / 3, "iou": 0.5 / 3, "entail": 1 / 3})
+    # Eq. 10 with 0.2 each: 0.2 * (0.6 + 1 + 1 + 0.5 + 1) = 0.82 vs 0.2 * (0.6 + (1 + 1 + 0.5 + 1) / 3)
+    assert gmner_reward(pred, gold) == pytest.approx(0.82)
+    assert gmner_reward(pred, gold, unmatched="zero") == pytest.approx(0.2 * (0.6 + 3.5 / 3))
+
+    # p = 1 < q = 2, partial span: "Durant" vs "Kevin Durant": w 1, F = 2*1/(1+2) = 2/3
+    pred = [Entity("Durant", "PER")]
+    gold = [Entity("Kevin Durant", "PER"), Entity("NBA", "ORG")]
+    # R_c = 1 - (2 - 1) * w_u(1) = 0.5; both unlocated: R_u = R_e = 1 per pair
+    assert reward_terms(pred, gold) == pytest.approx(
+        {"count": 0.5, "span": 2 / 3, "type": 1.0, "iou": 1.0, "entail": 1.0})
+    assert reward_terms(pred, gold, unmatched="zero") == pytest.approx(
+        {"count": 0.5, "span": 1 / 3, "type": 0.5, "iou": 0.5, "entail": 0.5})
+    # a complete, right answer scores the same in both readings
+    assert reward_terms(gold, gold, unmatched="zero") == ONES == reward_terms(gold, gold)
+    # no matched pair at all: 0 on the pair terms in both readings
+    for mode in ("drop", "zero"):
+        assert reward_terms([Entity("Paris", "LOC")], gold, unmatched=mode) == pytest.approx(
+            {"count": 0.5, "span": 0.0, "type": 0.0, "iou": 0.0, "entail": 0.0})
+
+
+def test_unmatched_mode_is_validated():
+    with pytest.raises(ValueError, match="unmatched must be one of"):
+        reward_terms([], [], unmatched="ignore")
+    assert reward_terms([], [], unmatched=" ZERO ") == ONES

@@ -27,7 +27,7 @@ TERM_CLASSES = {"count": GMNERCountReward, "span": GMNERSpanReward, "type": GMNE
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch):
-    for k in ("MCR_REWARD_WEIGHTS", "MCR_IOU_SIGMA", "MCR_REWARD_SPACE", "MCR_REWARD_LOG", "MIN_PIXELS",
+    for k in ("MCR_REWARD_WEIGHTS", "MCR_IOU_SIGMA", "MCR_REWARD_SPACE", "MCR_REWARD_LOG", "MIN_PIXELS", "MCR_UNMATCHED",
               "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM", "MCR_TEMPLATE_MAX_PIXELS", "MCR_MODEL_FAMILY"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MAX_PIXELS", str(MAX_PIXELS))
@@ -237,3 +237,72 @@ def test_plugin_import_registers(monkeypatch):
     register()
     import swift.rewards
     assert "gmner_orm" in swift.rewards.orms
+
+
+# --------------------------------------------------------------------------- junk earns nothing
+JUNK = ["I refuse.", "", "x" * 5000, "<answer></answer>", "<think>no idea</think>", "<answer>[1, 2, 3]</answer>",
+        "<answer>[{}]</answer>", '<answer>[{"foo": 1}]</answer>', None, [{"role": "assistant", "content": None}]]
+EMPTY = ["<think>x</think>\n<answer>\n[]\n</answer>", "<answer>None</answer>", "<answer>no entities</answer>",
+         '<answer>{"entities": []}</answer>']
+ALL_ORMS = (GMNERReward, *TERM_CLASSES.values(), GMNERF1Reward, GMNERFormatReward)
+
+
+def _no_entity_posts(data_v2):
+    from mcr_swift.twitter import load_twitter_gmner
+    samples = load_twitter_gmner(data_v2, "train")
+    empty = [s for s in samples if not s.entities]
+    assert (len(samples), len(empty)) == (7000, 358)
+    return empty
+
+
+@pytest.mark.parametrize("unmatched", ["drop", "zero"])
+def test_junk_scores_zero_on_the_358_no_entity_train_posts(data_v2, monkeypatch, unmatched):
+    """Every registered ORM pays 0 for text with no parseable answer on each of the 358 train posts
+    of Twitter-GMNER v2 with no gold entity; a well-formed empty answer there earns 1."""
+    monkeypatch.setenv("MCR_UNMATCHED", unmatched)
+    posts = _no_entity_posts(data_v2)
+    n = len(posts)
+    kw = {"mcr_gold": ["[]"] * n, "mcr_image_sizes": [[[640, 480]]] * n, "mcr_id": [p.id for p in posts],
+          "mcr_task": ["gmner"] * n, "mcr_sentence": [" ".join(p.tokens) for p in posts]}
+    for junk in JUNK:
+        for cls in ALL_ORMS:
+            out = cls()([junk] * n, **kw)
+            assert out == [0.0] * n, (cls.__name__, junk)
+    for empty in EMPTY:
+        assert GMNERReward()([empty] * n, **kw) == [1.0] * n
+        assert GMNERF1Reward()([empty] * n, **kw) == [1.0] * n
+        for cls in TERM_CLASSES.values():
+            assert cls()([empty] * n, **kw) == [1.0] * n
+    assert swift_rewards.malformed_rows() == 0
+
+
+def test_junk_scores_zero_for_every_task():
+    """MNER-MI rows with no entity and GREC no-target rows: junk 0, a well-formed empty answer 1."""
+    grec_gold = json.dumps([{"entity": "the red car on the left", "type": "OTHER", "boxes": []}])
+    for task, gold in (("mner_mi", "[]"), ("grec", grec_gold)):
+        kw = grpo_kwargs(1, gold=gold)
+        kw["mcr_task"] = [task]
+        for junk in JUNK:
+            assert GMNERReward()([junk], **kw) == [0.0], (task, junk)
+            for cls in TERM_CLASSES.values():
+                assert cls()([junk], **kw) in ([0.0], [None]), (task, cls.__name__)
+        for empty in EMPTY:
+            assert GMNERReward()([empty], **kw) == [1.0], (task, empty)
+    assert swift_rewards.malformed_rows() == 0
+
+
+def test_unmatched_reading_from_env(monkeypatch):
+    """MCR_UNMATCHED switches gmner_orm between the two readings (values by hand in test_rewards)."""
+    gold = [Entity("Kevin Durant", "PER"), Entity("NBA", "ORG")]
+    kw = grpo_kwargs(1, gold=gold_json(gold))
+    text = '<answer>[{"entity": "Durant", "type": "PER", "bbox": null}]</answer>'
+    # drop: count .5, span 2/3, type 1, iou 1, entail 1; zero: .5, 1/3, .5, .5, .5
+    assert GMNERReward()([text], **kw) == [pytest.approx(0.2 * (0.5 + 2 / 3 + 3))]
+    monkeypatch.setenv("MCR_UNMATCHED", "zero")
+    assert GMNERReward()([text], **kw) == [pytest.approx(0.2 * (0.5 + 1 / 3 + 1.5))]
+    assert GMNERSpanReward()([text], **kw) == [pytest.approx(1 / 3)]
+    monkeypatch.setenv("MCR_UNMATCHED", "drop")
+    assert GMNERSpanReward()([text], **kw) == [pytest.approx(2 / 3)]
+    monkeypatch.setenv("MCR_UNMATCHED", "nope")
+    with pytest.raises(ValueError, match="MCR_UNMATCHED='nope'"):
+        GMNERReward()

@@ -157,6 +157,13 @@ def test_check_chain_per_task():
                        task="mner_mi").reason == "box_not_asked"
     assert check_chain(mner.replace('"LOC"', '"ORG"'), MNER_GOLD, task="mner_mi").reason == "answer_mismatch"
     assert check_chain(mner.split("<answer>")[0], MNER_GOLD, task="mner_mi").status == "repaired"
+    # an entity's own words are no label leak; talk of the labels still is
+    star = [Entity("Gold Star families", "ORG", ())]
+    chain = ("<think>\nThe sentence names Gold Star families, an organization of bereaved families.\n</think>\n"
+             '<answer>\n[{"entity": "Gold Star families", "type": "ORG", "bbox": null}]\n</answer>')
+    assert check_chain(chain, star).status == "accepted"
+    assert check_chain(chain.replace("an organization", "per the gold labels an organization"), star).reason == \
+        "mentions_labels"
 
 
 def _paper_keys():

@@ -363,3 +363,37 @@ def test_pipeline_three_sources_then_a_missing_one(tmp_path):
                   MNER_MI_IMAGE_DIR=str(run / "images" / "mner_mi"))
     assert p.returncode == 2
     assert "GREC at" in p.stderr and "GREC_IMAGE_DIR='' is not a folder" in p.stderr
+
+
+def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
+    """App. D.3 on a D2 of MNER-MI and GREC rows: gmner_orm scores each by its task. An MNER-MI answer
+    that boxes every entity still earns 1 (boxes are not asked); a GREC answer with the gold box (or
+    null for no target) earns 1; a GREC answer with the expression typed differently still earns 1
+    (GREC scores the location only)."""
+    from mcr_swift.coords import CoordinateSpace
+    from mcr_swift.cvo_filter import FilterThresholds, filter_d2
+    from tests.conftest import TINY_MAX_PIXELS
+    from tests.test_cvo_filter import _exact
+    monkeypatch.setenv("MAX_PIXELS", str(TINY_MAX_PIXELS))
+    space = CoordinateSpace.from_env()
+    rows = _read(mixed["samples"] / "mner_mi" / "train.jsonl")[:4] + _read(mixed["samples"] / "grec" / "train.jsonl")
+    d2 = [{**r, "mcr_style": st} for r in rows for st in ("formatted_a", "llm_qa")]
+    answers = {}
+    for r in rows:
+        a = _exact(r, space)
+        if row_task(r) == "mner_mi":
+            a = a.replace('"bbox": null', '"bbox": [1, 2, 30, 40]')
+        else:
+            a = a.replace('"type": "OTHER"', '"type": "PER"')
+        answers[r["messages"][0]["content"].rsplit(": ", 1)[1]] = a
+
+    def answer(body):
+        text = prompt_text(body)
+        return [next(a for k, a in answers.items() if text.endswith(k))] * body.get("n", 1)
+    with FakeOpenAI(answer) as fake:
+        s = filter_d2(d2, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=2, progress=False,
+                      thresholds=FilterThresholds(0, 0, 0, 1))
+    assert s["queries_per_task"] == {"grec": 8, "mner_mi": 4} and s["rows_merged_by_post"] == 12
+    stats = [json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()]
+    assert [r["rewards"] for r in stats] == [[1.0, 1.0]] * 12
+    assert s["kept_per_task"] == {"grec": 8, "mner_mi": 4}

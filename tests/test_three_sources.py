@@ -397,3 +397,26 @@ def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
     stats = [json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()]
     assert [r["rewards"] for r in stats] == [[1.0, 1.0]] * 12
     assert s["kept_per_task"] == {"grec": 8, "mner_mi": 4}
+
+
+def test_task_prompt_files():
+    from mcr_swift.prompts import load_prompt
+    from mcr_swift.synth import API_STYLES, style_prompt
+    smp = sample_from_row({"mcr_id": "9", "mcr_sentence": "Ada Lovelace in London", "images": ["a.jpg", "b.jpg", "c.jpg"],
+                           "mcr_image_sizes": [[10, 10]] * 3,
+                           "mcr_gold": json.dumps([{"entity": "London", "type": "LOC", "boxes": []}])})
+    for style in ALL_STYLES:
+        for task in ("mner_mi", "grec"):
+            text = load_prompt(f"style_{style}_{task}")
+            assert "{sentence}" in text and "{gold_json}" in text and "<answer>" in text
+            if style in API_STYLES:
+                filled = style_prompt(style, smp, '[{"entity": "London"}]', task)
+                assert "{" + "sentence}" not in filled and "{n_images}" not in filled
+                assert ("Expression: Ada Lovelace in London" if task == "grec" else "Sentence: Ada Lovelace in London") \
+                    in filled and '[{"entity": "London"}]' in filled
+                if task == "mner_mi":
+                    assert "its 3 " in filled and '"bbox": null' in filled and "<bbox>" not in filled
+                else:
+                    assert "<bbox> or null" in filled and "exactly one object" in filled
+    assert style_prompt("llm_qa", smp, "[]") == load_prompt("style_llm_qa").replace(
+        "{sentence}", smp.sentence).replace("{gold_json}", "[]")  # GMNER: unchanged

@@ -16,8 +16,9 @@
 #   release is reported once and left out; SOURCES=gmner,mner_mi,grec picks the sources.
 # PROFILE=tiny: the same stages on a CPU with the tiny random Qwen2.5-VL built offline, a handful of
 #   posts with stand-in images, 2-5 steps, no vLLM, and a local `swift deploy` of the tiny model as
-#   the synthesis endpoint; MNER-MI and GREC come from the package's sample files (mcr_swift/samples). A random model earns reward 0 everywhere, so the tiny profile opens the
-#   App. D.3 filter thresholds (else D2 would be empty); everything else is the paper's code path.
+#   the synthesis endpoint; MNER-MI and GREC come from the package's sample files (mcr_swift/samples).
+#   A random model earns reward 0 everywhere, so the tiny profile opens the App. D.3 filter thresholds
+#   (else D2 would be empty); everything else is the paper's code path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -139,7 +140,9 @@ prepare_source() {  # TASK NAME ROOT ROOT_VAR IMAGES IMAGES_VAR [prepare args...
   printf '%s\tprepared\t%s\n' "$task" "$root" >> "$MCR_DATA_DIR/sources.tsv.tmp"
 }
 prepare_sources() {
-  printf 'gmner\tprepared\t%s\n' "$GMNER_ROOT" > "$MCR_DATA_DIR/sources.tsv.tmp"
+  local g=prepared  # Twitter-GMNER is always prepared (its test split is evaluated); SOURCES puts it in D_R
+  [[ ",$SOURCES," == *",gmner,"* ]] || g="not selected"
+  printf 'gmner\t%s\t%s\n' "$g" "$GMNER_ROOT" > "$MCR_DATA_DIR/sources.tsv.tmp"
   prepare_source mner_mi MNER-MI "$MNER_MI_ROOT" MNER_MI_ROOT "$MNER_MI_IMAGE_DIR" MNER_MI_IMAGE_DIR
   prepare_source grec GREC "$GREC_ROOT" GREC_ROOT "$GREC_IMAGE_DIR" GREC_IMAGE_DIR \
     --family "$MCR_MODEL_FAMILY" --train-size "$GREC_TRAIN_SIZE" --seed "$SEED"
@@ -148,12 +151,13 @@ prepare_sources() {
 synth_inputs() {  # the train file of every prepared source
   local task status _root
   while IFS=$'\t' read -r task status _root; do
-    [ "$status" = prepared ] && echo "$MCR_DATA_DIR/${task/#gmner/twitter_gmner}/train.jsonl"
+    if [ "$status" = prepared ]; then echo "$MCR_DATA_DIR/${task/#gmner/twitter_gmner}/train.jsonl"; fi
   done < "$MCR_DATA_DIR/sources.tsv"
 }
 do_synth() {
   local ep=() inputs=() served=0
   mapfile -t inputs < <(synth_inputs)
+  [ ${#inputs[@]} -gt 0 ] || { echo "full_pipeline: no source of D_R was prepared (SOURCES=$SOURCES)" >&2; exit 2; }
   if [ "$PROFILE" = tiny ] && [ -z "${SYNTH_BASE_URL:-}" ]; then
     # the tiny model stands in for DeepSeek / Qwen2.5-VL-72B (only when an API style is asked for)
     if [[ ",$SYNTH_STYLES," =~ ,(llm_qa|llm_conclusions|mllm_distill), ]]; then

@@ -357,6 +357,15 @@ def test_pipeline_three_sources_then_a_missing_one(tmp_path):
     p = _pipeline(run2, MNER_MI_ROOT=str(tmp_path / "no_such_release"), SYNTH_PER_POST="1")
     assert p.returncode == 0 and "SOURCE MISSING" not in p.stderr
 
+    # a source left out on purpose: no warning, listed as not selected, nothing of it in D_R
+    run4 = tmp_path / "run4"
+    p = _pipeline(run4, SOURCES="mner_mi,grec")
+    assert p.returncode == 0 and "SOURCE MISSING" not in p.stderr, p.stderr[-3000:]
+    assert [l.split("\t")[:2] for l in (run4 / "data" / "sources.tsv").read_text().splitlines()] == [
+        ["gmner", "not selected"], ["mner_mi", "prepared"], ["grec", "prepared"]]
+    assert set(_by_task_style(run4 / "data" / "mrsi" / "d_r.jsonl")) == {"mner_mi", "grec"}
+    assert (run4 / "data" / "twitter_gmner" / "test.jsonl").exists()  # still evaluated on
+
     # a release without its images is a mistake, not a missing source: one line, exit 2
     run3 = tmp_path / "run3"
     p = _pipeline(run3, STANDIN="0", IMAGE_DIR=str(run / "images"),

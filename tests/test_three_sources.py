@@ -429,3 +429,27 @@ def test_task_prompt_files():
                     assert "<bbox> or null" in filled and "exactly one object" in filled
     assert style_prompt("llm_qa", smp, "[]") == load_prompt("style_llm_qa").replace(
         "{sentence}", smp.sentence).replace("{gold_json}", "[]")  # GMNER: unchanged
+
+
+def test_synth_cli_mixes_inputs_and_names_a_bad_line(mixed, tmp_path, capsys):
+    from mcr_swift.synth import main as synth_main
+    m, g = mixed["samples"] / "mner_mi" / "train.jsonl", mixed["samples"] / "grec" / "train.jsonl"
+    out = tmp_path / "dr.jsonl"
+    assert synth_main(["--input", str(m), str(g), "--out", str(out), "--styles", "formatted_a,formatted_b",
+                       "--limit", "4", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "D_R 8 samples x 2 styles = 16 planned, 16 produced (a subset: gmner 0/7,000, mner_mi 4/6,856, " \
+           "grec 4/14,000" in text
+    assert _by_task_style(out) == {"mner_mi": {"formatted_a": 4, "formatted_b": 4},
+                                   "grec": {"formatted_a": 4, "formatted_b": 4}}
+    bad = tmp_path / "bad.jsonl"
+    rows = _read(g)[:2]
+    rows[1]["mcr_gold"] = "{oops"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert synth_main(["--input", str(m), str(bad), "--out", str(tmp_path / "x.jsonl"), "--styles", "formatted_a",
+                       "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bad}:2: not a prepared row" in err[0]
+    assert synth_main(["--input", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.jsonl"),
+                       "--styles", "formatted_a", "--no-progress"]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err

@@ -93,7 +93,8 @@ def distribution(values: Sequence[float], bins: int = 10) -> Dict[str, Any]:
 
 
 def _query_rows(rows: Sequence[Mapping[str, Any]], source: str):
-    """One query per post (first row wins), the user turn only; returns (queries, merged count)."""
+    """One query per sample (``mcr_task``, ``mcr_id``; first row wins), the user turn only; returns
+    (queries, merged count)."""
     seen, queries, merged = set(), [], 0
     for i, row in enumerate(rows):
         pid = row.get("mcr_id")
@@ -101,10 +102,11 @@ def _query_rows(rows: Sequence[Mapping[str, Any]], source: str):
             raise ValueError(f"{source}: row {i + 1}: needs 'mcr_id' and 'messages' (an mcr-swift D2 row)")
         if "mcr_gold" not in row:
             raise ValueError(f"{source}: row {i + 1} (mcr_id {pid!r}): no 'mcr_gold' column to score against")
-        if str(pid) in seen:
+        key = (str(row.get("mcr_task") or "gmner"), str(pid))  # by sample: ids of different sources never merge
+        if key in seen:
             merged += 1
             continue
-        seen.add(str(pid))
+        seen.add(key)
         q = {k: v for k, v in row.items() if k not in ("messages", "mcr_style", "mcr_synth")}
         q["messages"] = [m for m in row["messages"] if m.get("role") != "assistant"]
         queries.append(q)
@@ -197,6 +199,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
     summary = {
         "input_rows": len(rows), "queries": len(queries), "rows_merged_by_post": merged,
         "scored": len(records), "kept": len(kept),
+        "queries_per_task": dict(sorted(Counter(str(q.get("mcr_task") or "gmner") for q in queries).items())),
+        "kept_per_task": dict(sorted(Counter(str(q.get("mcr_task") or "gmner") for q in kept).items())),
         "kept_fraction": (len(kept) / len(records)) if records else 0.0,
         "dropped_by_test": {k: fails.get(k, 0) for k in ("std", "max", "median_low", "median_high")},
         "thresholds": thresholds.__dict__, "g": g,

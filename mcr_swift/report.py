@@ -74,6 +74,74 @@ def _rows(path: Path) -> Optional[Dict[str, Any]]:
     return {"rows": n, "posts": len(ids), "styles": dict(sorted(styles.items()))}
 
 
+# --------------------------------------------------------------------------- sources of D_R (App. E.1)
+#: Prepared folder of each source (task) and its name in the paper.
+SOURCE_DIRS = {"gmner": ("twitter_gmner", "Twitter-GMNER"), "mner_mi": ("mner_mi", "MNER-MI"),
+               "grec": ("grec", "GREC")}
+
+
+def _task_style_rows(path: Path) -> Optional[Dict[str, Dict[str, int]]]:
+    """Rows per task and style of a D_R / D1 / D2 file (rows without ``mcr_task`` are GMNER)."""
+    if not path.exists():
+        return None
+    out: Dict[str, Counter] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.setdefault(str(r.get("mcr_task") or "gmner"), Counter())[str(r.get("mcr_style", ""))] += 1
+    return {t: dict(sorted(c.items())) for t, c in out.items()}
+
+
+def sources_report(data: Path, synth: Dict[str, Any], filt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """What each source contributed: its status (``sources.tsv`` of the prepare stage: prepared,
+    missing, not selected), prepared rows per split, D_R / D1 / D2 rows per style, and the filter's
+    queries and kept samples. None when the run has no ``sources.tsv``."""
+    tsv = data / "sources.tsv"
+    if not tsv.exists():
+        return None
+    rows = {k: _task_style_rows(data / "mrsi" / f"{k}.jsonl") for k in ("d_r", "d1", "d2")}
+    out: Dict[str, Any] = {}
+    for line in tsv.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2:
+            continue
+        task, status = parts[0], parts[1]
+        folder, name = SOURCE_DIRS.get(task, (task, task))
+        prep = _json(data / folder / "summary.json") if status == "prepared" else None
+        out[task] = {
+            "name": name, "status": status, "root": parts[2] if len(parts) > 2 else "",
+            "prepared": {k: v.get("rows") for k, v in (prep or {}).items() if isinstance(v, dict)},
+            "synth_samples": (synth.get("input_per_task") or {}).get(task),
+            **{k: (v or {}).get(task, {}) if v is not None else None for k, v in rows.items()},
+            "filter_queries": (filt.get("queries_per_task") or {}).get(task) if filt else None,
+            "filter_kept": (filt.get("kept_per_task") or {}).get(task) if filt else None,
+        }
+    return {"per_source": out, "paper_count": synth.get("paper_count")}
+
+
+def render_sources(src: Optional[Dict[str, Any]]) -> List[str]:
+    """The report's "Sources of D_R" section (rows per source and style in D_R, D1, D2)."""
+    if not src:
+        return []
+    out = ["## Sources of D_R (App. E.1)", "",
+           "| source | status | prepared rows | D_R rows by style | D1 rows by style | D2 rows by style | filter kept |",
+           "|---|---|---|---|---|---|---|"]
+
+    def styles(d):
+        if d is None:
+            return "-"
+        return (f"{sum(d.values())}: " + ", ".join(f"{k} {v}" for k, v in d.items())) if d else "0"
+    for task, d in src["per_source"].items():
+        prep = ", ".join(f"{k} {v}" for k, v in d["prepared"].items()) or "-"
+        kept = "-" if d["filter_queries"] is None else f"{d['filter_kept'] or 0} of {d['filter_queries']}"
+        status = d["status"].upper() if d["status"] == "missing" else d["status"]
+        out.append(f"| {d['name']} | {status} | {prep} | {styles(d['d_r'])} | {styles(d['d1'])} | "
+                   f"{styles(d['d2'])} | {kept} |")
+    if src.get("paper_count"):
+        out += ["", src["paper_count"]]
+    return out + [""]
+
+
 def collect_report(run_dir) -> Dict[str, Any]:
     run = Path(run_dir)
     data = run / "data"
@@ -94,6 +162,7 @@ def collect_report(run_dir) -> Dict[str, Any]:
         "mrsi_sft_args": _args(run / "mrsi_sft", SFT_KEYS),
         "cvo_grpo_args": _args(run / "cvo_grpo", GRPO_KEYS),
         "metrics": metrics,
+        "sources": sources_report(data, synth, filt),
     }
 
 
@@ -125,6 +194,7 @@ def render_markdown(r: Dict[str, Any]) -> str:
         out.append(f"- CVO filter (App. D.3): kept {f['kept']} of {f['scored']} queries "
                    f"({100 * (f['kept_fraction'] or 0):.1f}%), thresholds {f['thresholds']}, G {f['g']}")
     out.append("")
+    out += render_sources(r.get("sources"))
     for name, key in (("MRSI SFT", "mrsi_sft_args"), ("CVO GRPO", "cvo_grpo_args")):
         a = r[key]
         out += [f"## {name}: resolved arguments (ms-swift args.json)", ""]

@@ -23,6 +23,11 @@ Boxes are never written as numbers: every box (in the reasoning and in the answe
 placeholders occur, so a box named in the grounding step and in the answer is listed twice. A gold
 entity with several boxes is reduced to one with `mcr_swift.answer.pick_box` (``multi_box``).
 
+MNER-MI rows (several images, no location) and GREC rows (one referring expression, one box or
+none, no entity type) get their own wording of both routes (``task=``, the row's ``mcr_task``):
+MNER-MI walks recognition, typing and the post's images as supporting evidence, every bbox null;
+GREC walks the expression, visual entailment and grounding. Every chain's answer is its gold answer.
+
 The instruction texts of every MRSI style (these two template routes included, as descriptions)
 live in ``prompts/style_*.txt``.
 """
@@ -37,7 +42,8 @@ from .answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, T
 from .rows import sample_to_row
 from .types import Box, Entity, Sample
 
-__all__ = ["TEMPLATE_STYLES", "STEP_ORDERS_A", "template_chain", "template_row", "style_rng"]
+__all__ = ["TEMPLATE_STYLES", "STEP_ORDERS_A", "STEP_ORDERS_A_MNER_MI", "template_chain", "template_row",
+           "style_rng"]
 
 #: The template styles this module writes.
 TEMPLATE_STYLES: Tuple[str, ...] = ("formatted_a", "formatted_b")
@@ -208,27 +214,190 @@ def _chain_b(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, T
             tuple(sig))
 
 
-def _chain(sample: Sample, style: str, seed: int, multi_box: str):
+# --------------------------------------------------------------------------- MNER-MI and GREC routes
+#: Step orders of ``formatted_a`` for MNER-MI: recognition first, then typing and the image check in
+#: either order (no entailment / grounding: the task asks for no location).
+STEP_ORDERS_A_MNER_MI: Tuple[Tuple[str, ...], ...] = (("s", "t", "v"), ("s", "v", "t"))
+
+
+def _images_phrase(sample: Sample) -> str:
+    n = len(sample.images)
+    if n <= 1:
+        return "the post's image"
+    return f"the post's {n} images (Image 1 {'and' if n == 2 else 'to'} Image {n})"
+
+
+def _chain_a_mner_mi(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, Tuple[str, ...]]:
+    """MNER-MI, constraint by constraint: recognition (text), typing (text and knowledge), an image
+    check (the post's images as supporting evidence only); no location is asked, every bbox is null."""
+    w = _Writer()
+    order = rng.choice(STEP_ORDERS_A_MNER_MI)
+    walk = list(items)
+    rng.shuffle(walk)
+    imgs = _images_phrase(sample)
+    steps: Dict[str, str] = {}
+    if not items:
+        steps["s"] = ("Reading the sentence, I find no span that names a person, location, "
+                      "organization or other entity.")
+        steps["t"] = "No entity was recognized, so there is nothing to classify."
+        steps["v"] = (f"Looking at {imgs}: an entity is never added from an image, so they change "
+                      "nothing; this task asks for no location.")
+    else:
+        names = ", ".join(_q(e.text) for e, _ in walk)
+        steps["s"] = rng.choice((
+            f"From the text alone, the named entities are {names}.",
+            f"Scanning the sentence for named entities gives {len(walk)} span(s): {names}.",
+            f"The sentence mentions the following entities: {names}.",
+        ))
+        lines = []
+        for e, _ in walk:
+            ctx = _context(sample, e.text)
+            where = f' (in "{ctx}")' if ctx else ""
+            lines.append(f"{_q(e.text)}{where} is {_gloss(rng, e.type)}, so its type is {e.type}.")
+        steps["t"] = rng.choice(("Using the wording of the sentence and world knowledge: ",
+                                 "Judging from the text semantics: ", "")) + " ".join(lines)
+        steps["v"] = rng.choice((
+            f"Checking {imgs}: they serve only as supporting evidence for the types and never add or "
+            "remove an entity of the sentence.",
+            f"{imgs[0].upper() + imgs[1:]} may be unrelated to the text, so they only support the types "
+            "found from the sentence.",
+        )) + " This task asks for no location, so every bbox is null."
+    tag = {"s": "recognition", "t": "typing", "v": "images"}
+    think = "\n".join(f"<{tag[k]}>{steps[k]}</{tag[k]}>" for k in order)
+    ans = list(items)
+    rng.shuffle(ans)
+    answer = _answer_json(w, [(e, None) for e, _ in ans])
+    return f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{answer}\n{ANSWER_CLOSE}", w, order
+
+
+def _chain_b_mner_mi(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, Tuple[str, ...]]:
+    """MNER-MI, entity by entity: ``<mentions>``, one ``<entity>`` block per entity walking
+    ``<category>`` and ``<image_support>`` in a seeded order, ``<summary>``; no ``<location>``."""
+    w = _Writer()
+    walk = list(items)
+    rng.shuffle(walk)
+    imgs = _images_phrase(sample)
+    blocks, sig = [], ["m"]
+    if not items:
+        blocks.append("<mentions>none: the text names no person, location, organization or "
+                      "other entity</mentions>")
+        blocks.append(f"<summary>No entity, so nothing to type; {imgs} add none, and no location is "
+                      "asked.</summary>")
+    else:
+        blocks.append("<mentions>" + " | ".join(e.text for e, _ in walk) + "</mentions>")
+        for k, (e, _) in enumerate(walk, 1):
+            ctx = _context(sample, e.text)
+            cat = (f"<category>{e.type}: the text" + (f' ("{ctx}")' if ctx else "")
+                   + f" presents it as {_gloss(rng, e.type)}</category>")
+            sup = f"<image_support>{imgs} only support this type; they do not change it</image_support>"
+            inner = [("t", cat), ("v", sup)]
+            rng.shuffle(inner)
+            sig.append("".join(x for x, _ in inner))
+            blocks.append(f"<entity index=\"{k}\" span={_q(e.text)}>" + "".join(x for _, x in inner)
+                          + "</entity>")
+        blocks.append(f"<summary>{len(walk)} entit{'y' if len(walk) == 1 else 'ies'} from the sentence; "
+                      "no location is asked, so every bbox is null.</summary>")
+    think = "\n".join(blocks)
+    ans = list(items)
+    rng.shuffle(ans)
+    keys = list(_KEYS)
+    rng.shuffle(keys)
+    answer = _answer_json(w, [(e, None) for e, _ in ans], keys)
+    return (f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{answer}\n{ANSWER_CLOSE}", w,
+            tuple(sig))
+
+
+def _grec_item(items, sample: Sample):
+    if len(items) != 1:
+        raise ValueError(f"GREC sample {sample.id}: exactly one expression expected, got {len(items)}")
+    return items[0]
+
+
+def _chain_a_grec(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, Tuple[str, ...]]:
+    """GREC, constraint by constraint: the expression (text), visual entailment (image: does one
+    object match every part?), grounding (image: its one box, or null). No entity type is reasoned
+    about: the answer's type is the expression's fixed type."""
+    w = _Writer()
+    e, box = _grec_item(items, sample)
+    steps = [("expression", rng.choice((
+        f"The expression is {_q(e.text)}; every part of it (category, attributes, position, relations) "
+        "has to match one object.",
+        f"Reading the expression {_q(e.text)}: it describes at most one object, and only an object that "
+        "matches all of it counts.",
+    )))]
+    if box is not None:
+        steps.append(("entailment", rng.choice((
+            f"One object in the image matches every part of {_q(e.text)}.",
+            f"The image does contain the object {_q(e.text)} describes.",
+        ))))
+        where = rng.choice((f"{_q(e.text)} is located at", "That object lies at"))
+        steps.append(("grounding", f"{where} {w.box(box, e.text)}."))
+    else:
+        steps.append(("entailment", rng.choice((
+            f"No object in the image matches every part of {_q(e.text)}; a partial match does not count, "
+            "so the expression refers to nothing here.",
+            f"Nothing in the image fits {_q(e.text)} as a whole, so it has no target.",
+        ))))
+        steps.append(("grounding", "There is nothing to locate, so the location is null."))
+    think = "\n".join(f"<{t}>{x}</{t}>" for t, x in steps)
+    answer = _answer_json(w, [(e, box)])
+    return (f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{answer}\n{ANSWER_CLOSE}", w,
+            ("x", "e", "u"))
+
+
+def _chain_b_grec(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, Tuple[str, ...]]:
+    """GREC, by candidate: ``<expression>``, one ``<target>`` block with ``<visual_check>`` and
+    ``<location>``, ``<summary>``; the answer's key order is seeded (App. C.2)."""
+    w = _Writer()
+    e, box = _grec_item(items, sample)
+    if box is None:
+        vis = "<visual_check>absent: no object matches every part of the expression</visual_check>"
+        loc = "<location>None</location>"
+        summ = "no target, so the answer has no box"
+    else:
+        vis = "<visual_check>present: one object matches every part of the expression</visual_check>"
+        loc = f"<location>{w.box(box, e.text)}</location>"
+        summ = "one target, grounded with one box"
+    think = "\n".join([f"<expression>{e.text}</expression>", f"<target>{vis}{loc}</target>",
+                       f"<summary>{summ}.</summary>"])
+    keys = list(_KEYS)
+    rng.shuffle(keys)
+    answer = _answer_json(w, [(e, box)], keys)
+    return (f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{answer}\n{ANSWER_CLOSE}", w,
+            ("x", "eu"))
+
+
+#: (task, style) -> chain writer
+_WRITERS = {("gmner", "formatted_a"): _chain_a, ("gmner", "formatted_b"): _chain_b,
+            ("mner_mi", "formatted_a"): _chain_a_mner_mi, ("mner_mi", "formatted_b"): _chain_b_mner_mi,
+            ("grec", "formatted_a"): _chain_a_grec, ("grec", "formatted_b"): _chain_b_grec}
+
+
+def _chain(sample: Sample, style: str, seed: int, multi_box: str, task: str = "gmner"):
     if style not in TEMPLATE_STYLES:
         raise ValueError(f"unknown template style {style!r}; choose one of {TEMPLATE_STYLES}")
+    if (task, style) not in _WRITERS:
+        raise ValueError(f"unknown task {task!r}; choose one of gmner, mner_mi, grec")
     rng = style_rng(sample.id, style, seed)
     items = [(e, pick_box(e.boxes, multi_box)) for e in sample.entities]
-    fn = _chain_a if style == "formatted_a" else _chain_b
-    return fn(sample, rng, items)
+    return _WRITERS[(task, style)](sample, rng, items)
 
 
 def template_chain(sample: Sample, style: str, seed: int = 0,
-                   multi_box: str = "largest") -> Tuple[str, List[Box]]:
+                   multi_box: str = "largest", task: str = "gmner") -> Tuple[str, List[Box]]:
     """``(assistant_text, boxes)``: a full assistant turn in template style ``style`` for
-    ``sample``'s gold labels, and the original-pixel box of each ``<bbox>`` placeholder in order."""
-    text, w, _ = _chain(sample, style, seed, multi_box)
+    ``sample``'s gold labels, and the original-pixel box of each ``<bbox>`` placeholder in order.
+    ``task`` (the row's ``mcr_task``) picks the task's wording: GMNER (four constraints), MNER-MI
+    (recognition, typing, the post's images as support; every bbox null) or GREC (one expression:
+    entailment and grounding, one box or null)."""
+    text, w, _ = _chain(sample, style, seed, multi_box, task)
     return text, list(w.boxes)
 
 
-def step_order(sample: Sample, style: str, seed: int = 0) -> Tuple[str, ...]:
+def step_order(sample: Sample, style: str, seed: int = 0, task: str = "gmner") -> Tuple[str, ...]:
     """The seeded constraint order of the chain (for diversity statistics): for ``formatted_a`` the
     step order, for ``formatted_b`` the per-entity inner orders after the mentions step."""
-    return _chain(sample, style, seed, "largest")[2]
+    return _chain(sample, style, seed, "largest", task)[2]
 
 
 def template_row(sample: Sample, style: str, seed: int = 0, *, multi_box: str = "largest",
@@ -236,7 +405,7 @@ def template_row(sample: Sample, style: str, seed: int = 0, *, multi_box: str = 
     """An ms-swift row (see `mcr_swift.rows.sample_to_row`) whose assistant turn is the template
     chain; ``objects`` holds the chain's boxes and the entity text of each, ``mcr_style`` the style.
     Extra keyword arguments go to `sample_to_row` (``extra`` is merged with ``mcr_style``)."""
-    text, w, _ = _chain(sample, style, seed, multi_box)
+    text, w, _ = _chain(sample, style, seed, multi_box, kw.get("task", "gmner"))
     extra = dict(kw.pop("extra", None) or {})
     extra["mcr_style"] = style
     row = sample_to_row(sample, assistant=text, extra=extra, multi_box=multi_box, **kw)

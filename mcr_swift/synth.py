@@ -1,6 +1,8 @@
 """``mcr-swift synth``: build the multi-style CoT set D_R (paper Sec. 4.1, Eq. 4; App. B, C; App. E.4).
 
-For every post of a prepared dataset and every requested style, Gamma_phi turns (sentence, image,
+For every sample of the prepared datasets (Twitter-GMNER, MNER-MI and GREC train files, mixed) and
+``--per-post`` of the requested styles (default 2, balanced and seeded: App. E.1's 55,712 =
+2 x (7000 + 6856 + 14000); 0 = every style), Gamma_phi turns (sentence, image,
 constraints C, gold triples) into a reasoning chain z that ends in the gold answer:
 
 =====================  =========================================================================
@@ -12,6 +14,10 @@ style                  Gamma_phi
 ``llm_conclusions``    an LLM, text only, few-conclusion style (``prompts/style_llm_conclusions.txt``)
 ``mllm_distill``       an MLLM, image inline, distilled style (``prompts/style_mllm_distill.txt``)
 =====================  =========================================================================
+
+Each task has its own wording: the template routes of `mcr_swift.styles` and the prompt files
+``prompts/style_<style>_mner_mi.txt`` (several images, no location) and ``_grec.txt`` (one
+expression, one box or none, no entity type); `check_chain` checks a chain per task.
 
 The paper used DeepSeek for the LLM styles and Qwen2.5-VL-72B / Qwen3-VL-30B-A3B for the MLLM one
 (App. E.4); any OpenAI-compatible endpoint works (``--llm-base-url``, ``--mllm-base-url``, or the
@@ -46,12 +52,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from .answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
 from .jsonl import iter_jsonl, write_jsonl_atomic
-from .rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row
+from .rows import GOLD_COLUMN, SIZES_COLUMN, TASKS, gold_from_row, row_task
 from .styles import TEMPLATE_STYLES, template_chain
 from .types import Box, Entity, Sample
 
 __all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt", "sample_from_row",
-           "chain_row", "synthesize", "main"]
+           "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
 
 #: style -> (prompt file, sends the image)
 API_STYLES: Dict[str, Tuple[str, bool]] = {
@@ -60,6 +66,13 @@ API_STYLES: Dict[str, Tuple[str, bool]] = {
     "mllm_distill": ("style_mllm_distill", True),
 }
 ALL_STYLES: Tuple[str, ...] = TEMPLATE_STYLES + tuple(API_STYLES)
+
+#: Styles per sample by default: App. E.1 counts "55,712 samples annotated with multi-style reasoning
+#: schema" = 2 x (7000 Twitter-GMNER + 6856 MNER-MI + 14000 GREC) training samples.
+DEFAULT_PER_POST = 2
+#: App. E.1 / Table 5: training samples per source (task) and the size of D_R.
+PAPER_TRAIN_SAMPLES = {"gmner": 7000, "mner_mi": 6856, "grec": 14000}
+PAPER_D_R = 55712
 
 #: Sampling for synthesis: the paper is silent; some temperature keeps the API styles diverse.
 DEFAULT_TEMPERATURE = 0.7
@@ -84,11 +97,16 @@ def sample_from_row(row: Mapping[str, Any]) -> Sample:
                   images, [tuple(s) for s in sizes])
 
 
-def style_prompt(style: str, sample: Sample, gold_raw: str) -> str:
-    """The filled instruction of an API style (placeholders replaced with str.replace)."""
+def style_prompt(style: str, sample: Sample, gold_raw: str, task: str = "gmner") -> str:
+    """The filled instruction of an API style (placeholders replaced with str.replace). GMNER uses
+    ``prompts/style_<style>.txt``, the other tasks ``prompts/style_<style>_<task>.txt`` (MNER-MI:
+    several images, no location; GREC: one expression, one box or none, no entity type);
+    ``{n_images}`` is the post's number of images."""
     from .prompts import load_prompt
-    text = load_prompt(API_STYLES[style][0])
-    return text.replace("{sentence}", sample.sentence).replace("{gold_json}", gold_raw)
+    name = API_STYLES[style][0] + ("" if task == "gmner" else f"_{task}")
+    text = load_prompt(name)
+    return (text.replace("{sentence}", sample.sentence).replace("{n_images}", str(len(sample.images)))
+            .replace("{gold_json}", gold_raw))
 
 
 @dataclass
@@ -125,9 +143,10 @@ def _near(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(abs(float(x) - float(y)) <= BOX_TOLERANCE for x, y in zip(a, b))
 
 
-def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str):
-    """Replace literal gold boxes by placeholders and bind every placeholder to a box.
-    Returns (think, boxes, refs, n_literal) or a rejection reason string."""
+def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str, task: str = "gmner"):
+    """Replace literal gold boxes by placeholders and bind every placeholder to a box (GREC: the
+    expression's one target box, however the reasoning words it). Returns (think, boxes, refs,
+    n_literal) or a rejection reason string."""
     n_literal = 0
 
     def literal(m: "re.Match") -> str:
@@ -149,6 +168,12 @@ def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str):
         if m.group(1) is not None:  # a literal gold box: exactly that box
             e = gold[int(m.group(1))]
             box = e.boxes[int(m.group(2))]
+        elif task == "grec":  # one expression: every placeholder is its one target box
+            located = [e for e in gold if e.boxes]
+            if not located:
+                return "unresolved_bbox"
+            e = located[0]
+            box = pick_box(e.boxes, multi_box)
         else:  # the located entity named last before the placeholder
             before = [i for end, i in mentions if end <= m.start()]
             if not before:
@@ -181,9 +206,22 @@ def _canonical_answer(order: Sequence[Entity], multi_box: str) -> Tuple[str, Lis
     return f"{ANSWER_OPEN}\n{format_answer_json(items)}\n{ANSWER_CLOSE}", boxes, refs
 
 
+def _without_entities(text: str, gold: Sequence[Entity]) -> str:
+    """``text`` with every (case-insensitive) mention of a gold entity blanked out."""
+    for e in sorted(gold, key=lambda e: -len(e.text)):
+        if e.text.strip():
+            text = re.sub(re.escape(e.text), " ", text, flags=re.I)
+    return text
+
+
 def check_chain(text: str, gold: Sequence[Entity], *, repair: bool = True, multi_box: str = "largest",
-                finish_reason: Optional[str] = None) -> ChainCheck:
-    """Validate a generated chain against the gold triples (never raises on model output)."""
+                finish_reason: Optional[str] = None, task: str = "gmner") -> ChainCheck:
+    """Validate a generated chain against the gold triples (never raises on model output).
+
+    Per task (the row's ``mcr_task``): the answer must hold exactly the gold (span, type,
+    located-or-not) triples in every task, so an MNER-MI answer has every bbox null (a box anywhere
+    in an MNER-MI chain rejects it: ``box_not_asked``) and a GREC answer is its one expression with
+    its box or null; in a GREC chain every ``<bbox>`` placeholder is the expression's one box."""
     gold = list(gold)
     text = text if isinstance(text, str) else ""
     lo = text.find(THINK_OPEN)
@@ -193,9 +231,11 @@ def check_chain(text: str, gold: Sequence[Entity], *, repair: bool = True, multi
     think = text[lo + len(THINK_OPEN) if lo >= 0 else 0:hi].strip()
     if len(think) < 20:
         return ChainCheck("rejected", "no_reasoning")
-    if _LEAK.search(think):
+    if _LEAK.search(_without_entities(think, gold)):  # "Gold Star families" is an entity, not a leak
         return ChainCheck("rejected", "mentions_labels")
     rest = text[hi + len(THINK_CLOSE):]
+    if task == "mner_mi" and (BBOX_PLACEHOLDER in text or _BOX_LITERAL.search(text)):
+        return ChainCheck("rejected", "box_not_asked")
     status, reason = "accepted", ""
     if ANSWER_OPEN in rest:
         pred = _answer_entities(rest)
@@ -211,7 +251,7 @@ def check_chain(text: str, gold: Sequence[Entity], *, repair: bool = True, multi
         status, reason, order = "repaired", "answer_appended", gold
     else:
         return ChainCheck("rejected", "no_answer")
-    r = _reasoning_boxes(think, gold, multi_box)
+    r = _reasoning_boxes(think, gold, multi_box, task)
     if isinstance(r, str):
         return ChainCheck("rejected", r)
     think, boxes, refs, n_literal = r
@@ -235,20 +275,67 @@ def chain_row(row: Mapping[str, Any], style: str, text: str, boxes: Sequence[Box
     return out
 
 
-def _styles_for(post_id: str, styles: Sequence[str], per_post: int, seed: int) -> List[str]:
+def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post: int, seed: int
+                ) -> List[List[str]]:
+    """The styles of each sample (``keys``: (task, id) per sample, in input order), ``per_post`` of
+    ``styles`` each (0, or at least len(styles): all of them).
+
+    Balanced and seeded (the paper is silent on how its 2 styles per sample were drawn): within each
+    task, samples are visited in a seeded order and each takes the ``per_post`` styles used least so
+    far in that task, ties broken by how often that combination was used, then by a seeded draw. So
+    within a task every style's count differs from every other's by at most 1, the combinations are
+    spread evenly, and the choice does not depend on the input order."""
+    from itertools import combinations
     if per_post <= 0 or per_post >= len(styles):
-        return list(styles)
-    chosen = set(random.Random(f"{seed}:{post_id}:styles").sample(list(styles), per_post))
-    return [s for s in styles if s in chosen]
+        return [list(styles) for _ in keys]
+    combos = list(combinations(range(len(styles)), per_post))
+    out: List[List[str]] = [[] for _ in keys]
+    by_task: Dict[str, List[int]] = defaultdict(list)
+    for i, (task, _) in enumerate(keys):
+        by_task[task].append(i)
+    for task, idx in by_task.items():
+        rng = random.Random(f"{seed}:{task}:styles")
+        order = sorted(idx, key=lambda i: (random.Random(f"{seed}:{task}:{keys[i][1]}").random(), i))
+        used, combo_used = [0] * len(styles), Counter()
+        for i in order:
+            best = min(combos, key=lambda c: (sum(used[j] for j in c), combo_used[c], rng.random()))
+            for j in best:
+                used[j] += 1
+            combo_used[best] += 1
+            out[i] = [styles[j] for j in best]
+    return out
 
 
 def _request_messages(style: str, sample: Sample, row: Mapping[str, Any]) -> List[Dict[str, Any]]:
     from .api import to_openai_messages
-    prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]))
+    task = row_task(row)
+    prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]), task)
     if API_STYLES[style][1]:
-        return to_openai_messages([{"role": "user", "content": "<image>" * len(sample.images) + prompt}],
-                                  sample.images)
+        if task == "mner_mi" and len(sample.images) > 1:  # numbered, as in the row's user turn
+            tags = "".join(f"Image {k}: <image>\n" for k in range(1, len(sample.images) + 1))
+        else:
+            tags = "<image>" * len(sample.images)
+        return to_openai_messages([{"role": "user", "content": tags + prompt}], sample.images)
     return [{"role": "user", "content": prompt}]
+
+
+def paper_count_line(task_samples: Mapping[str, int], per_post: int, n_styles: int, rows: Optional[int] = None
+                     ) -> str:
+    """The D_R size against App. E.1's 55,712 = 2 x 27,856 (7000 + 6856 + 14000)."""
+    k = n_styles if per_post <= 0 or per_post >= n_styles else per_post
+    n = sum(task_samples.values())
+    full = all(task_samples.get(t, 0) == c for t, c in PAPER_TRAIN_SAMPLES.items())
+    paper_n = sum(PAPER_TRAIN_SAMPLES.values())
+    line = f"D_R {n:,} samples x {k} styles = {n * k:,} planned"
+    if rows is not None:
+        line += f", {rows:,} produced"
+    if full:
+        line += f" (paper: {PAPER_D_R:,} = 2 x {paper_n:,}, App. E.1)"
+    else:
+        per = ", ".join(f"{t} {task_samples.get(t, 0):,}/{c:,}" for t, c in PAPER_TRAIN_SAMPLES.items())
+        line += (f" (a subset: {per} of the paper's training samples; on full data 2 x {paper_n:,} = "
+                 f"{PAPER_D_R:,}, App. E.1)")
+    return line
 
 
 def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[str], *, endpoints: Mapping[str, Any],
@@ -268,7 +355,9 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
             samples.append(sample_from_row(row))
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{source}: row {i + 1} (mcr_id {row.get('mcr_id')!r}): {e}") from None
-    plan = [(i, s) for i, smp in enumerate(samples) for s in _styles_for(smp.id, styles, per_post, seed)]
+    tasks = [row_task(r) for r in rows]
+    chosen = plan_styles([(t, smp.id) for t, smp in zip(tasks, samples)], styles, per_post, seed)
+    plan = [(i, s) for i in range(len(samples)) for s in chosen[i]]
     keys: Dict[Tuple[int, str], str] = {}
     stats: Dict[str, Any] = {}
     for style in [s for s in styles if s in API_STYLES]:
@@ -295,14 +384,16 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     produced: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
     per: Dict[str, Counter] = defaultdict(Counter)
+    by_task: Dict[str, Counter] = defaultdict(Counter)  # task -> style -> produced rows
     for i, style in plan:
         row, smp = rows[i], samples[i]
         c = per[style]
         if style in TEMPLATE_STYLES:
-            text, boxes = template_chain(smp, style, seed, multi_box)
+            text, boxes = template_chain(smp, style, seed, multi_box, tasks[i])
             refs = [_ref_for(smp.entities, b) for b in boxes]
             produced.append(chain_row(row, style, text, boxes, refs))
             c["produced"] += 1
+            by_task[tasks[i]][style] += 1
             continue
         value = cache.get(keys[(i, style)])
         if value is None:
@@ -312,7 +403,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         c["prompt_tokens"] += res.prompt_tokens
         c["completion_tokens"] += res.completion_tokens
         chk = check_chain(res.texts[0] if res.texts else "", smp.entities, repair=repair, multi_box=multi_box,
-                          finish_reason=res.finish_reasons[0] if res.finish_reasons else None)
+                          finish_reason=res.finish_reasons[0] if res.finish_reasons else None, task=tasks[i])
         if chk.status == "rejected":
             c["rejected"] += 1
             c[f"rejected:{chk.reason}"] += 1
@@ -322,6 +413,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         c["produced"] += 1
         c[chk.status] += 1
         c["literal_boxes"] += chk.literal_boxes
+        by_task[tasks[i]][style] += 1
         produced.append(chain_row(row, style, chk.text, chk.boxes, chk.refs,
                                   {"mcr_synth": {"model": endpoints[style].model, "status": chk.status}}))
     complete = all(not st.failed and not st.interrupted for st in stats.values()) and \
@@ -333,7 +425,11 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         "endpoints": {s: endpoints[s].describe() for s in styles if s in endpoints},
         "cache": {"path": str(cache.path), "records": len(cache), "torn_lines_dropped": cache.torn},
         "rows": len(produced), "out": str(out) if complete else None,
+        "per_post": per_post, "input_per_task": dict(sorted(Counter(tasks).items())),
+        "planned_per_task": {t: dict(Counter(s for i, s in plan if tasks[i] == t)) for t in sorted(set(tasks))},
+        "produced_per_task": {t: dict(by_task[t]) for t in sorted(by_task)},
     }
+    summary["paper_count"] = paper_count_line(summary["input_per_task"], per_post, len(styles), len(produced))
     if complete:
         write_jsonl_atomic(out, produced)
         write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), rejected)
@@ -361,17 +457,29 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         reasons = {k.split(':', 1)[1]: v for k, v in d.items() if k.startswith("rejected:")}
         if reasons:
             lines.append(f"{'':<16}rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    if summary.get("produced_per_task"):
+        styles = list(summary["per_style"])
+        lines.append("")
+        lines.append(f"{'produced by task':<18}" + "".join(f"{s:>16}" for s in styles) + f"{'samples':>9}")
+        for t, n in summary.get("input_per_task", {}).items():
+            d = summary["produced_per_task"].get(t, {})
+            lines.append(f"{t:<18}" + "".join(f"{d.get(s, 0):>16}" for s in styles) + f"{n:>9}")
+    if summary.get("paper_count"):
+        lines.append(summary["paper_count"])
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from .api import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
-    p.add_argument("--input", required=True, help="prepared dataset JSONL (mcr-swift prepare), e.g. train.jsonl")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
+                        "twitter_gmner, mner_mi and grec: D_R is built over their mixture")
     p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
     p.add_argument("--styles", default=",".join(ALL_STYLES), help=f"comma-separated, from {', '.join(ALL_STYLES)}")
-    p.add_argument("--per-post", type=int, default=0,
-                   help="styles per post, chosen per post with --seed (default 0: every style for every post)")
+    p.add_argument("--per-post", type=int, default=DEFAULT_PER_POST,
+                   help="styles per sample, balanced over the styles within each task and seeded (default 2, "
+                        "App. E.1's count: 55,712 = 2 x 27,856; 0 = every style for every sample)")
     add_endpoint_args(p, "", "both endpoints")
     add_endpoint_args(p, "llm-", "the LLM styles' endpoint (default: --base-url)")
     add_endpoint_args(p, "mllm-", "the MLLM style's endpoint (default: --base-url)")
@@ -379,14 +487,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts")
+    p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
-    rows = [row for _, row, _ in iter_jsonl(a.input)][:a.limit]
+    rows = []
+    try:
+        for path in a.input:
+            for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
+                if a.limit is not None and n >= a.limit:
+                    break
+                try:
+                    sample_from_row(row)
+                except (KeyError, ValueError, TypeError, AttributeError) as e:
+                    raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
+                                     ) from None
+                rows.append(row)
+    except (OSError, ValueError) as e:
+        print(f"mcr-swift synth: {e}", file=sys.stderr)
+        return 2
     endpoints = {}
     try:
         for s in styles:
@@ -404,7 +526,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              retry=RetryPolicy.from_args(a), temperature=a.temperature,
                              top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                              repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
-                             source=a.input)
+                             source=", ".join(a.input))
     except EndpointError as e:
         print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
         return 2

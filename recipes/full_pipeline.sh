@@ -10,10 +10,15 @@
 #   LLM/MLLM styles: SYNTH_LLM_BASE_URL/SYNTH_LLM_MODEL (the paper: DeepSeek) and
 #   SYNTH_MLLM_BASE_URL/SYNTH_MLLM_MODEL (the paper: Qwen2.5-VL-72B), or OPENAI_BASE_URL/OPENAI_MODEL
 #   for both, or SYNTH_STYLES=formatted_a,formatted_b for the offline template styles only.
+#   D_R is built from three sources (App. E.1): Twitter-GMNER (GMNER_ROOT, IMAGE_DIR), MNER-MI
+#   (MNER_MI_ROOT, MNER_MI_IMAGE_DIR) and GREC (GREC_ROOT = gRefCOCO, GREC_IMAGE_DIR = COCO
+#   train2014), SYNTH_PER_POST=2 styles per sample (2 x 27,856 = 55,712). A missing MNER-MI or GREC
+#   release is reported once and left out; SOURCES=gmner,mner_mi,grec picks the sources.
 # PROFILE=tiny: the same stages on a CPU with the tiny random Qwen2.5-VL built offline, a handful of
 #   posts with stand-in images, 2-5 steps, no vLLM, and a local `swift deploy` of the tiny model as
-#   the synthesis endpoint. A random model earns reward 0 everywhere, so the tiny profile opens the
-#   App. D.3 filter thresholds (else D2 would be empty); everything else is the paper's code path.
+#   the synthesis endpoint; MNER-MI and GREC come from the package's sample files (mcr_swift/samples).
+#   A random model earns reward 0 everywhere, so the tiny profile opens the App. D.3 filter thresholds
+#   (else D2 would be empty); everything else is the paper's code path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -30,6 +35,18 @@ SEED=${SEED:-0}
 D1_RATIO=${D1_RATIO:-0.5}                       # paper silent (README): half of D_R for MRSI
 SYNTH_STYLES=${SYNTH_STYLES:-formatted_a,formatted_b,llm_qa,llm_conclusions,mllm_distill}
 SWIFT=${SWIFT:-swift}
+# --- D_R sources (App. E.1, Table 5: 7000 Twitter-GMNER + 6856 MNER-MI + 14000 GREC train samples) ---
+SOURCES=${SOURCES:-gmner,mner_mi,grec}
+SYNTH_PER_POST=${SYNTH_PER_POST:-2}             # styles per sample: 2 x 27,856 = 55,712 (App. E.1)
+GREC_TRAIN_SIZE=${GREC_TRAIN_SIZE:-14000}       # App. E.1: 14,000 one-/no-target train expressions
+if [ "$PROFILE" = tiny ]; then                  # hand-made samples in the released formats
+  SAMPLES_DIR=$(python -c 'import mcr_swift, pathlib; print(pathlib.Path(mcr_swift.__file__).parent / "samples")')
+  MNER_MI_ROOT=${MNER_MI_ROOT-$SAMPLES_DIR/mner_mi}; GREC_ROOT=${GREC_ROOT-$SAMPLES_DIR/grec}
+else
+  MNER_MI_ROOT=${MNER_MI_ROOT-$SHARED/data/mner_mi}; GREC_ROOT=${GREC_ROOT-$SHARED/data/grefcoco}
+fi
+MNER_MI_IMAGE_DIR=${MNER_MI_IMAGE_DIR:-${MNER_MI_ROOT:+$MNER_MI_ROOT/images}}
+GREC_IMAGE_DIR=${GREC_IMAGE_DIR:-}
 
 case "$PROFILE" in
   tiny)
@@ -80,12 +97,17 @@ trap 'python -m mcr_swift.serve stop --pid-file "$SERVER_PID" || true' EXIT
 log() { echo "[full $(date +%H:%M:%S)] $*"; }
 # stage NAME OUTPUT FUNCTION: run FUNCTION unless OUTPUT exists; record its wall time
 stage() {
-  if [ -e "$2" ]; then log "$1: skipped ($2 exists)"; printf '%s\tskipped\n' "$1" >> "$TIMES"; return; fi
+  if [ -e "$2" ]; then log "$1: skipped ($2 exists)"; printf '%s\tskipped\n' "$1" >> "$TIMES"; stop_after "$1"; return; fi
   log "$1 ..."
   local t0; t0=$(date +%s)
   "$3"
   printf '%s\t%s\n' "$1" "$(( $(date +%s) - t0 ))" >> "$TIMES"
   [ -e "$2" ] || { echo "stage $1 finished without writing $2" >&2; exit 1; }
+  stop_after "$1"
+}
+stop_after() {  # STOP_AFTER=STAGE: end the run (with its report so far) after that stage
+  if [ "${STOP_AFTER:-}" = "$1" ]; then
+    log "stopping after $1 (STOP_AFTER)"; python -m mcr_swift.cli report "$RUN_DIR" > /dev/null; exit 0; fi
 }
 serve() {  # serve MODEL [ADAPTERS]: background swift deploy; sets BASE_URL
   BASE_URL=$(python -m mcr_swift.serve start --log "$RUN_DIR/logs/deploy_$(date +%s).log" --pid-file "$SERVER_PID" -- \
@@ -104,11 +126,50 @@ do_prepare() {
   [ -n "${IMAGE_DIR:-}" ] && extra+=(--image-dir "$IMAGE_DIR")
   python -m mcr_swift.cli prepare --root "$GMNER_ROOT" --out "$MCR_DATA_DIR" --family "$MCR_MODEL_FAMILY" \
     --no-progress "${extra[@]}"
+  prepare_sources
+}
+# --- the MNER-MI and GREC sources of D_R (App. E.1); $MCR_DATA_DIR/sources.tsv: task, status, root ---
+source_missing() {  # TASK NAME ROOT VAR: said once (the prepare stage), loudly; the run goes on
+  printf '\n!!! SOURCE MISSING: %s (%s=%s is not a folder).\n!!! D_R, D1 and D2 are built WITHOUT it; the paper trains on Twitter-GMNER, MNER-MI and GREC (App. E.1).\n!!! Set %s to the release folder to include it (see README, "Three-source D_R").\n\n' \
+    "$2" "$4" "$3" "$4" >&2
+  printf '%s\tmissing\t%s\n' "$1" "$3" >> "$MCR_DATA_DIR/sources.tsv.tmp"
+}
+prepare_source() {  # TASK NAME ROOT ROOT_VAR IMAGES IMAGES_VAR [prepare args...]
+  local task=$1 name=$2 root=$3 rvar=$4 images=$5 ivar=$6; shift 6
+  if [[ ",$SOURCES," != *",$task,"* ]]; then
+    printf '%s\tnot selected\t%s\n' "$task" "$root" >> "$MCR_DATA_DIR/sources.tsv.tmp"; return 0; fi
+  if [ -z "$root" ] || [ ! -d "$root" ]; then source_missing "$task" "$name" "$root" "$rvar"; return 0; fi
+  local img=()
+  if [ "$STANDIN" = 1 ]; then img=(--standin-images "$RUN_DIR/images/$task")
+  elif [ -n "$images" ] && [ -d "$images" ]; then img=(--image-dir "$images")
+  else echo "full_pipeline: $name at $root has no images: $ivar='$images' is not a folder (set it, or STANDIN=1)" >&2; exit 2; fi
+  python -m mcr_swift.cli prepare --dataset "$task" --root "$root" --out "$MCR_DATA_DIR" --no-progress \
+    ${LIMIT:+--limit "$LIMIT"} "${img[@]}" "$@"
+  printf '%s\tprepared\t%s\n' "$task" "$root" >> "$MCR_DATA_DIR/sources.tsv.tmp"
+}
+prepare_sources() {
+  local g=prepared  # Twitter-GMNER is always prepared (its test split is evaluated); SOURCES puts it in D_R
+  [[ ",$SOURCES," == *",gmner,"* ]] || g="not selected"
+  printf 'gmner\t%s\t%s\n' "$g" "$GMNER_ROOT" > "$MCR_DATA_DIR/sources.tsv.tmp"
+  prepare_source mner_mi MNER-MI "$MNER_MI_ROOT" MNER_MI_ROOT "$MNER_MI_IMAGE_DIR" MNER_MI_IMAGE_DIR
+  prepare_source grec GREC "$GREC_ROOT" GREC_ROOT "$GREC_IMAGE_DIR" GREC_IMAGE_DIR \
+    --family "$MCR_MODEL_FAMILY" --train-size "$GREC_TRAIN_SIZE" --seed "$SEED"
+  mv "$MCR_DATA_DIR/sources.tsv.tmp" "$MCR_DATA_DIR/sources.tsv"
+}
+synth_inputs() {  # the train file of every prepared source
+  local task status _root
+  while IFS=$'\t' read -r task status _root; do
+    if [ "$status" = prepared ]; then echo "$MCR_DATA_DIR/${task/#gmner/twitter_gmner}/train.jsonl"; fi
+  done < "$MCR_DATA_DIR/sources.tsv"
 }
 do_synth() {
-  local ep=()
+  local ep=() inputs=() served=0
+  mapfile -t inputs < <(synth_inputs)
+  [ ${#inputs[@]} -gt 0 ] || { echo "full_pipeline: no source of D_R was prepared (SOURCES=$SOURCES)" >&2; exit 2; }
   if [ "$PROFILE" = tiny ] && [ -z "${SYNTH_BASE_URL:-}" ]; then
-    serve "$MODEL"; ep=(--base-url "$BASE_URL")        # the tiny model stands in for DeepSeek / Qwen2.5-VL-72B
+    # the tiny model stands in for DeepSeek / Qwen2.5-VL-72B (only when an API style is asked for)
+    if [[ ",$SYNTH_STYLES," =~ ,(llm_qa|llm_conclusions|mllm_distill), ]]; then
+      serve "$MODEL"; ep=(--base-url "$BASE_URL"); served=1; fi
   else
     [ -n "${SYNTH_BASE_URL:-}" ] && ep+=(--base-url "$SYNTH_BASE_URL")
     [ -n "${SYNTH_MODEL:-}" ] && ep+=(--model "$SYNTH_MODEL")
@@ -117,10 +178,10 @@ do_synth() {
     [ -n "${SYNTH_MLLM_BASE_URL:-}" ] && ep+=(--mllm-base-url "$SYNTH_MLLM_BASE_URL")
     [ -n "${SYNTH_MLLM_MODEL:-}" ] && ep+=(--mllm-model "$SYNTH_MLLM_MODEL")
   fi
-  python -m mcr_swift.cli synth --input "$MCR_DATA_DIR/twitter_gmner/train.jsonl" --out "$MCR_DATA_DIR/mrsi/d_r.jsonl" \
-    --styles "$SYNTH_STYLES" --seed "$SEED" --temperature "$SYNTH_TEMPERATURE" --max-tokens "$SYNTH_MAX_TOKENS" \
-    --concurrency "$SYNTH_CONCURRENCY" --no-progress "${ep[@]}"
-  [ "$PROFILE" = tiny ] && [ -z "${SYNTH_BASE_URL:-}" ] && unserve
+  python -m mcr_swift.cli synth --input "${inputs[@]}" --out "$MCR_DATA_DIR/mrsi/d_r.jsonl" \
+    --styles "$SYNTH_STYLES" --per-post "$SYNTH_PER_POST" --seed "$SEED" --temperature "$SYNTH_TEMPERATURE" \
+    --max-tokens "$SYNTH_MAX_TOKENS" --concurrency "$SYNTH_CONCURRENCY" --no-progress "${ep[@]}"
+  [ "$served" = 1 ] && unserve
   return 0
 }
 do_split() {
@@ -167,7 +228,7 @@ do_eval() {
 
 log "profile $PROFILE, model $MODEL, template $TEMPLATE, run dir $RUN_DIR; resolution $(resize_env)"
 [ "$PROFILE" = tiny ] && stage tiny-model "$MODEL/config.json" do_tiny
-stage prepare "$MCR_DATA_DIR/twitter_gmner/summary.json" do_prepare
+stage prepare "$MCR_DATA_DIR/sources.tsv" do_prepare
 stage synth "$MCR_DATA_DIR/mrsi/d_r.jsonl" do_synth
 stage split "$MCR_DATA_DIR/mrsi/d2.jsonl" do_split
 stage mrsi-sft "$RUN_DIR/mrsi_sft/last_checkpoint.txt" do_sft

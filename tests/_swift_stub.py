@@ -4,7 +4,9 @@ Installed as an executable named ``swift`` (the recipes treat only a command nam
 and then record its checkpoint), it appends one JSON line per call to ``$SWIFT_STUB_LOG``:
 ``{"cmd": "sft", "args": {"--flag": "value", ...}, "env": {...}}`` and leaves what the next stage reads:
 
-* ``sft`` / ``rlhf``: ``<output_dir>/v0-20260101-000000/checkpoint-1/`` and an ``args.json`` beside it;
+* ``sft`` / ``rlhf``: loads every ``--dataset`` as the plugin's loader does (so a dataset that does not
+  resolve fails the stage, and answer-only subsets are derived), then leaves
+  ``<output_dir>/v0-20260101-000000/checkpoint-1/`` and an ``args.json`` beside it;
 * ``export``: ``<output_dir>/config.json``;
 * ``infer``: ``--result_path`` with one row per row of ``--val_dataset`` (read from $MCR_DATA_DIR through
   the registry, answer-only subsets derived as the real loader does), each answered
@@ -37,7 +39,7 @@ def parse(argv):
 
 def dataset_rows(spec: str):
     from mcr_swift.registry import ANSWER_ONLY_SUFFIX, DATASETS, data_dir, derive_answer_only
-    name, _, subset = spec.partition(":")
+    name, _, subset = spec.split("#")[0].partition(":")
     folder, _subsets, default = DATASETS[name]
     subset = subset or default
     path = data_dir() / folder / f"{subset}.jsonl"
@@ -81,6 +83,9 @@ def main() -> int:
         f.write(json.dumps({"cmd": cmd, "args": args,
                             "env": {k: os.environ.get(k) for k in ENV_KEYS}}) + "\n")
     if cmd in ("sft", "rlhf"):
+        for spec in args["--dataset"].split():
+            if not dataset_rows(spec):
+                raise SystemExit(f"swift stub: dataset {spec} is empty")
         run = Path(args["--output_dir"]) / "v0-20260101-000000"
         (run / "checkpoint-1").mkdir(parents=True, exist_ok=True)
         keep = {k[2:]: v for k, v in args.items() if k in ("--model", "--template", "--dataset", "--adapters", "--learning_rate")}

@@ -283,3 +283,105 @@ def test_each_variant_has_its_own_default_run_folder(tmp_path, wrapper, variant,
     env.update({"PROFILE": "tiny", **({"VARIANT": variant} if variant else {})})
     out = subprocess.run(["bash", f"recipes/{wrapper}.sh"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == folder
+
+
+# ---- mcr-swift report over several runs -----------------------------------------------------------
+
+def _prf(c, p, g):
+    """A metrics entry as mcr-swift evaluate writes it, from counts (correct, predicted, gold)."""
+    pre, rec = c / p, c / g
+    return {"precision": pre, "recall": rec, "f1": 2 * pre * rec / (pre + rec), "correct": c, "predicted": p,
+            "gold": g}
+
+
+def make_run(folder: Path, variant, template, tiny, counts=None, stage_dir="mrsi_sft"):
+    """A hand-made run folder: what the pipeline's stages leave for the report."""
+    folder.mkdir(parents=True)
+    if variant is not None:
+        (folder / "variant.txt").write_text(variant + "\n")
+    (folder / "times.tsv").write_text(("tiny-model\t3\n" if tiny else "") + "prepare\t1\ninfer-eval\t2\n")
+    args = folder / stage_dir / "v0-20260101-000000" / "args.json"
+    args.parent.mkdir(parents=True)
+    args.write_text(json.dumps({"model": "m", "template": template, "learning_rate": 1e-4}))
+    if counts:
+        (folder / "eval").mkdir()
+        (folder / "eval" / "metrics.json").write_text(json.dumps(
+            {"file": "infer.jsonl", "posts": 10, "rows": 10, "parse_failures": 0,
+             "metrics": {**{k: _prf(*v) for k, v in counts.items()}, "n": _prf(1, 2, 2)}}))
+    return folder
+
+
+def report(*argv):
+    return subprocess.run([sys.executable, "-m", "mcr_swift.cli", "report", *map(str, argv)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_report_puts_several_runs_next_to_the_papers_rows(tmp_path):
+    # GMNER 1/2 correct of predicted, 1/4 of gold -> P 50.0, R 25.0, F1 33.3; MNER 3/4, 3/5 -> 75.0, 60.0, 66.7;
+    # EEG 2/3, 2/8 -> 66.7, 25.0, 36.4
+    counts = {"gmner": (1, 2, 4), "mner": (3, 4, 5), "eeg": (2, 3, 8)}
+    sft = make_run(tmp_path / "qwen25vl_7b_paper_sft", "sft", "qwen2_5_vl", False, counts, stage_dir="sft")
+    mcr = make_run(tmp_path / "qwen25vl_7b_paper", None, "qwen2_5_vl", False, {k: (4, 4, 4) for k in counts})
+    noinst = make_run(tmp_path / "mimovl_7b_paper_no_inst", "no_inst", "mimo_vl", False)
+    out = tmp_path / "table.md"
+    p = report(sft, mcr, noinst, "--out", out)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "| Qwen2.5VL-7B | +SFT | this run `qwen25vl_7b_paper_sft` | 50.0 | 25.0 | 33.3 | 75.0 | 60.0 | 66.7 | " \
+           "66.7 | 25.0 | 36.4 |" in lines
+    assert "| Qwen2.5VL-7B | +SFT | paper, Table 1 | 63.3 | 62.0 | 62.7 | 83.0 | 81.3 | 82.2 | 65.8 | 64.4 | 65.1 |" in lines
+    # a run made before variant.txt existed is the full method
+    assert "| Qwen2.5VL-7B | +MRSI+CVO | this run `qwen25vl_7b_paper` | " + " | ".join(["100.0"] * 9) + " |" in lines
+    assert "| Qwen2.5VL-7B | +MRSI+CVO | paper, Table 1 | 70.5 | 70.8 | 70.6 | 82.6 | 82.9 | 82.8 | 73.2 | 73.5 | 73.4 |" \
+        in lines
+    # Table 3 is on Qwen2.5VL-7B only; a run without test metrics says so
+    assert "| MimoVL-7B | w/o Inst | this run `mimovl_7b_paper_no_inst` | " + " | ".join(["n/a"] * 9) + " |" in lines
+    assert "- `mimovl_7b_paper_no_inst`: the paper reports no w/o Inst row for MimoVL-7B (Table 3 is on " \
+           "Qwen2.5VL-7B only)" in lines
+    assert "- `mimovl_7b_paper_no_inst`: no test metrics yet (the infer-eval stage has not finished)" in lines
+    assert "plumbing" not in p.stdout          # no tiny run among them
+    # the runs' rows in order, each followed by its paper row
+    rows = [l for l in lines if l.startswith("| ") and "numbers from" not in l]
+    assert [r.split(" | ")[2] for r in rows] == ["this run `qwen25vl_7b_paper_sft`", "paper, Table 1",
+                                                "this run `qwen25vl_7b_paper`", "paper, Table 1",
+                                                "this run `mimovl_7b_paper_no_inst`"]
+    assert out.read_text() == "\n".join(lines) + "\n"
+    # every run's own report records its variant and row
+    r = json.loads((sft / "report.json").read_text())
+    assert r["variant"] == "sft" and r["table_row"]["scores"]["gmner"] == [50.0, 25.0, 33.3]
+    assert r["table_row"]["paper"]["table"] == "Table 1" and r["sft_args"]["template"] == "qwen2_5_vl"
+    assert "| Qwen2.5VL-7B | +SFT | paper, Table 1 |" in (sft / "report.md").read_text()
+
+
+def test_report_says_tiny_runs_are_plumbing_checks(tmp_path):
+    counts = {"gmner": (1, 2, 4), "mner": (1, 2, 4), "eeg": (1, 2, 4)}
+    a = make_run(tmp_path / "a", "cvo_only", "qwen2_5_vl", True, counts, stage_dir="cvo_grpo")
+    b = make_run(tmp_path / "b", "no_dr", "qwen2_5_vl", True, counts)
+    p = report(a, b)
+    assert p.returncode == 0, p.stderr
+    assert "| Qwen2.5VL-7B | w/o MRSI | this run `a` (tiny: plumbing check) | 50.0 | 25.0 | 33.3 |" in p.stdout
+    assert "| Qwen2.5VL-7B | w/o MRSI | paper, Table 3 | 50.2 | 53.2 | 51.7 | 64.3 | 68.1 | 66.2 | 54.2 | 57.5 | 55.8 |" \
+        in p.stdout
+    assert "| Qwen2.5VL-7B | w/o D_R | paper, Table 3 | 69.5 | 68.8 | 69.2 | 81.6 | 80.7 | 81.1 | 72.8 | 72.1 | 72.5 |" \
+        in p.stdout
+    assert "- tiny profile: a random tiny model trained a few steps on a handful of posts; its numbers are " \
+           "plumbing checks, not comparable with the paper's" in p.stdout
+
+
+def test_report_refuses_a_missing_folder(tmp_path):
+    a = make_run(tmp_path / "a", "sft", "qwen2_5_vl", True, stage_dir="sft")
+    p = report(a, tmp_path / "nope")
+    assert p.returncode == 2 and p.stderr.strip() == f"mcr-swift report: {tmp_path / 'nope'}: not a folder"
+    assert not (a / "report.json").exists()      # nothing written when an argument is bad
+
+
+def test_paper_rows_are_the_papers():
+    from mcr_swift.report import PAPER_ROWS, VARIANT_ROWS
+    # Table 3's "Ours" is Table 1's +MRSI+CVO row of Qwen2.5VL-7B; Sec. 5.4: w/o MRSI drops F1 by 18.9
+    assert PAPER_ROWS[("Qwen2.5VL-7B", "+MRSI+CVO")][1] == (70.5, 70.8, 70.6)
+    assert round(PAPER_ROWS[("Qwen2.5VL-7B", "+MRSI+CVO")][1][2] - PAPER_ROWS[("Qwen2.5VL-7B", "w/o MRSI")][1][2], 2) \
+        == 18.9
+    # Sec. 5.4: w/o Inst drops F1 by 3.9
+    assert round(70.6 - PAPER_ROWS[("Qwen2.5VL-7B", "w/o Inst")][1][2], 2) == 3.9
+    assert set(VARIANT_ROWS) == set(PLANS) and all(
+        ("Qwen2.5VL-7B", row) in PAPER_ROWS for row in VARIANT_ROWS.values())

@@ -99,6 +99,7 @@ def collect_report(run_dir) -> Dict[str, Any]:
         "variant": run_variant(run),
         "mrsi_sft_args": _args(run / "mrsi_sft", SFT_KEYS),
         "sft_args": _args(run / "sft", SFT_KEYS),
+        "cvo_sft_args": _args(run / "cvo_sft", SFT_KEYS),
         "cvo_grpo_args": _args(run / "cvo_grpo", GRPO_KEYS),
         "metrics": metrics,
     }
@@ -132,9 +133,10 @@ def render_markdown(r: Dict[str, Any]) -> str:
         out.append(f"- CVO filter (App. D.3): kept {f['kept']} of {f['scored']} queries "
                    f"({100 * (f['kept_fraction'] or 0):.1f}%), thresholds {f['thresholds']}, G {f['g']}")
     out.append("")
-    for name, key in (("MRSI SFT", "mrsi_sft_args"), ("CVO GRPO", "cvo_grpo_args"), ("+SFT baseline", "sft_args")):
+    for name, key in (("MRSI SFT", "mrsi_sft_args"), ("CVO GRPO", "cvo_grpo_args"), ("+SFT baseline", "sft_args"),
+                      ("w/o CVO: SFT on the CVO data", "cvo_sft_args")):
         a = r.get(key)
-        if key == "sft_args" and not a:
+        if key in ("sft_args", "cvo_sft_args") and not a:
             continue
         out += [f"## {name}: resolved arguments (ms-swift args.json)", ""]
         if not a:
@@ -165,7 +167,7 @@ PAPER_ROWS: Dict[tuple, tuple] = {
 }
 #: recipes/full_pipeline.sh VARIANT -> the paper's row it reproduces
 VARIANT_ROWS: Dict[str, str] = {
-    "mcr": "+MRSI+CVO", "sft": "+SFT", "mrsi_only": "+MRSI",
+    "mcr": "+MRSI+CVO", "sft": "+SFT", "mrsi_only": "+MRSI", "no_cvo": "w/o CVO",
     "cvo_only": "w/o MRSI", "no_dr": "w/o D_R", "no_inst": "w/o Inst",
 }
 #: ms-swift template -> the model name of the paper's tables

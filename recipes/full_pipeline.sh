@@ -23,6 +23,9 @@ PROFILE=${PROFILE:-paper}
 #   sft        Table 1 "+SFT": LoRA SFT (MRSI's settings) on mcr-gmner:train_answer_only, the answer-only
 #              instruction and targets (no <think>); inference on mcr-gmner:test_answer_only
 #   mrsi_only  Table 1 "+MRSI": no CVO; inference with the MRSI policy (base model + MRSI adapter)
+#   no_cvo     Table 3 "w/o CVO": "the CVO data continues MRSI" (Sec. 5.4): the filter runs as for CVO, then
+#              SFT (MRSI's settings) of the merged MRSI model on the D2 rows, with their chains, of the kept
+#              queries (data/mrsi/d2_kept.jsonl), instead of GRPO
 #   no_dr      Table 3 "w/o D_R": D_R with one reasoning style, NO_DR_STYLE (default formatted_a)
 #   no_inst    Table 3 "w/o Inst": MCR_INSTRUCTION=task_instruction_noinst for prepare (hence D_R, D1, D2,
 #              the filter, GRPO) and inference: no stepwise verification, no cautionary guidelines
@@ -31,7 +34,7 @@ PROFILE=${PROFILE:-paper}
 # Every variant gets its own run folder (the default RUN_DIR ends in _<variant>, except mcr) and writes
 # RUN_DIR/variant.txt; a folder made by another variant is refused, as its finished stages would be reused.
 VARIANT=${VARIANT:-mcr}
-RUN_MRSI=true; RUN_SYNTH=true; RUN_CVO=true; SFT_DIR=mrsi_sft
+RUN_MRSI=true; RUN_SYNTH=true; RUN_CVO=true; CVO_BY_SFT=false; SFT_DIR=mrsi_sft
 SFT_DATASET=mcr-mrsi:d1; EVAL_DATASET=mcr-gmner:test; EVAL_GOLD_SPLIT=test; CVO_QUERIES=${CVO_QUERIES:-d2}
 case "$VARIANT" in
   mcr) ;;
@@ -39,11 +42,12 @@ case "$VARIANT" in
        SFT_DATASET=mcr-gmner:train_answer_only; EVAL_DATASET=mcr-gmner:test_answer_only
        EVAL_GOLD_SPLIT=test_answer_only ;;
   mrsi_only) RUN_CVO=false ;;
+  no_cvo) CVO_BY_SFT=true; MERGE=true ;;
   no_dr) SYNTH_STYLES=${NO_DR_STYLE:-formatted_a}
          case "$SYNTH_STYLES" in *,*|"") echo "NO_DR_STYLE must name one style, got '$SYNTH_STYLES'" >&2; exit 2 ;; esac ;;
   no_inst) export MCR_INSTRUCTION=${NO_INST_INSTRUCTION:-task_instruction_noinst} ;;
   cvo_only) RUN_MRSI=false ;;
-  *) echo "VARIANT must be mcr, sft, mrsi_only, no_dr, no_inst or cvo_only, got '$VARIANT'" >&2; exit 2 ;;
+  *) echo "VARIANT must be mcr, sft, mrsi_only, no_cvo, no_dr, no_inst or cvo_only, got '$VARIANT'" >&2; exit 2 ;;
 esac
 case "$CVO_QUERIES" in d2|d_r) ;; *) echo "CVO_QUERIES must be d2 or d_r, got '$CVO_QUERIES'" >&2; exit 2 ;; esac
 [ "$VARIANT" = mcr ] && VARIANT_SUFFIX="" || VARIANT_SUFFIX="_$VARIANT"
@@ -52,6 +56,23 @@ variant_check() {  # the run folder belongs to this variant (variant.txt), or is
   if [ -f "$f" ] && [ "$(cat "$f")" != "$VARIANT" ]; then
     echo "$f: this run folder was made by VARIANT=$(cat "$f"), not $VARIANT; use another RUN_DIR" >&2; exit 2; fi
   echo "$VARIANT" > "$f"
+}
+do_cvo_data() {  # VARIANT=no_cvo: the D2 rows (reasoning chains included) of the queries the filter kept
+  python - "$MCR_DATA_DIR/mrsi" <<'PY'
+import sys
+from pathlib import Path
+from mcr_swift.jsonl import iter_jsonl, write_jsonl_atomic
+d = Path(sys.argv[1])
+kept = {str(r.get("mcr_id")) for _, r, _ in iter_jsonl(d / "d2_filtered.jsonl")}
+rows = [r for _, r, _ in iter_jsonl(d / "d2.jsonl") if str(r.get("mcr_id")) in kept]
+write_jsonl_atomic(d / "d2_kept.jsonl", rows)
+print(f"[cvo-data] {len(rows)} D2 rows of {len(kept)} kept queries -> {d / 'd2_kept.jsonl'}")
+PY
+}
+do_cvo_sft() {  # VARIANT=no_cvo: continue MRSI by SFT on the CVO data, from the merged MRSI model
+  MODEL="$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")" TEMPLATE="$TEMPLATE" DATASET="$MCR_DATA_DIR/mrsi/d2_kept.jsonl" \
+  OUTPUT_DIR="$RUN_DIR/cvo_sft" MAX_STEPS=${SFT_MAX_STEPS:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${SFT_MAX_STEPS:-500} \
+  ${SFT_PER_DEVICE_BATCH_SIZE:+PER_DEVICE_BATCH_SIZE=$SFT_PER_DEVICE_BATCH_SIZE} bash recipes/mrsi_sft.sh
 }
 # ---- end VARIANT ----
 RUN_DIR=${RUN_DIR:-runs/full_${PROFILE}${VARIANT_SUFFIX}}
@@ -189,7 +210,8 @@ do_grpo() {
   SAVE_STEPS=${GRPO_MAX_STEPS:-500} bash recipes/cvo_grpo.sh
 }
 eval_policy() {  # what infer-eval runs, per VARIANT: "MODEL ADAPTERS"
-  if [ "$RUN_CVO" = true ]; then read -r pm _ <<< "$(policy)"; echo "$pm $(cat "$RUN_DIR/cvo_grpo/last_checkpoint.txt")"
+  if [ "$CVO_BY_SFT" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt") $(cat "$RUN_DIR/cvo_sft/last_checkpoint.txt")"
+  elif [ "$RUN_CVO" = true ]; then read -r pm _ <<< "$(policy)"; echo "$pm $(cat "$RUN_DIR/cvo_grpo/last_checkpoint.txt")"
   else echo "$MODEL $(cat "$RUN_DIR/$SFT_DIR/last_checkpoint.txt")"; fi   # sft, mrsi_only: base + the SFT adapter
 }
 do_eval() {
@@ -212,7 +234,12 @@ if [ "$RUN_MRSI" = true ]; then
 fi
 if [ "$RUN_CVO" = true ]; then
   stage cvo-filter "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" do_filter
-  stage cvo-grpo "$RUN_DIR/cvo_grpo/last_checkpoint.txt" do_grpo
+  if [ "$CVO_BY_SFT" = true ]; then
+    stage cvo-data "$MCR_DATA_DIR/mrsi/d2_kept.jsonl" do_cvo_data
+    stage cvo-data-sft "$RUN_DIR/cvo_sft/last_checkpoint.txt" do_cvo_sft
+  else
+    stage cvo-grpo "$RUN_DIR/cvo_grpo/last_checkpoint.txt" do_grpo
+  fi
 fi
 stage infer-eval "$RUN_DIR/eval/metrics.json" do_eval
 python -m mcr_swift.cli report "$RUN_DIR"

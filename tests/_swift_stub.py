@@ -39,6 +39,8 @@ def parse(argv):
 
 def dataset_rows(spec: str):
     from mcr_swift.registry import ANSWER_ONLY_SUFFIX, DATASETS, data_dir, derive_answer_only
+    if spec.endswith(".jsonl"):                     # a file given directly
+        return [json.loads(l) for l in Path(spec).read_text().splitlines() if l.strip()]
     name, _, subset = spec.split("#")[0].partition(":")
     folder, _subsets, default = DATASETS[name]
     subset = subset or default

@@ -151,6 +151,8 @@ PLANS = {
     "sft": (["tiny-model", "prepare", "sft", "infer-eval"], ["sft", "infer"], "+SFT"),
     "mrsi_only": (["tiny-model", "prepare", "synth", "split", "mrsi-sft", "infer-eval"], ["deploy", "sft", "infer"],
                   "+MRSI"),
+    "no_cvo": (["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-data", "cvo-data-sft",
+                "infer-eval"], ["deploy", "sft", "export", "deploy", "sft", "infer"], "w/o CVO"),
     "cvo_only": (["tiny-model", "prepare", "synth", "split", "cvo-filter", "cvo-grpo", "infer-eval"],
                  ["deploy", "deploy", "rlhf", "infer"], "w/o MRSI"),
 }
@@ -223,7 +225,19 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
     # datasets and starting points of the swift stages
     model = str(tiny_model)
     ckpt = lambda d: str(run / d / "v0-20260101-000000" / "checkpoint-1")
-    if "sft" in by:
+    if variant == "no_cvo":                  # MRSI on D1, then SFT of the merged MRSI model on the CVO data
+        first, second = [c["args"] for c in calls if c["cmd"] == "sft"]
+        merged = str(run / "mrsi_merged" / "merged")
+        assert (first["--dataset"], first["--model"]) == ("mcr-mrsi:d1", model)
+        assert (second["--dataset"], second["--model"]) == (str(data / "mrsi" / "d2_kept.jsonl"), merged)
+        assert second["--output_dir"] == str(run / "cvo_sft") and second["--learning_rate"] == "1e-4"
+        assert [c["args"] for c in calls if c["cmd"] == "deploy"][1]["--model"] == merged   # the filter
+        d2, kept = _rows(data / "mrsi" / "d2.jsonl"), _rows(data / "mrsi" / "d2_kept.jsonl")
+        kept_ids = {x["mcr_id"] for x in _rows(data / "mrsi" / "d2_filtered.jsonl")}
+        assert kept == [x for x in d2 if x["mcr_id"] in kept_ids] and kept      # with their chains
+        assert all(x["messages"][-1]["role"] == "assistant" for x in kept)
+        assert (by["infer"]["--model"], by["infer"]["--adapters"]) == (merged, ckpt("cvo_sft"))
+    elif "sft" in by:
         assert by["sft"]["--dataset"] == {"sft": "mcr-gmner:train_answer_only"}.get(variant, "mcr-mrsi:d1")
         assert by["sft"]["--model"] == model and by["sft"]["--output_dir"] == str(run / sft_dir)
         assert by["sft"]["--learning_rate"] == "1e-4" and by["sft"]["--lr_scheduler_type"] == "cosine"
@@ -236,7 +250,7 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
         assert by["rlhf"]["--model"] == model and "--adapters" not in by["rlhf"]
         assert (by["infer"]["--model"], by["infer"]["--adapters"]) == (model, ckpt("cvo_grpo"))
         assert not (run / "mrsi_sft").exists()
-    else:                                    # MCR: CVO from the merged MRSI policy
+    elif variant != "no_cvo":                # MCR: CVO from the merged MRSI policy
         merged = str(run / "mrsi_merged" / "merged")
         filt = [c for c in calls if c["cmd"] == "deploy"][1]["args"]
         assert filt["--model"] == merged and by["rlhf"]["--model"] == merged
@@ -260,8 +274,8 @@ def test_a_run_folder_belongs_to_one_variant(tmp_path, swift_stub, tiny_model):
 
 
 @pytest.mark.parametrize("env,message", [
-    ({"VARIANT": "w/o_cvo"}, "VARIANT must be mcr, sft, mrsi_only, no_dr, no_inst or cvo_only, got 'w/o_cvo'"),
-    ({"VARIANT": "no_dr", "NO_DR_STYLE": "formatted_a,llm_qa"}, "NO_DR_STYLE must name one style"),
+    ({"VARIANT": "w/o_cvo"}, "VARIANT must be mcr, sft, mrsi_only, no_cvo, no_dr, no_inst or cvo_only, got 'w/o_cvo'"),
+    ({"VARIANT": "no_dr", "NO_DR_STYLE": "formatted_a,llm_qa"}, "NO_DR_STYLE must name one style, got 'formatted_a,llm_qa'"),
     ({"VARIANT": "cvo_only", "CVO_QUERIES": "d1"}, "CVO_QUERIES must be d2 or d_r, got 'd1'"),
 ])
 def test_bad_variant_settings_stop_with_one_line(tmp_path, swift_stub, tiny_model, env, message):

@@ -52,9 +52,10 @@ esac
 case "$CVO_QUERIES" in d2|d_r) ;; *) echo "CVO_QUERIES must be d2 or d_r, got '$CVO_QUERIES'" >&2; exit 2 ;; esac
 [ "$VARIANT" = mcr ] && VARIANT_SUFFIX="" || VARIANT_SUFFIX="_$VARIANT"
 variant_check() {  # the run folder belongs to this variant (variant.txt), or is new
-  local f="$RUN_DIR/variant.txt"
-  if [ -f "$f" ] && [ "$(cat "$f")" != "$VARIANT" ]; then
-    echo "$f: this run folder was made by VARIANT=$(cat "$f"), not $VARIANT; use another RUN_DIR" >&2; exit 2; fi
+  local f="$RUN_DIR/variant.txt" prev=""
+  if [ -f "$f" ]; then prev=$(cat "$f"); elif [ -f "$RUN_DIR/times.tsv" ]; then prev=mcr; fi  # older runs: mcr
+  if [ -n "$prev" ] && [ "$prev" != "$VARIANT" ]; then
+    echo "$f: this run folder was made by VARIANT=$prev, not $VARIANT; use another RUN_DIR" >&2; exit 2; fi
   echo "$VARIANT" > "$f"
 }
 do_cvo_data() {  # VARIANT=no_cvo: the D2 rows (reasoning chains included) of the queries the filter kept

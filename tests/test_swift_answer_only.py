@@ -66,3 +66,25 @@ def test_sft_baseline_trains_on_answer_only_rows(tiny_model, prepared, tmp_path)
             assert (a["bbox"] is None) == (not g.boxes)
             if g.boxes:
                 assert tuple(a["bbox"]) == space.to_model(next(boxes), size)
+
+
+def test_sft_variant_of_the_pipeline_on_cpu(tmp_path):
+    """`VARIANT=sft PROFILE=tiny bash recipes/qwen25vl_7b_full.sh` through the real swift sft / infer: the
+    answer-only prompts at inference join the answer-only gold rows, every test post is scored."""
+    from tests.conftest import SHARED
+    run = tmp_path / "run_sft"
+    env = {**os.environ, "PROFILE": "tiny", "VARIANT": "sft", "RUN_DIR": str(run), "MCR_SHARED_DIR": str(SHARED)}
+    t = time.time()
+    p = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1800)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+    r = json.loads((run / "report.json").read_text())
+    assert [x["stage"] for x in r["times"]] == ["tiny-model", "prepare", "sft", "infer-eval"]
+    assert r["sft_args"]["dataset"] == ["mcr-gmner:train_answer_only"] and r["sft_args"]["max_steps"] == 5
+    m = r["metrics"]
+    assert (m["posts"], m["rows"], m["unmatched_rows"]) == (8, 8, 0)   # the random model's output may not parse
+    infer = [json.loads(l) for l in (run / "eval" / "infer.jsonl").read_text().splitlines()]
+    assert len(infer) == 8 and all("without writing any reasoning" in x["messages"][0]["content"] for x in infer)
+    assert r["table_row"]["row"] == "+SFT" and r["table_row"]["tiny"] is True
+    print(f"\n[VARIANT=sft, tiny, CPU] wall {time.time() - t:.0f} s; stages (s): "
+          + ", ".join(f"{x['stage']} {x['seconds']}" for x in r["times"]))

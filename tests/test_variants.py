@@ -263,10 +263,11 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
             assert all(STEPWISE not in _user(x) and REASONING in _user(x) for x in kept)
 
 
-def test_a_run_folder_belongs_to_one_variant(tmp_path, swift_stub, tiny_model):
+@pytest.mark.parametrize("marker", ["variant.txt", "times.tsv"])   # times.tsv alone: a run made before VARIANT
+def test_a_run_folder_belongs_to_one_variant(tmp_path, swift_stub, tiny_model, marker):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "variant.txt").write_text("mcr\n")
+    (run / marker).write_text("mcr\n" if marker == "variant.txt" else "prepare\t1\n")
     p, calls = pipeline("no_inst", run, swift_stub, tiny_model)
     assert p.returncode == 2 and calls == []
     assert f"{run}/variant.txt: this run folder was made by VARIANT=mcr, not no_inst" in p.stderr

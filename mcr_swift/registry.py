@@ -6,7 +6,9 @@ Registered dataset names (read from ``$MCR_DATA_DIR``, default ``./mcr_data``, w
 =================  ===========================================  =========================
 ``--dataset``      file                                         subsets
 =================  ===========================================  =========================
-``mcr-gmner``      ``$MCR_DATA_DIR/twitter_gmner/<subset>.jsonl``  train (default), dev, test
+``mcr-gmner``      ``$MCR_DATA_DIR/twitter_gmner/<subset>.jsonl``  train (default), dev, test,
+                                                               train_answer_only, dev_answer_only,
+                                                               test_answer_only
 ``mcr-mrsi``       ``$MCR_DATA_DIR/mrsi/<subset>.jsonl``           d1 (default), d2, d2_filtered
 ``mcr-mner-mi``    ``$MCR_DATA_DIR/mner_mi/<subset>.jsonl``        train (default), dev, test
 ``mcr-grec``       ``$MCR_DATA_DIR/grec/<subset>.jsonl``           train (default), val, testA, testB
@@ -18,6 +20,11 @@ Registered dataset names (read from ``$MCR_DATA_DIR``, default ``./mcr_data``, w
 grounding, ``mcr_task`` ``grec``) are written by ``mcr-swift prepare --dataset mner_mi|grec`` (Sec. 5.3).
 
 ms-swift's dataset syntax applies: ``mcr-gmner:dev``, ``mcr-gmner:train#64`` (sample 64 rows).
+``mcr-gmner:<split>_answer_only`` (Table 1 "+SFT": plain fine-tuning, no reasoning) is derived from
+``<split>.jsonl`` each time it is loaded (`mcr_swift.rows.answer_only_row`: the answer-only instruction,
+the ``<answer>`` part alone as target) and written beside it as ``<split>_answer_only.jsonl``, so that
+``mcr-swift evaluate --gold`` can join the inference output to the very prompts it saw.
+
 A prepared ``.jsonl`` file can also be passed directly as ``--dataset path/to/train.jsonl``.
 
 Every line is checked before ms-swift sees it; a bad line raises an error naming the file and line.
@@ -31,9 +38,14 @@ from typing import Dict, List
 
 from .jsonl import iter_jsonl
 
+#: Subset suffix of the answer-only rows (kept equal to mcr_swift.rows.ANSWER_ONLY_SUFFIX, which
+#: this module does not import at load time: rows pulls the prompt files).
+ANSWER_ONLY_SUFFIX = "_answer_only"
+
 #: dataset name -> (sub-folder of $MCR_DATA_DIR, subsets, default subset)
 DATASETS: Dict[str, tuple] = {
-    "mcr-gmner": ("twitter_gmner", ("train", "dev", "test"), "train"),
+    "mcr-gmner": ("twitter_gmner", ("train", "dev", "test", "train_answer_only", "dev_answer_only",
+                                    "test_answer_only"), "train"),
     "mcr-mrsi": ("mrsi", ("d1", "d2", "d2_filtered"), "d1"),
     "mcr-mner-mi": ("mner_mi", ("train", "dev", "test"), "train"),
     "mcr-grec": ("grec", ("train", "val", "testA", "testB"), "train"),
@@ -85,6 +97,34 @@ def validate_jsonl(path: Path) -> int:
     return n
 
 
+def derive_answer_only(source: Path) -> Path:
+    """Write ``<split>_answer_only.jsonl`` beside a prepared ``<split>.jsonl`` (`answer_only_row` on
+    every line) and return its path; a missing source returns the (absent) target path, for the
+    loader's "not prepared" message. Raises ValueError naming ``file:line`` for a row it cannot convert.
+    Written through a per-process temporary file, so ranks loading at once never see half a file."""
+    import tempfile
+    from .rows import answer_only_row
+    target = source.with_name(source.stem + ANSWER_ONLY_SUFFIX + ".jsonl")
+    if not source.is_file():
+        return target
+    out = []
+    for no, row, _ in iter_jsonl(source):
+        try:
+            out.append(answer_only_row(row))
+        except ValueError as e:
+            raise ValueError(f"{source}:{no}: {e}") from None
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in out:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def _make_loader_class():
     from swift.dataset.loader import DatasetLoader
 
@@ -100,6 +140,8 @@ def _make_loader_class():
                 if subset not in subsets:
                     raise ValueError(f"dataset {name!r} has no subset {subset!r}; choose from {subsets}")
                 path = data_dir() / folder / f"{subset}.jsonl"
+                if subset.endswith(ANSWER_ONLY_SUFFIX):
+                    path = derive_answer_only(data_dir() / folder / f"{subset[:-len(ANSWER_ONLY_SUFFIX)]}.jsonl")
                 if not path.is_file():
                     raise FileNotFoundError(
                         f"{path}: not prepared. Run `mcr-swift prepare` (or set MCR_DATA_DIR to the "

@@ -5,6 +5,10 @@ the Table 1-style metrics row of the test split, every stage's wall time (or "sk
 re-run found its output), the data counts (posts, D_R per style, D1/D2, the App. D.3 filter's kept
 fraction) and the hyper-parameters ms-swift resolved and saved for the SFT and GRPO stages (their
 ``args.json``), so a run can be checked against App. E.4.
+
+``mcr-swift report RUN_DIR [RUN_DIR ...]``: every run's report as above, then one markdown table of the
+runs' Table 1 / Table 3 rows (the pipeline's ``VARIANT``, RUN_DIR/variant.txt), each next to the paper's
+numbers for the same row and model (`PAPER_ROWS`); ``--out FILE`` also writes that table.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from typing import Any, Dict, List, Optional
 
 from .recipe_args import version_number
 
-__all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "main"]
+__all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
+           "variant_row", "render_variant_table", "main"]
 
 #: args.json keys reported per stage (App. E.4's hyper-parameters and what fixes the effective batch)
 SFT_KEYS = ("model", "template", "tuner_type", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
@@ -159,7 +164,10 @@ def collect_report(run_dir) -> Dict[str, Any]:
         "d2": _rows(data / "mrsi" / "d2.jsonl"),
         "filter": {k: filt.get(k) for k in ("queries", "scored", "kept", "kept_fraction", "dropped_by_test",
                                             "thresholds", "g", "sampling")} if filt else None,
+        "variant": run_variant(run),
         "mrsi_sft_args": _args(run / "mrsi_sft", SFT_KEYS),
+        "sft_args": _args(run / "sft", SFT_KEYS),
+        "cvo_sft_args": _args(run / "cvo_sft", SFT_KEYS),
         "cvo_grpo_args": _args(run / "cvo_grpo", GRPO_KEYS),
         "metrics": metrics,
         "sources": sources_report(data, synth, filt),
@@ -195,8 +203,11 @@ def render_markdown(r: Dict[str, Any]) -> str:
                    f"({100 * (f['kept_fraction'] or 0):.1f}%), thresholds {f['thresholds']}, G {f['g']}")
     out.append("")
     out += render_sources(r.get("sources"))
-    for name, key in (("MRSI SFT", "mrsi_sft_args"), ("CVO GRPO", "cvo_grpo_args")):
-        a = r[key]
+    for name, key in (("MRSI SFT", "mrsi_sft_args"), ("CVO GRPO", "cvo_grpo_args"), ("+SFT baseline", "sft_args"),
+                      ("w/o CVO: SFT on the CVO data", "cvo_sft_args")):
+        a = r.get(key)
+        if key in ("sft_args", "cvo_sft_args") and not a:
+            continue
         out += [f"## {name}: resolved arguments (ms-swift args.json)", ""]
         if not a:
             out += ["not available", ""]
@@ -207,21 +218,128 @@ def render_markdown(r: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# ---- Table 1 / Table 3 rows of several runs (issue 14, sec. 3) ----
+
+#: The paper's numbers (percent): (model, row) -> (table, GMNER P/R/F1, MNER P/R/F1, EEG P/R/F1).
+#: Table 1 (main results) for both models; Table 3 (ablations, Sec. 5.4) reports Qwen2.5VL-7B only, and its
+#: "Ours" row is Table 1's "+MRSI+CVO" row of that model.
+PAPER_ROWS: Dict[tuple, tuple] = {
+    ("Qwen2.5VL-7B", "+SFT"): ("Table 1", (63.3, 62.0, 62.7), (83.0, 81.3, 82.2), (65.8, 64.4, 65.1)),
+    ("Qwen2.5VL-7B", "+MRSI"): ("Table 1", (69.1, 68.1, 68.6), (82.4, 81.2, 81.8), (72.1, 71.0, 71.5)),
+    ("Qwen2.5VL-7B", "+MRSI+CVO"): ("Table 1", (70.5, 70.8, 70.6), (82.6, 82.9, 82.8), (73.2, 73.5, 73.4)),
+    ("MimoVL-7B", "+SFT"): ("Table 1", (63.5, 60.6, 62.0), (81.7, 78.0, 79.8), (67.0, 63.9, 65.4)),
+    ("MimoVL-7B", "+MRSI"): ("Table 1", (66.1, 65.5, 65.8), (81.5, 80.8, 81.1), (69.8, 69.2, 69.5)),
+    ("MimoVL-7B", "+MRSI+CVO"): ("Table 1", (69.4, 69.7, 69.6), (82.2, 82.5, 82.3), (72.8, 73.1, 72.9)),
+    ("Qwen2.5VL-7B", "w/o MRSI"): ("Table 3", (50.2, 53.2, 51.7), (64.3, 68.1, 66.2), (54.2, 57.5, 55.8)),
+    ("Qwen2.5VL-7B", "w/o CVO"): ("Table 3", (68.9, 68.6, 68.8), (81.9, 81.5, 81.7), (72.2, 71.9, 72.0)),
+    ("Qwen2.5VL-7B", "w/o D_R"): ("Table 3", (69.5, 68.8, 69.2), (81.6, 80.7, 81.1), (72.8, 72.1, 72.5)),
+    ("Qwen2.5VL-7B", "w/o Inst"): ("Table 3", (67.3, 66.1, 66.7), (81.7, 80.2, 80.9), (70.8, 69.5, 70.1)),
+}
+#: recipes/full_pipeline.sh VARIANT -> the paper's row it reproduces
+VARIANT_ROWS: Dict[str, str] = {
+    "mcr": "+MRSI+CVO", "sft": "+SFT", "mrsi_only": "+MRSI", "no_cvo": "w/o CVO",
+    "cvo_only": "w/o MRSI", "no_dr": "w/o D_R", "no_inst": "w/o Inst",
+}
+#: ms-swift template -> the model name of the paper's tables
+TEMPLATE_MODELS: Dict[str, str] = {"qwen2_5_vl": "Qwen2.5VL-7B", "mimo_vl": "MimoVL-7B"}
+TINY_NOTE = ("tiny profile: a random tiny model trained a few steps on a handful of posts; its numbers are "
+             "plumbing checks, not comparable with the paper's")
+
+
+def run_variant(run: Path) -> str:
+    """The pipeline VARIANT that made ``run`` (RUN_DIR/variant.txt; ``mcr`` for runs made before it existed)."""
+    try:
+        return (run / "variant.txt").read_text().strip() or "mcr"
+    except OSError:
+        return "mcr"
+
+
+def variant_row(r: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's row in the Table 1 layout: variant, paper row, model, tiny or not, its GMNER / MNER / EEG
+    precision, recall and F1 in percent (None before the infer-eval stage), and the paper's numbers for
+    the same row and model (None where the paper has none)."""
+    variant = r.get("variant") or "mcr"
+    template = next((a.get("template") for a in (r.get("mrsi_sft_args"), r.get("sft_args"), r.get("cvo_grpo_args"))
+                     if a and a.get("template")), None)
+    model = TEMPLATE_MODELS.get(template or "", template or "unknown model")
+    row = VARIANT_ROWS.get(variant, variant)
+    tiny = any(t.get("stage") == "tiny-model" for t in r.get("times") or [])
+    scores = None
+    m = (r.get("metrics") or {}).get("metrics")
+    if m:
+        scores = {k: tuple(round(100 * float(m[k][x]), 1) for x in ("precision", "recall", "f1"))
+                  for k in ("gmner", "mner", "eeg")}
+    paper = PAPER_ROWS.get((model, row))
+    return {"run_dir": r.get("run_dir"), "variant": variant, "row": row, "model": model, "tiny": tiny,
+            "posts": (r.get("metrics") or {}).get("posts"), "scores": scores,
+            "paper": None if paper is None else {"table": paper[0], "gmner": paper[1], "mner": paper[2],
+                                                 "eeg": paper[3]}}
+
+
+def render_variant_table(rows: List[Dict[str, Any]]) -> str:
+    """One markdown table of `variant_row` rows, each followed by the paper's row (Table 1 layout)."""
+    head = ("| model | row | numbers from | GMNER Pre | Rec | F1 | MNER Pre | Rec | F1 | EEG Pre | Rec | F1 |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out = ["## Table 1 / Table 3 rows (percent)", "", head]
+    notes = []
+
+    def cells(d):
+        return " | ".join(f"{v:.1f}" for k in ("gmner", "mner", "eeg") for v in d[k])
+    for x in rows:
+        name = Path(str(x["run_dir"])).name
+        src = f"this run `{name}`" + (" (tiny: plumbing check)" if x["tiny"] else "")
+        out.append(f"| {x['model']} | {x['row']} | {src} | "
+                   + (cells(x["scores"]) if x["scores"] else " | ".join(["n/a"] * 9)) + " |")
+        if x["paper"]:
+            out.append(f"| {x['model']} | {x['row']} | paper, {x['paper']['table']} | {cells(x['paper'])} |")
+        else:
+            notes.append(f"- `{name}`: the paper reports no {x['row']} row for {x['model']}"
+                         + (" (Table 3 is on Qwen2.5VL-7B only)" if x["row"].startswith("w/o") else ""))
+        if not x["scores"]:
+            notes.append(f"- `{name}`: no test metrics yet (the infer-eval stage has not finished)")
+    if any(x["tiny"] for x in rows):
+        notes.insert(0, f"- {TINY_NOTE}")
+    notes.append("- paper rows: Table 1 (main results) and Table 3 (ablations, Sec. 5.4) of the MCR paper; "
+                 "the runs' numbers are on the test split their run folder prepared")
+    return "\n".join(out + [""] + notes)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="mcr-swift report", description=__doc__.splitlines()[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="+", help="one or more full-pipeline run folders")
+    p.add_argument("--out", help="also write the table of the runs' Table 1 / Table 3 rows to this file")
     a = p.parse_args(argv)
-    run = Path(a.run_dir)
-    if not run.is_dir():
-        print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
-        return 2
-    r = collect_report(run)
-    (run / "report.json").write_text(json.dumps(r, indent=1, default=str))
-    md = render_markdown(r)
-    (run / "report.md").write_text(md + "\n")
-    print(md)
-    print(f"report: {run / 'report.md'}", file=sys.stderr)
+    runs = [Path(d) for d in a.run_dir]
+    for run in runs:
+        if not run.is_dir():
+            print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
+            return 2
+    rows = []
+    for run in runs:
+        r = collect_report(run)
+        r["table_row"] = variant_row(r)
+        rows.append(r["table_row"])
+        _write_atomic(run / "report.json", json.dumps(r, indent=1, default=str))
+        md = render_markdown(r) + "\n\n" + render_variant_table([r["table_row"]])
+        _write_atomic(run / "report.md", md + "\n")
+        if len(runs) == 1:
+            print(md)
+        print(f"report: {run / 'report.md'}", file=sys.stderr)
+    if len(runs) > 1 or a.out:
+        table = render_variant_table(rows)
+        if len(runs) > 1:
+            print(table)
+        if a.out:
+            _write_atomic(Path(a.out), table + "\n")
+            print(f"table: {a.out}", file=sys.stderr)
     return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import os
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .answer import default_reasoning, render_answer
-from .prompts import task_instruction
+from .answer import ANSWER_OPEN, BBOX_PLACEHOLDER, default_reasoning, render_answer
+from .prompts import ANSWER_ONLY_INSTRUCTION, load_prompt, task_instruction
 from .types import Entity, Sample
 
 #: Columns every mcr-swift row carries besides ms-swift's own (messages, images, objects).
@@ -120,3 +120,55 @@ def sample_to_row(sample: Sample, *, family: str = "qwen2_5_vl", instruction: Op
     if extra:
         row.update(extra)
     return row
+
+
+#: Subset-name suffix of the answer-only rows (Table 1 "+SFT"): ``mcr-gmner:train_answer_only``.
+ANSWER_ONLY_SUFFIX = "_answer_only"
+#: The coordinate spaces whose box-format line an instruction can carry (prompts/box_format_<kind>.txt).
+_BOX_KINDS = ("pixels", "norm1000")
+
+
+def answer_only_row(row: Mapping[str, Any]) -> Dict[str, Any]:
+    """The Table 1 "+SFT" row of a prepared Twitter-GMNER row: plain fine-tuning, no reasoning.
+
+    User turn: the same image tag(s) and ``Sentence: ...`` with the answer-only instruction
+    (``prompts/task_instruction_answer_only.txt``, with the box-format line the row's own instruction
+    carries, so the coordinate space is unchanged). Assistant turn (when present): the row's answer
+    from ``<answer>`` on, i.e. ``<answer>\n[...]\n</answer>`` with its ``<bbox>`` placeholders and no
+    ``<think>`` part; a placeholder of the dropped reasoning also drops its box from ``objects`` (ms-swift
+    fills placeholders in order). Adds ``mcr_target: answer_only``. Raises ValueError (no file or line:
+    the caller names them) for a row that is not a prepared Twitter-GMNER row.
+    """
+    if row_task(row) != "gmner":
+        raise ValueError(f"answer-only rows are built from Twitter-GMNER rows, not {row_task(row)!r}")
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+        raise ValueError("field 'messages' must be a non-empty list of {role, content} objects")
+    users = [m for m in msgs if m.get("role") == "user"]
+    if len(users) != 1 or not isinstance(users[0].get("content"), str):
+        raise ValueError("an answer-only row needs exactly one text user turn")
+    content, sentence = users[0]["content"], row.get("mcr_sentence")
+    images = row.get("images") or []
+    if not isinstance(sentence, str) or not content.endswith(f"\n\nSentence: {sentence}"):
+        raise ValueError("user turn does not end with 'Sentence: <mcr_sentence>' (not a prepared row)")
+    lines = [load_prompt(f"box_format_{k}") for k in _BOX_KINDS]
+    line = next((b for b in lines if b in content), None)
+    if line is None:
+        raise ValueError("user turn carries no known box-format line (prompts/box_format_*.txt)")
+    instruction = load_prompt(ANSWER_ONLY_INSTRUCTION).replace("{box_format}", line)
+    post = type("_Post", (), {"images": images, "sentence": sentence})
+    out = {k: v for k, v in row.items() if k != "messages"}
+    out["messages"] = [{"role": "user", "content": user_content(post, instruction)}]
+    assistants = [m for m in msgs if m.get("role") == "assistant"]
+    if assistants:
+        text = str(assistants[-1].get("content"))
+        start = text.find(ANSWER_OPEN)
+        if start < 0:
+            raise ValueError(f"assistant turn has no {ANSWER_OPEN}")
+        dropped = text[:start].count(BBOX_PLACEHOLDER)
+        out["messages"].append({"role": "assistant", "content": text[start:]})
+        objects = row.get("objects")
+        if dropped and isinstance(objects, dict):
+            out["objects"] = {**objects, "bbox": list(objects.get("bbox") or [])[dropped:]}
+    out["mcr_target"] = "answer_only"
+    return out

@@ -23,9 +23,69 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 PROFILE=${PROFILE:-paper}
-RUN_DIR=${RUN_DIR:-runs/full_${PROFILE}}
+# ---- VARIANT: which row of Table 1 / Table 3 the run produces (README "Baselines and ablations") ----
+#   mcr        Table 1 "+MRSI+CVO" = Table 3 "Ours": every stage below (the default)
+#   sft        Table 1 "+SFT": LoRA SFT (MRSI's settings) on mcr-gmner:train_answer_only, the answer-only
+#              instruction and targets (no <think>); inference on mcr-gmner:test_answer_only
+#   mrsi_only  Table 1 "+MRSI": no CVO; inference with the MRSI policy (base model + MRSI adapter)
+#   no_cvo     Table 3 "w/o CVO": "the CVO data continues MRSI" (Sec. 5.4): the filter runs as for CVO, then
+#              SFT (MRSI's settings) of the merged MRSI model on the D2 rows, with their chains, of the kept
+#              queries (data/mrsi/d2_kept.jsonl), instead of GRPO
+#   no_dr      Table 3 "w/o D_R": D_R with one reasoning style, NO_DR_STYLE (default formatted_a)
+#   no_inst    Table 3 "w/o Inst": MCR_INSTRUCTION=task_instruction_noinst for prepare (hence D_R, D1, D2,
+#              the filter, GRPO) and inference: no stepwise verification, no cautionary guidelines
+#   cvo_only   Table 3 "w/o MRSI": CVO straight from the base model (no MRSI stage); the App. D.3 filter
+#              samples from the base model; CVO_QUERIES=d2 (default: the full method's CVO data) or d_r
+# Every variant gets its own run folder (the default RUN_DIR ends in _<variant>, except mcr) and writes
+# RUN_DIR/variant.txt; a folder made by another variant is refused, as its finished stages would be reused.
+VARIANT=${VARIANT:-mcr}
+RUN_MRSI=true; RUN_SYNTH=true; RUN_CVO=true; CVO_BY_SFT=false; SFT_DIR=mrsi_sft
+SFT_DATASET=mcr-mrsi:d1; EVAL_DATASET=mcr-gmner:test; EVAL_GOLD_SPLIT=test; CVO_QUERIES=${CVO_QUERIES:-d2}
+case "$VARIANT" in
+  mcr) ;;
+  sft) RUN_SYNTH=false; RUN_CVO=false; SFT_DIR=sft
+       SFT_DATASET=mcr-gmner:train_answer_only; EVAL_DATASET=mcr-gmner:test_answer_only
+       EVAL_GOLD_SPLIT=test_answer_only ;;
+  mrsi_only) RUN_CVO=false ;;
+  no_cvo) CVO_BY_SFT=true; MERGE=true ;;
+  no_dr) SYNTH_STYLES=${NO_DR_STYLE:-formatted_a}
+         case "$SYNTH_STYLES" in *,*|"") echo "NO_DR_STYLE must name one style, got '$SYNTH_STYLES'" >&2; exit 2 ;; esac ;;
+  no_inst) export MCR_INSTRUCTION=${NO_INST_INSTRUCTION:-task_instruction_noinst} ;;
+  cvo_only) RUN_MRSI=false ;;
+  *) echo "VARIANT must be mcr, sft, mrsi_only, no_cvo, no_dr, no_inst or cvo_only, got '$VARIANT'" >&2; exit 2 ;;
+esac
+case "$CVO_QUERIES" in d2|d_r) ;; *) echo "CVO_QUERIES must be d2 or d_r, got '$CVO_QUERIES'" >&2; exit 2 ;; esac
+[ "$VARIANT" = mcr ] && VARIANT_SUFFIX="" || VARIANT_SUFFIX="_$VARIANT"
+variant_check() {  # the run folder belongs to this variant (variant.txt), or is new
+  local f="$RUN_DIR/variant.txt" prev=""
+  if [ -f "$f" ]; then prev=$(cat "$f"); elif [ -f "$RUN_DIR/times.tsv" ]; then prev=mcr; fi  # older runs: mcr
+  if [ -n "$prev" ] && [ "$prev" != "$VARIANT" ]; then
+    echo "$f: this run folder was made by VARIANT=$prev, not $VARIANT; use another RUN_DIR" >&2; exit 2; fi
+  echo "$VARIANT" > "$f"
+}
+do_cvo_data() {  # VARIANT=no_cvo: the D2 rows (reasoning chains included) of the queries the filter kept
+  python - "$MCR_DATA_DIR/mrsi" <<'PY'
+import sys
+from pathlib import Path
+from mcr_swift.jsonl import iter_jsonl, write_jsonl_atomic
+d = Path(sys.argv[1])
+key = lambda r: (str(r.get("mcr_task") or "gmner"), str(r.get("mcr_id")))  # a sample: (task, id), as the filter
+kept = {key(r) for _, r, _ in iter_jsonl(d / "d2_filtered.jsonl")}
+rows = [r for _, r, _ in iter_jsonl(d / "d2.jsonl") if key(r) in kept]
+write_jsonl_atomic(d / "d2_kept.jsonl", rows)
+print(f"[cvo-data] {len(rows)} D2 rows of {len(kept)} kept queries -> {d / 'd2_kept.jsonl'}")
+PY
+}
+do_cvo_sft() {  # VARIANT=no_cvo: continue MRSI by SFT on the CVO data, from the merged MRSI model
+  MODEL="$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")" TEMPLATE="$TEMPLATE" DATASET="$MCR_DATA_DIR/mrsi/d2_kept.jsonl" \
+  OUTPUT_DIR="$RUN_DIR/cvo_sft" MAX_STEPS=${SFT_MAX_STEPS:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${SFT_MAX_STEPS:-500} \
+  ${SFT_PER_DEVICE_BATCH_SIZE:+PER_DEVICE_BATCH_SIZE=$SFT_PER_DEVICE_BATCH_SIZE} bash recipes/mrsi_sft.sh
+}
+# ---- end VARIANT ----
+RUN_DIR=${RUN_DIR:-runs/full_${PROFILE}${VARIANT_SUFFIX}}
 mkdir -p "$RUN_DIR"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
+variant_check
 SHARED=${MCR_SHARED_DIR:-$(cd .. && pwd)/shared}
 GMNER_ROOT=${GMNER_ROOT:-$SHARED/data/twitter_gmner_v2}
 TEMPLATE=${TEMPLATE:-qwen2_5_vl}
@@ -191,7 +251,7 @@ do_split() {
   mv "$MCR_DATA_DIR/mrsi.tmp/d1.jsonl" "$MCR_DATA_DIR/mrsi/d1.jsonl"; rmdir "$MCR_DATA_DIR/mrsi.tmp"
 }
 do_sft() {
-  MODEL="$MODEL" TEMPLATE="$TEMPLATE" DATASET=mcr-mrsi:d1 OUTPUT_DIR="$RUN_DIR/mrsi_sft" \
+  MODEL="$MODEL" TEMPLATE="$TEMPLATE" DATASET="$SFT_DATASET" OUTPUT_DIR="$RUN_DIR/$SFT_DIR" \
   MAX_STEPS=${SFT_MAX_STEPS:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${SFT_MAX_STEPS:-500} \
   ${SFT_PER_DEVICE_BATCH_SIZE:+PER_DEVICE_BATCH_SIZE=$SFT_PER_DEVICE_BATCH_SIZE} bash recipes/mrsi_sft.sh
 }
@@ -200,13 +260,14 @@ do_merge() {
   OUTPUT_DIR="$RUN_DIR/mrsi_merged" bash recipes/merge_lora.sh
 }
 policy() {  # the MRSI policy: "MODEL ADAPTERS" (merged model, or base + the MRSI adapter)
+  if [ "$RUN_MRSI" = false ]; then echo "$MODEL"; return; fi   # VARIANT=cvo_only: the base model
   if [ "$MERGE" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")"; else
     echo "$MODEL $(cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt")"; fi
 }
 do_filter() {
   # shellcheck disable=SC2046
   serve $(policy)
-  python -m mcr_swift.cli cvo-filter --input "$MCR_DATA_DIR/mrsi/d2.jsonl" --out "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" \
+  python -m mcr_swift.cli cvo-filter --input "$MCR_DATA_DIR/mrsi/$CVO_QUERIES.jsonl" --out "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" \
     --base-url "$BASE_URL" -G "$FILTER_G" --temperature "$FILTER_TEMPERATURE" --top-k "$FILTER_TOP_K" \
     --top-p "$FILTER_TOP_P" --max-tokens "$FILTER_MAX_TOKENS" --seed "$SEED" --min-std "$FILTER_MIN_STD" \
     --min-max "$FILTER_MIN_MAX" --min-median "$FILTER_MIN_MEDIAN" --max-median "$FILTER_MAX_MEDIAN" --no-progress
@@ -219,21 +280,37 @@ do_grpo() {
   NUM_GENERATIONS=${NUM_GENERATIONS:-8} MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-1024} \
   SAVE_STEPS=${GRPO_MAX_STEPS:-500} bash recipes/cvo_grpo.sh
 }
+eval_policy() {  # what infer-eval runs, per VARIANT: "MODEL ADAPTERS"
+  if [ "$CVO_BY_SFT" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt") $(cat "$RUN_DIR/cvo_sft/last_checkpoint.txt")"
+  elif [ "$RUN_CVO" = true ]; then read -r pm _ <<< "$(policy)"; echo "$pm $(cat "$RUN_DIR/cvo_grpo/last_checkpoint.txt")"
+  else echo "$MODEL $(cat "$RUN_DIR/$SFT_DIR/last_checkpoint.txt")"; fi   # sft, mrsi_only: base + the SFT adapter
+}
 do_eval() {
-  read -r pm _ <<< "$(policy)"
-  MODEL="$pm" ADAPTERS="$(cat "$RUN_DIR/cvo_grpo/last_checkpoint.txt")" TEMPLATE="$TEMPLATE" \
-  DATASET=mcr-gmner:test GOLD="$MCR_DATA_DIR/twitter_gmner/test.jsonl" INFER_BACKEND="$INFER_BACKEND" \
+  read -r pm pa <<< "$(eval_policy)"
+  MODEL="$pm" ADAPTERS="$pa" TEMPLATE="$TEMPLATE" \
+  DATASET="$EVAL_DATASET" GOLD="$MCR_DATA_DIR/twitter_gmner/$EVAL_GOLD_SPLIT.jsonl" INFER_BACKEND="$INFER_BACKEND" \
   MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-2048} OUTPUT_DIR="$RUN_DIR/eval" bash recipes/infer_eval.sh
 }
 
-log "profile $PROFILE, model $MODEL, template $TEMPLATE, run dir $RUN_DIR; resolution $(resize_env)"
+log "profile $PROFILE, variant $VARIANT, model $MODEL, template $TEMPLATE, run dir $RUN_DIR; resolution $(resize_env)"
 [ "$PROFILE" = tiny ] && stage tiny-model "$MODEL/config.json" do_tiny
 stage prepare "$MCR_DATA_DIR/sources.tsv" do_prepare
-stage synth "$MCR_DATA_DIR/mrsi/d_r.jsonl" do_synth
-stage split "$MCR_DATA_DIR/mrsi/d2.jsonl" do_split
-stage mrsi-sft "$RUN_DIR/mrsi_sft/last_checkpoint.txt" do_sft
-[ "$MERGE" = true ] && stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
-stage cvo-filter "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" do_filter
-stage cvo-grpo "$RUN_DIR/cvo_grpo/last_checkpoint.txt" do_grpo
+if [ "$RUN_SYNTH" = true ]; then
+  stage synth "$MCR_DATA_DIR/mrsi/d_r.jsonl" do_synth
+  stage split "$MCR_DATA_DIR/mrsi/d2.jsonl" do_split
+fi
+if [ "$RUN_MRSI" = true ]; then
+  stage "$([ "$VARIANT" = sft ] && echo sft || echo mrsi-sft)" "$RUN_DIR/$SFT_DIR/last_checkpoint.txt" do_sft
+  [ "$MERGE" = true ] && [ "$RUN_CVO" = true ] && stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
+fi
+if [ "$RUN_CVO" = true ]; then
+  stage cvo-filter "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" do_filter
+  if [ "$CVO_BY_SFT" = true ]; then
+    stage cvo-data "$MCR_DATA_DIR/mrsi/d2_kept.jsonl" do_cvo_data
+    stage cvo-data-sft "$RUN_DIR/cvo_sft/last_checkpoint.txt" do_cvo_sft
+  else
+    stage cvo-grpo "$RUN_DIR/cvo_grpo/last_checkpoint.txt" do_grpo
+  fi
+fi
 stage infer-eval "$RUN_DIR/eval/metrics.json" do_eval
 python -m mcr_swift.cli report "$RUN_DIR"

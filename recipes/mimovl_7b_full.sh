@@ -7,5 +7,5 @@ set -euo pipefail
 export PROFILE=${PROFILE:-paper}
 export TEMPLATE=${TEMPLATE:-mimo_vl}
 [ "$PROFILE" = paper ] && export MODEL=${MODEL:-XiaomiMiMo/MiMo-VL-7B-RL}
-export RUN_DIR=${RUN_DIR:-runs/mimovl_7b_$PROFILE}
+export RUN_DIR=${RUN_DIR:-runs/mimovl_7b_$PROFILE$([ "${VARIANT:-mcr}" = mcr ] || echo "_$VARIANT")}   # VARIANT: a Table 1 / 3 row (full_pipeline.sh)
 exec bash "$(dirname "$0")/full_pipeline.sh"

@@ -1,70 +1,116 @@
-"""A stand-in for the ``swift`` command (tests only): records, per call, the sub-command, its arguments
-and the image-resolution environment it was started with (to ``$MCR_STUB_LOG``, one JSON line each),
-and leaves what the pipeline expects of the real command:
+"""A stand-in for the ``swift`` command, for tests of what recipes/full_pipeline.sh runs (no training).
 
-* ``sft`` / ``rlhf``: ``<output_dir>/v0-20260101-000000/checkpoint-1`` and an ``args.json``;
-* ``export``: the ``--output_dir`` folder with a ``config.json``;
-* ``infer``: ``--result_path`` with one row per row of the registered dataset, answering ``[]``;
-* ``deploy``: an OpenAI-compatible server on ``--port`` answering ``<answer>[]</answer>``, with the
-  "Uvicorn running" line `mcr_swift.serve` reads.
+Installed as an executable named ``swift`` (the recipes treat only a command named ``swift`` as real
+and then record its checkpoint), it appends one JSON line per call to ``$SWIFT_STUB_LOG``:
+``{"cmd": "sft", "args": {"--flag": "value", ...}, "argv": [...], "env": {...}}`` (``env``: the variables of
+``ENV_KEYS`` and every image-resolution variable that is set, ``mcr_swift.serve.RESIZE_VARS``) and leaves
+what the next stage reads:
 
-No model is loaded; it proves what each stage *would* be started with, not what it computes."""
+* ``sft`` / ``rlhf``: loads every ``--dataset`` as the plugin's loader does (so a dataset that does not
+  resolve fails the stage, and answer-only subsets are derived), then leaves
+  ``<output_dir>/v0-20260101-000000/checkpoint-1/`` and an ``args.json`` beside it;
+* ``export``: ``<output_dir>/config.json``;
+* ``infer``: ``--result_path`` with one row per row of ``--val_dataset`` (read from $MCR_DATA_DIR through
+  the registry, answer-only subsets derived as the real loader does), each answered
+  ``<answer>\\n[]\\n</answer>``;
+* ``deploy``: an OpenAI-compatible server on ``--port`` answering every chat request with that answer
+  (``n`` choices), until killed.
+"""
 from __future__ import annotations
 
 import json
 import os
 import sys
-import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+ANSWER = "<answer>\n[]\n</answer>"
+ENV_KEYS = ("MCR_INSTRUCTION", "MAX_PIXELS", "MCR_DATA_DIR", "NPROC_PER_NODE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mcr_swift.serve import RESIZE_VARS  # noqa: E402
 
-ANSWER = "<think>x</think>\n<answer>\n[]\n</answer>"
+
+def parse(argv):
+    args, key = {}, None
+    for w in argv:
+        if w.startswith("--"):
+            key = w
+            args[key] = ""
+        elif key is not None:
+            args[key] = w if not args[key] else args[key] + " " + w
+    return args
 
 
-def opt(argv, name, default=None):
-    return argv[argv.index(name) + 1] if name in argv else default
+def dataset_rows(spec: str):
+    from mcr_swift.registry import ANSWER_ONLY_SUFFIX, DATASETS, data_dir, derive_answer_only
+    if spec.endswith(".jsonl"):                     # a file given directly
+        return [json.loads(l) for l in Path(spec).read_text().splitlines() if l.strip()]
+    name, _, subset = spec.split("#")[0].partition(":")
+    folder, _subsets, default = DATASETS[name]
+    subset = subset or default
+    path = data_dir() / folder / f"{subset}.jsonl"
+    if subset.endswith(ANSWER_ONLY_SUFFIX):
+        path = derive_answer_only(data_dir() / folder / f"{subset[:-len(ANSWER_ONLY_SUFFIX)]}.jsonl")
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
-def dataset_file(spec: str) -> Path:
-    from mcr_swift.registry import DATASETS
-    name, _, subset = spec.partition(":")
-    folder, _subsets, default = DATASETS[name][:3]
-    return Path(os.environ.get("MCR_DATA_DIR", "mcr_data")) / folder / f"{subset or default}.jsonl"
+def serve(port: int, name: str) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": name, "object": "model"}]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            n = int(body.get("n") or 1)
+            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": name,
+                        "choices": [{"index": i, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": ANSWER}} for i in range(n)],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print(f"Uvicorn running on http://127.0.0.1:{port}", flush=True)
+    server.serve_forever()
 
 
-def main(argv) -> int:
-    cmd, rest = argv[0], argv[1:]
-    with open(os.environ["MCR_STUB_LOG"], "a") as f:
-        f.write(json.dumps({"cmd": cmd, "argv": rest,
-                            "env": {k: os.environ[k] for k in RESIZE_VARS if os.environ.get(k)}}) + "\n")
+def main() -> int:
+    cmd, args = sys.argv[1], parse(sys.argv[2:])
+    with open(os.environ["SWIFT_STUB_LOG"], "a") as f:
+        env = {k: os.environ.get(k) for k in ENV_KEYS}
+        env.update({k: os.environ[k] for k in RESIZE_VARS if os.environ.get(k)})
+        f.write(json.dumps({"cmd": cmd, "args": args, "argv": sys.argv[2:], "env": env}) + "\n")
     if cmd in ("sft", "rlhf"):
-        run = Path(opt(rest, "--output_dir")) / "v0-20260101-000000"
+        for spec in args["--dataset"].split():
+            if not dataset_rows(spec):
+                raise SystemExit(f"swift stub: dataset {spec} is empty")
+        run = Path(args["--output_dir"]) / "v0-20260101-000000"
         (run / "checkpoint-1").mkdir(parents=True, exist_ok=True)
-        (run / "args.json").write_text(json.dumps({"stub": True}))
+        keep = {k[2:]: v for k, v in args.items() if k in ("--model", "--template", "--dataset", "--adapters", "--learning_rate")}
+        (run / "args.json").write_text(json.dumps(keep))
     elif cmd == "export":
-        out = Path(opt(rest, "--output_dir"))
+        out = Path(args["--output_dir"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text("{}")
     elif cmd == "infer":
-        rows = []
-        for spec in opt(rest, "--val_dataset").split():
-            for line in dataset_file(spec).read_text().splitlines():
-                r = json.loads(line)
-                rows.append({"response": ANSWER, "messages": r["messages"], "images": r.get("images", [])})
-        Path(opt(rest, "--result_path")).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = dataset_rows(args["--val_dataset"])
+        with open(args["--result_path"], "w") as f:
+            for r in rows:
+                r = {**r, "messages": [m for m in r["messages"] if m["role"] != "assistant"], "response": ANSWER}
+                f.write(json.dumps(r) + "\n")
     elif cmd == "deploy":
-        from tests._fake_openai import FakeOpenAI
-        fake = FakeOpenAI(lambda body: [ANSWER] * int(body.get("n") or 1),
-                          model=opt(rest, "--served_model_name", "policy"))
-        with fake:
-            print(f"Uvicorn running on {fake.base_url.rsplit('/v1', 1)[0]} (stub)", flush=True)
-            while True:
-                time.sleep(1)
+        serve(int(args["--port"]), args.get("--served_model_name") or "policy")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

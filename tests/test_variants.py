@@ -146,7 +146,8 @@ FULL = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-fil
 #: variant -> (stages in order, swift commands in order, paper row)
 PLANS = {
     "mcr": (FULL, ["deploy", "sft", "export", "deploy", "rlhf", "infer"], "+MRSI+CVO"),
-    "no_dr": (FULL, ["deploy", "sft", "export", "deploy", "rlhf", "infer"], "w/o D_R"),
+    # one template style: synthesis needs no endpoint, so no synthesis server
+    "no_dr": (FULL, ["sft", "export", "deploy", "rlhf", "infer"], "w/o D_R"),
     "no_inst": (FULL, ["deploy", "sft", "export", "deploy", "rlhf", "infer"], "w/o Inst"),
     "sft": (["tiny-model", "prepare", "sft", "infer-eval"], ["sft", "infer"], "+SFT"),
     "mrsi_only": (["tiny-model", "prepare", "synth", "split", "mrsi-sft", "infer-eval"], ["deploy", "sft", "infer"],
@@ -217,7 +218,10 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
         assert not (data / "mrsi").exists()
     else:
         d1 = _rows(data / "mrsi" / "d1.jsonl")
-        assert {_user(x) for x in d1} <= set(prepared_users)
+        every_source = [_user(x) for src in ("twitter_gmner", "mner_mi", "grec")      # D_R's three sources
+                        for x in _rows(data / src / "train.jsonl")]
+        assert {_user(x) for x in d1} <= set(every_source)
+        assert {x.get("mcr_task", "gmner") for x in d1} == {"gmner", "mner_mi", "grec"}
         assert {_user(x) for x in infer} <= {_user(x) for x in _rows(data / "twitter_gmner" / "test.jsonl")}
         styles = {x["mcr_style"] for x in _rows(data / "mrsi" / "d_r.jsonl")}
         assert styles == {"formatted_a"} if variant == "no_dr" else len(styles) >= 2
@@ -245,14 +249,14 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
     if variant in ("sft", "mrsi_only"):      # no CVO: the base model with the SFT adapter
         assert (by["infer"]["--model"], by["infer"]["--adapters"]) == (model, ckpt(sft_dir))
     elif variant == "cvo_only":              # CVO from the base model, its filter sampling the base model
-        filt = [c for c in calls if c["cmd"] == "deploy"][1]["args"]
+        filt = [c for c in calls if c["cmd"] == "deploy"][-1]["args"]
         assert filt["--model"] == model and "--adapters" not in filt
         assert by["rlhf"]["--model"] == model and "--adapters" not in by["rlhf"]
         assert (by["infer"]["--model"], by["infer"]["--adapters"]) == (model, ckpt("cvo_grpo"))
         assert not (run / "mrsi_sft").exists()
     elif variant != "no_cvo":                # MCR: CVO from the merged MRSI policy
         merged = str(run / "mrsi_merged" / "merged")
-        filt = [c for c in calls if c["cmd"] == "deploy"][1]["args"]
+        filt = [c for c in calls if c["cmd"] == "deploy"][-1]["args"]
         assert filt["--model"] == merged and by["rlhf"]["--model"] == merged
         assert by["rlhf"]["--dataset"] == "mcr-mrsi:d2_filtered"
         assert (by["infer"]["--model"], by["infer"]["--adapters"]) == (merged, ckpt("cvo_grpo"))

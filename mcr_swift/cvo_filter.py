@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .jsonl import iter_jsonl, write_jsonl_atomic
+from .jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["FilterThresholds", "group_stats", "decide", "filter_d2", "distribution", "main"]
 
@@ -210,7 +210,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
     if complete:
         write_jsonl_atomic(out, kept)
         write_jsonl_atomic(out.with_name(out.name + ".stats.jsonl"), records)
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     return summary
 
 

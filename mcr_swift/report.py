@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .jsonl import write_json_atomic, write_text_atomic
 from .recipe_args import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "main"]
@@ -146,9 +147,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
         return 2
     r = collect_report(run)
-    (run / "report.json").write_text(json.dumps(r, indent=1, default=str))
+    write_json_atomic(run / "report.json", r, default=str)
     md = render_markdown(r)
-    (run / "report.md").write_text(md + "\n")
+    write_text_atomic(run / "report.md", md + "\n")
     print(md)
     print(f"report: {run / 'report.md'}", file=sys.stderr)
     return 0

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
-from .jsonl import iter_jsonl, write_jsonl_atomic
+from .jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row
 from .styles import TEMPLATE_STYLES, template_chain
 from .types import Box, Entity, Sample
@@ -337,7 +337,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     if complete:
         write_jsonl_atomic(out, produced)
         write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), rejected)
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     return summary
 
 

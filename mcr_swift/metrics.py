@@ -477,7 +477,8 @@ def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]
                  threshold: float = IOU_THRESHOLD) -> Dict[str, Any]:
     """GREC N-acc and Precision (App. E.3 "VG", Eq. 25; He et al. 2023), one entry per sample.
 
-    ``pred_boxes[k]``: the boxes the answer for sample k gives (empty: location None);
+    ``pred_boxes[k]``: the boxes the answer for sample k gives (empty: location None; None: no
+    answer at all, e.g. a sample missing from the result file -- wrong in both ratios);
     ``gold_boxes[k]``: its target box, or None for a no-target sample (multi-target samples are
     removed before, App. E.1).
 
@@ -497,10 +498,10 @@ def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]
     for boxes, gold in zip(pred_boxes, gold_boxes):
         if gold is None:
             nt += 1
-            nt_ok += not boxes
+            nt_ok += boxes is not None and not boxes
         else:
             ot += 1
-            ot_ok += len(boxes) == 1 and iou(boxes[0], gold) >= threshold
+            ot_ok += boxes is not None and len(boxes) == 1 and iou(boxes[0], gold) >= threshold
     return {"n_acc": nt_ok / nt if nt else 0.0, "precision": ot_ok / ot if ot else 0.0,
             "no_target": {"correct": nt_ok, "total": nt}, "one_target": {"correct": ot_ok, "total": ot},
             "samples": len(gold_boxes)}

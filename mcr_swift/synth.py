@@ -304,7 +304,8 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
             produced.append(chain_row(row, style, text, boxes, refs))
             c["produced"] += 1
             continue
-        value = cache.get(keys[(i, style)])
+        # no key: a Ctrl-C stopped the run before this style's requests were planned
+        value = cache.get(keys[(i, style)]) if (i, style) in keys else None
         if value is None:
             c["missing"] += 1
             continue

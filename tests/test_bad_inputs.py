@@ -194,3 +194,19 @@ def test_evaluate_failure_keeps_the_old_report(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(jsonl.os, "fsync", real)
     assert json.loads(out.read_text()) == {"old": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "res.jsonl"]
+
+
+def test_release_image_names_cannot_leave_the_image_folder(tmp_path):
+    """The same class of bug in the MNER-MI and GREC readers: an image name from the release with a
+    folder part is refused (a skippable problem), never opened outside --image-dir."""
+    from PIL import Image
+
+    from mcr_swift.grec import GRefCOCO
+    from mcr_swift.mner_mi import image_path
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")  # exists, but outside the folder
+    with pytest.raises(FileNotFoundError, match="image name '../outside.jpg' is not a plain file name"):
+        image_path("../outside.jpg", tmp_path / "images", None)
+    assert image_path("a.jpg", tmp_path / "images", None) == tmp_path / "images" / "a.jpg"
+    got = GRefCOCO._image({"file_name": "../outside.jpg", "width": 8, "height": 8}, tmp_path / "images", {})
+    assert got == "image file_name '../outside.jpg' is not a plain file name"

@@ -59,12 +59,11 @@ class EmptyAnswer(RuntimeError):
 
 
 def _empty_answer(resp: Any, n: int) -> Optional[str]:
-    """Why ``resp`` holds no usable answer, or None when every one of its ``n`` choices has content."""
+    """Why ``resp`` holds no usable answer, or None when it has choices and each has content (fewer
+    than ``n`` choices is an answer: servers that ignore ``n`` are asked again by the caller)."""
     choices = getattr(resp, "choices", None)
     if not choices:
         return "no choices"
-    if len(choices) < n:
-        return f"{len(choices)} choices for n={n}"
     for c in choices:
         msg = getattr(c, "message", None)
         if msg is None or not isinstance(getattr(msg, "content", None), str):

@@ -351,6 +351,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                for r in a.results]
     table1 = [r for r in reports if r["posts"] or "table2" not in r]
     table2 = [r for r in reports if "table2" in r]
+    if a.protocol != "mcr":
+        print(f"protocol {a.protocol}: the dataset authors' evaluator (IoU > 0.5; a text predicted more often "
+              f"than it occurs keeps its first c-1 and last predictions)")
     if table1:
         print(format_table(table1))
     if table2:

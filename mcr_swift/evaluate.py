@@ -228,7 +228,7 @@ def missing_gold_rows(rows: Sequence[Dict[str, Any]], gold: Optional[GoldIndex],
     for row in rows:
         # a row carrying mcr_gold is scored against it, and also stands for the gold row it joins
         joined = gold.find(row) if gold else None
-        grow = joined or (row if GOLD_COLUMN in row else None)
+        grow = joined if joined is not None else (row if GOLD_COLUMN in row else None)
         if grow is None:
             continue
         dup.seen(row, grow)

@@ -266,7 +266,10 @@ def test_pictures_of_real_swift_infer_output(tiny_model, prepared, tmp_path):
                         "--max-pixels", str(TINY_MAX_PIXELS)) == 0
     summary = json.loads((out / "pictures.json").read_text())
     rows = [json.loads(l) for l in (prepared / "twitter_gmner" / "test.jsonl").read_text().splitlines()]
-    assert summary["unmatched_rows"] == 0 and [p["id"] for p in summary["pictures"]] == [r["mcr_id"] for r in rows[:3]]
+    assert summary["unmatched_rows"] == 0 and summary["missing_posts"] == len(rows) - 3
+    # the 3 inferred posts, then the gold posts without a row (no prediction), as `evaluate` scores them
+    assert [p["id"] for p in summary["pictures"]] == [r["mcr_id"] for r in rows]
+    assert sum("(no prediction row)" in p["where"] for p in summary["pictures"]) == len(rows) - 3
     page = (out / "index.html").read_text()
     assert page.count("the response could not be parsed") == summary["parse_failures"]
     for p, r in zip(summary["pictures"], rows):

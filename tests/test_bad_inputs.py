@@ -110,6 +110,10 @@ def test_user_mistakes_are_one_line_exit_2_in_every_command(prepared, tmp_path):
     one_line_error(cli("cvo-filter", "--input", bad_json, "--out", tmp_path / "f.jsonl", "--base-url",
                        "http://127.0.0.1:9/v1", "--model", "m"), f"{bad_json}:2")
     one_line_error(cli("report", tmp_path / "no-run"), str(tmp_path / "no-run"))
+    for cmd in ("baselines", "predict"):
+        extra = ["--method", "direct"] if cmd == "baselines" else []
+        one_line_error(cli(cmd, *extra, "--input", missing, "--out", tmp_path / "o.jsonl", "--base-url",
+                           "http://127.0.0.1:9/v1", "--model", "m"), str(missing))
     # an unknown tag and bytes that are not UTF-8 in the release
     root = release(tmp_path / "r", "IMGID:1\nKevin\tB-FOO\n\n")
     one_line_error(cli("prepare", "--root", root, "--out", tmp_path / "o", "--standin-images", tmp_path / "i",

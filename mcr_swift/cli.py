@@ -4,6 +4,7 @@ One top-level handler (`run_command`) for every command: a user's mistake -- a m
 file, a bad JSON line, bytes that are not UTF-8, an unknown tag, a bad option value -- raises
 ValueError or OSError inside the command, with a message naming the file and line; the handler prints
 it as one line ``mcr-swift <command>: error: <message>`` on stderr and exits 2, without a traceback.
+A bad flag or flag value (argparse) is one line too: ``mcr-swift <command>: error: <what> (see --help)``.
 Ctrl-C exits 130. ``MCR_DEBUG=1`` in the environment re-raises instead, showing the full traceback.
 Anything else is a bug in mcr-swift and keeps its traceback.
 """
@@ -65,9 +66,17 @@ def user_error_message(e: BaseException) -> str:
     return " ".join(msg.split())  # one line
 
 
+def _argparse_error_one_line(self, message: str):
+    """`argparse.ArgumentParser.error` without the usage block: one line, exit 2."""
+    self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
+
 def run_command(cmd: str, fn, argv: List[str]) -> int:
     """Run a command's ``main(argv)`` under the top-level handler (module docstring)."""
+    import argparse
     debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    saved_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _argparse_error_one_line  # every command's parser, for this call
     try:
         return int(fn(argv) or 0)
     except KeyboardInterrupt:
@@ -81,6 +90,8 @@ def run_command(cmd: str, fn, argv: List[str]) -> int:
         print(f"mcr-swift {cmd}: error: {user_error_message(e)} (set {DEBUG_ENV}=1 for the traceback)",
               file=sys.stderr)
         return 2
+    finally:
+        argparse.ArgumentParser.error = saved_error
 
 
 if __name__ == "__main__":

@@ -123,9 +123,12 @@ def test_user_mistakes_are_one_line_exit_2_in_every_command(prepared, tmp_path):
     (root2 / "txt" / "train.txt").write_bytes(b"IMGID:1\nCaf\xe9\tO\n\n")
     one_line_error(cli("prepare", "--root", root2, "--out", tmp_path / "o", "--standin-images", tmp_path / "i",
                        "--splits", "train"), f"{root2 / 'txt' / 'train.txt'}:2: not UTF-8 text (byte 0xe9")
-    # a bad flag value: argparse's usage line and error, exit 2, no traceback
-    p = cli("evaluate", bad_json, "--protocol", "conll")
-    assert p.returncode == 2 and "invalid choice: 'conll'" in p.stderr and "Traceback" not in p.stderr
+    # a bad flag value or an unknown flag: one line too
+    one_line_error(cli("evaluate", bad_json, "--protocol", "conll"), "mcr-swift evaluate: error: argument --protocol: "
+                   "invalid choice: 'conll'")
+    one_line_error(cli("prepare", "--root", root, "--standin-images", tmp_path / "i", "--limit", "many"),
+                   "argument --limit: invalid int value: 'many'")
+    one_line_error(cli("split", "--no-such-flag"), "the following arguments are required")
     # MCR_DEBUG=1 shows the traceback
     dbg = cli("evaluate", bad_json, "--gold", gold, "--no-progress", env={"MCR_DEBUG": "1"})
     assert dbg.returncode == 1 and "Traceback" in dbg.stderr and f"{bad_json}:2: not valid JSON" in dbg.stderr

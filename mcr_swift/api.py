@@ -6,7 +6,9 @@ CVO sampling filter (App. D.3), the prompting baselines and ``predict`` share.
   (``GET /models``: ``swift deploy`` and ``vllm serve`` serve one) is used.
 * `chat`: one request through the official ``openai`` client, with our own retries: API errors that
   can pass (connection refused or reset, timeouts, 408/409/429, 5xx) are retried with exponential
-  backoff and jitter; the others (400 bad request, 401, 404 unknown model, ...) fail at once.
+  backoff and jitter; the others (400 bad request, 401, 404 unknown model, ...) fail at once. A
+  200 answer with no ``choices`` or a choice whose ``content`` is null is a failed request too
+  (`EmptyAnswer`): retried like a server error, never returned (so never cached), counted.
 * `ResultCache`: an append-only JSON-lines file of finished requests, keyed by a hash of everything
   that determines the answer (sample, style or task, messages, model, sampling parameters). A
   re-run after a crash, a Ctrl-C or a dead server skips what is cached, so nothing is paid twice
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["Endpoint", "ChatResult", "EndpointError", "RetryPolicy", "chat", "ResultCache", "cache_key",
+__all__ = ["Endpoint", "ChatResult", "EndpointError", "EmptyAnswer", "RetryPolicy", "chat", "ResultCache", "cache_key",
            "run_jobs", "RunStats", "to_openai_messages", "image_data_url", "add_endpoint_args"]
 
 #: Statuses worth retrying: request timeout, conflict, rate limit, and every server-side error.
@@ -50,6 +52,23 @@ class EndpointError(RuntimeError):
 
 #: Statuses that no retry and no other input can fix: stop the run.
 FATAL_STATUS = frozenset({401, 403, 404})
+
+
+class EmptyAnswer(RuntimeError):
+    """A 200 answer that carries no answer: no ``choices``, or a choice with ``content: null``."""
+
+
+def _empty_answer(resp: Any, n: int) -> Optional[str]:
+    """Why ``resp`` holds no usable answer, or None when it has choices and each has content (fewer
+    than ``n`` choices is an answer: servers that ignore ``n`` are asked again by the caller)."""
+    choices = getattr(resp, "choices", None)
+    if not choices:
+        return "no choices"
+    for c in choices:
+        msg = getattr(c, "message", None)
+        if msg is None or not isinstance(getattr(msg, "content", None), str):
+            return f"choice {getattr(c, 'index', '?')} has content null"
+    return None
 
 
 @dataclass(frozen=True)
@@ -150,7 +169,9 @@ def chat(endpoint: Endpoint, messages: List[Dict[str, Any]], *, n: int = 1, temp
          rng: Optional[random.Random] = None) -> ChatResult:
     """One chat completion with ``n`` choices. ``top_k`` goes in the request body (vLLM, ms-swift).
 
-    Raises EndpointError for a non-retryable API error or when the retries are exhausted.
+    Raises EndpointError for a non-retryable API error or when the retries are exhausted; an
+    `EmptyAnswer` (HTTP 200 without choices or with ``content: null``) is retried like a 5xx and
+    reported to ``on_retry`` as such.
     """
     import openai
     client = client or endpoint.client()
@@ -165,23 +186,27 @@ def chat(endpoint: Endpoint, messages: List[Dict[str, Any]], *, n: int = 1, temp
     while True:
         try:
             resp = client.chat.completions.create(**kwargs)
-            break
-        except openai.APIError as e:
+            why = _empty_answer(resp, n)
+            if why is None:
+                break
+            e: BaseException = EmptyAnswer(f"HTTP 200 without an answer ({why})")
+        except openai.APIError as api_error:
+            e = api_error
             if not _retryable(e):
                 fatal = isinstance(e, openai.APIStatusError) and e.status_code in FATAL_STATUS
                 raise EndpointError(f"{endpoint.base_url} ({endpoint.model}): {type(e).__name__}: {e}",
                                     fatal) from None
-            if attempt >= retry.retries:
-                raise EndpointError(f"{endpoint.base_url}: gave up after {attempt + 1} attempts; last error "
-                                    f"{type(e).__name__}: {e}") from None
-            wait_s = retry.delay(attempt, rng)
-            if on_retry is not None:
-                on_retry(e, attempt, wait_s)
-            time.sleep(wait_s)
-            attempt += 1
+        if attempt >= retry.retries:
+            raise EndpointError(f"{endpoint.base_url}: gave up after {attempt + 1} attempts; last error "
+                                f"{type(e).__name__}: {e}") from None
+        wait_s = retry.delay(attempt, rng)  # retryable: back off, count, try again
+        if on_retry is not None:
+            on_retry(e, attempt, wait_s)
+        time.sleep(wait_s)
+        attempt += 1
     choices = sorted(resp.choices or [], key=lambda c: c.index or 0)
     usage = resp.usage
-    return ChatResult([c.message.content or "" for c in choices], [c.finish_reason for c in choices],
+    return ChatResult([c.message.content for c in choices], [c.finish_reason for c in choices],
                       int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0),
                       attempt)
 
@@ -313,18 +338,22 @@ class RunStats:
     done: int = 0
     failed: int = 0
     retries: int = 0
+    empty_answers: int = 0
     interrupted: bool = False
     errors: List[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def note_retry(self, *_: Any) -> None:
-        """Count one retried request (thread-safe); usable as `chat`'s ``on_retry``."""
+    def note_retry(self, exc: Any = None, *_: Any) -> None:
+        """Count one retried request (thread-safe), and an `EmptyAnswer` among them; usable as
+        `chat`'s ``on_retry``."""
         with self._lock:
             self.retries += 1
+            self.empty_answers += isinstance(exc, EmptyAnswer)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"total": self.total, "cached": self.cached, "done": self.done, "failed": self.failed,
-                "retries": self.retries, "interrupted": self.interrupted, "first_errors": self.errors[:10]}
+                "retries": self.retries, "empty_answers": self.empty_answers, "interrupted": self.interrupted,
+                "first_errors": self.errors[:10]}
 
 
 def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache: ResultCache, *,
@@ -378,6 +407,8 @@ def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache:
                     if fail_fast(exc):
                         raise exc
                     stats.failed += 1
+                    if "EmptyAnswer" in str(exc):  # the last of its attempts was an empty answer too
+                        stats.empty_answers += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}")
                 else:
                     res = fut.result()

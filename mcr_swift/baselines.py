@@ -39,7 +39,6 @@ only when every post has an answer, else the command exits 3 and says to re-run.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
 from .coords import CoordinateSpace, add_space_args, space_from_args
-from .jsonl import iter_jsonl, write_jsonl_atomic
+from .jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .prompts import load_prompt
 from .rows import row_task, user_content
 from .types import Entity, Sample
@@ -221,7 +220,7 @@ def run_baselines(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sample], 
     }
     if complete:
         write_jsonl_atomic(out, produced)
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     return summary
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .jsonl import write_json_atomic, write_text_atomic
 from .metrics import gmner_metrics
 from .pictures import (TEXTUAL_KINDS, Post, add_input_args, html_page, positive_int, post_card,
                        read_and_analyse, render_pictures)
@@ -166,8 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                            "pictures": counts}
     cards = {k: [post_card(q, rel[q.index], a.width) for q in v] for k, v in worst.items()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bias_report.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
-    (out / "index.html").write_text(report_html(Path(a.result).name, rep, cards), encoding="utf-8")
+    write_json_atomic(out / "bias_report.json", rep)
+    write_text_atomic(out / "index.html", report_html(Path(a.result).name, rep, cards))
     tb, vb = rep["textual_bias"], rep["visual_bias"]
     print(f"{Path(a.result).name}: {len(posts)} posts | N-Pre {_pct(tb['n_pre'])} N-Rec {_pct(tb['n_rec'])} "
           f"N-F1 {_pct(tb['n_f1'])} | N-Count {vb['n_count']} N-Rate {_pct(vb['n_rate'])}% | "

@@ -1,7 +1,17 @@
-"""``mcr-swift <command>``: one entry point for the project's tools (see README)."""
+"""``mcr-swift <command>``: one entry point for the project's tools (see README).
+
+One top-level handler (`run_command`) for every command: a user's mistake -- a missing or unreadable
+file, a bad JSON line, bytes that are not UTF-8, an unknown tag, a bad option value -- raises
+ValueError or OSError inside the command, with a message naming the file and line; the handler prints
+it as one line ``mcr-swift <command>: error: <message>`` on stderr and exits 2, without a traceback.
+A bad flag or flag value (argparse) is one line too: ``mcr-swift <command>: error: <what> (see --help)``.
+Ctrl-C exits 130. ``MCR_DEBUG=1`` in the environment re-raises instead, showing the full traceback.
+Anything else is a bug in mcr-swift and keeps its traceback.
+"""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -36,7 +46,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(plugin_path())
         return 0
     module = importlib.import_module(COMMANDS[cmd][0])
-    return int(module.main(rest) or 0)
+    return run_command(cmd, module.main, rest)
+
+
+#: Exceptions that mean bad input or a bad option value (their message names the file and line).
+USER_ERRORS = (ValueError, OSError, UnicodeError)
+#: Environment variable that shows the full traceback instead of the one-line error.
+DEBUG_ENV = "MCR_DEBUG"
+
+
+def user_error_message(e: BaseException) -> str:
+    """One line for a user's mistake: the exception's message (OSError: ``<file>: <reason>``)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    elif isinstance(e, UnicodeDecodeError):
+        msg = f"input is not UTF-8 text ({e})"
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(msg.split())  # one line
+
+
+def _argparse_error_one_line(self, message: str):
+    """`argparse.ArgumentParser.error` without the usage block: one line, exit 2."""
+    self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
+
+def run_command(cmd: str, fn, argv: List[str]) -> int:
+    """Run a command's ``main(argv)`` under the top-level handler (module docstring)."""
+    import argparse
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    saved_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _argparse_error_one_line  # every command's parser, for this call
+    try:
+        return int(fn(argv) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"mcr-swift {cmd}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"mcr-swift {cmd}: error: {user_error_message(e)} (set {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return 2
+    finally:
+        argparse.ArgumentParser.error = saved_error
 
 
 if __name__ == "__main__":

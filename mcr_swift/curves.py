@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .jsonl import atomic_open
 from .recipe_args import version_number
 
 STEP_KEY = "global_step/max_steps"
@@ -183,7 +184,8 @@ def plot(runs: Sequence[Run], out_dir: Path, smooth: float = 0.0) -> List[Path]:
         fig.suptitle(figure.title)
         fig.tight_layout()
         path = out_dir / f"{figure.name}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
         plt.close(fig)
         written.append(path)
     return written

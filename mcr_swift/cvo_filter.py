@@ -25,7 +25,6 @@ statistics.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import zlib
@@ -36,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .jsonl import iter_jsonl, write_jsonl_atomic
+from .jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["FilterThresholds", "group_stats", "decide", "filter_d2", "distribution", "main"]
 
@@ -218,10 +217,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
     if complete:
         write_jsonl_atomic(out, kept)
         write_jsonl_atomic(out.with_name(out.name + ".stats.jsonl"), records)
-    target = out.with_name(out.name + ".summary.json")
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, target)  # atomic: a reader never sees half a summary
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     return summary
 
 

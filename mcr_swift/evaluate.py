@@ -29,6 +29,19 @@ run used; defaults from the environment like ms-swift) and each post's real imag
 given directly are in original pixels unless ``--entities-space model``. Metrics compare in original
 pixels (App. E.3). Responses that yield no structured answer are counted as parse failures and score
 as no prediction.
+
+Every gold post is scored. With ``--gold``, each gold file that at least one row of a result file
+joins to (every gold file when no row joins) is that result's gold set: a gold post with no row is
+scored as all-missed (its gold triples count in recall; a GREC sample counts as wrong) and counted
+in ``missing_posts``. Without ``--gold`` the rows carrying ``mcr_gold`` are the gold set. A post may
+have one row only: a second row joined to the same gold row (or, without ``--gold``, a second row
+with the same task, id and prompt) is an error naming both lines (`DuplicateRows`; the same rule in
+``pictures`` and ``bias-report``). Rows that join no gold row are not scored and are counted in
+``unmatched_rows``.
+
+``--protocol`` (`mcr_swift.metrics.PROTOCOLS`): ``mcr`` (default, the paper's) or ``hindex`` (the
+dataset authors' evaluator: IoU > 0.5, repeated predictions of a text replace each other); it
+applies to the GMNER metrics (Table 1) and is recorded in the report.
 """
 from __future__ import annotations
 
@@ -40,7 +53,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .coords import CoordinateSpace, add_space_args, space_from_args
-from .jsonl import iter_jsonl
+from .jsonl import iter_jsonl, write_json_atomic
 from .rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, gold_from_row, row_task
 from .types import Entity
 
@@ -76,6 +89,28 @@ def join_key(row: Dict[str, Any]) -> Tuple:
     return (_image_paths(row), _user_text(row))
 
 
+class DuplicateRows:
+    """The one-row-per-post rule (module docstring): `seen` raises ValueError naming both lines when
+    a post gets a second row."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.first_line: Dict[Any, Any] = {}
+
+    def seen(self, row: Dict[str, Any], grow: Dict[str, Any]) -> None:
+        if grow is not row:
+            key: Any = id(grow)
+        elif "mcr_id" in row:
+            key = (row_task(row), str(row.get("mcr_split")), str(row["mcr_id"]), _user_text(row))
+        else:
+            return
+        first = self.first_line.setdefault(key, row["_line"])
+        if first != row["_line"]:
+            pid = grow.get("mcr_id", "?")
+            raise ValueError(f"{self.source}:{row['_line']}: duplicated row: post {pid} already has a row at line "
+                             f"{first} (one row per post)")
+
+
 class GoldIndex:
     """Gold rows of prepared datasets, by mcr_id and by (image paths, user prompt).
 
@@ -86,6 +121,7 @@ class GoldIndex:
     def __init__(self, rows: Sequence[Dict[str, Any]], source: str):
         self.source, self.by_id, self.by_key = source, {}, {}
         self._id_source: Dict[str, str] = {}
+        self.rows_by_source: Dict[str, List[Dict[str, Any]]] = {}
         self.ambiguous: set = set()
         self.add(rows, source)
 
@@ -98,6 +134,8 @@ class GoldIndex:
                 self.ambiguous.add(rid)
             self.by_id[rid] = r
             self.by_key[join_key(r)] = r
+            r["_source"] = source
+            self.rows_by_source.setdefault(source, []).append(r)
 
     def find(self, row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         for key in ("id", "mcr_id"):
@@ -135,7 +173,9 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         g = gold_from_row(grow)
         sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
         size = tuple(sizes[0]) if sizes else None
-        if "entities" in row and row.get("response") is None:
+        if row.get("_missing"):  # a gold post without a row: all-missed
+            pred = []
+        elif "entities" in row and row.get("response") is None:
             pred = [Entity.from_dict(d) for d in row["entities"]]
             if row.get("parse_ok") is False:  # predict/baselines rows keep the raw answer and this flag
                 n_fail += 1
@@ -168,7 +208,7 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
             if len(g) != 1:
                 raise ValueError(f"{where}: a GREC row needs exactly one gold expression, got {len(g)}")
             part = grec.setdefault(str(grow.get("mcr_split") or "unknown"), {"pred_boxes": [], "gold_boxes": []})
-            part["pred_boxes"].append(answer_boxes(pred))
+            part["pred_boxes"].append(None if row.get("_missing") else answer_boxes(pred))
             part["gold_boxes"].append(g[0].box)
         else:
             preds.append(pred)
@@ -179,15 +219,41 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
             "dropped_items": n_dropped, "unmatched_rows": n_unmatched}
 
 
+def missing_gold_rows(rows: Sequence[Dict[str, Any]], gold: Optional[GoldIndex], source: str
+                      ) -> List[Dict[str, Any]]:
+    """The one-row-per-post check over ``rows`` (`DuplicateRows`, raises on a second row of a post),
+    then the gold rows no row joins to, as rows `collect` scores as all-missed (module docstring)."""
+    dup = DuplicateRows(source)
+    used, sources = set(), set()
+    for row in rows:
+        # a row carrying mcr_gold is scored against it, and also stands for the gold row it joins
+        joined = gold.find(row) if gold else None
+        grow = joined if joined is not None else (row if GOLD_COLUMN in row else None)
+        if grow is None:
+            continue
+        dup.seen(row, grow)
+        if joined is not None:
+            used.add(id(joined))
+            sources.add(joined["_source"])
+    if gold is None:
+        return []
+    charged = sources or set(gold.rows_by_source)
+    return [{**g, "_missing": True} for src in gold.rows_by_source if src in charged
+            for g in gold.rows_by_source[src] if id(g) not in used]
+
+
 def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[CoordinateSpace] = None,
-                  entities_space: str = "original", progress: bool = False) -> Dict[str, Any]:
+                  entities_space: str = "original", progress: bool = False, protocol: str = "mcr"
+                  ) -> Dict[str, Any]:
     from .metrics import gmner_metrics, grec_metrics, mner_mi_metrics
     path = Path(path)
     space = space or CoordinateSpace.from_env()
     rows = _read_jsonl(path, progress)
-    c = collect(rows, gold, space, str(path), entities_space)
-    m = gmner_metrics(c["preds"], c["golds"], c["sentences"])
-    report = {"file": str(path), "posts": len(c["golds"]), "rows": len(rows),
+    missing = missing_gold_rows(rows, gold, str(path))
+    c = collect(rows + missing, gold, space, str(path), entities_space)
+    m = gmner_metrics(c["preds"], c["golds"], c["sentences"], protocol=protocol)
+    report = {"file": str(path), "protocol": protocol, "posts": len(c["golds"]), "rows": len(rows),
+              "missing_posts": len(missing),
               "parse_failures": c["parse_failures"], "dropped_items": c["dropped_items"],
               "unmatched_rows": c["unmatched_rows"],
               "space": {"family": space.family, "min_pixels": space.min_pixels, "max_pixels": space.max_pixels,
@@ -266,6 +332,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_space_args(p)
     p.add_argument("--entities-space", choices=["original", "model"], default="original",
                    help="space of boxes given as 'entities' (responses are always model space)")
+    p.add_argument("--protocol", choices=["mcr", "hindex"], default="mcr",
+                   help="mcr (default): the paper's metrics (IoU >= 0.5, one-to-one matching); hindex: the "
+                        "dataset authors' evaluator (IoU > 0.5, a repeated prediction of a text replaces the "
+                        "earlier one)")
     p.add_argument("--json-out", default=None, help="write the report here (default: <first result>.metrics.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -277,23 +347,30 @@ def main(argv: Optional[List[str]] = None) -> int:
             gold = GoldIndex(rows, g)
         else:
             gold.add(rows, g)
-    reports = [evaluate_file(r, gold, space, a.entities_space, progress=not a.no_progress) for r in a.results]
+    reports = [evaluate_file(r, gold, space, a.entities_space, progress=not a.no_progress, protocol=a.protocol)
+               for r in a.results]
     table1 = [r for r in reports if r["posts"] or "table2" not in r]
     table2 = [r for r in reports if "table2" in r]
+    if a.protocol != "mcr":
+        print(f"protocol {a.protocol}: the dataset authors' evaluator (IoU > 0.5; a text predicted more often "
+              f"than it occurs keeps its first c-1 and last predictions)")
     if table1:
         print(format_table(table1))
     if table2:
         print(("\n" if table1 else "") + format_table2(table2))
     for r in reports:
         extra = []
+        if r["missing_posts"]:
+            extra.append(f"{r['missing_posts']} of {r['posts'] + r.get('table2', {}).get('samples', 0)} gold posts "
+                         f"had no prediction row (scored as all-missed)")
         if r["unmatched_rows"]:
             extra.append(f"{r['unmatched_rows']} rows had no gold row and were not scored")
-        scored = r["posts"] + r.get("table2", {}).get("samples", 0)
+        scored = r["posts"] + r.get("table2", {}).get("samples", 0) - r["missing_posts"]
         extra.append(f"{r['parse_failures']} of {scored} responses failed to parse")
         if r["dropped_items"]:
             extra.append(f"{r['dropped_items']} answer items dropped by the parser")
         print(f"{Path(r['file']).name}: " + "; ".join(extra))
     out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
-    out.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=1))
+    write_json_atomic(out, reports if len(reports) > 1 else reports[0])
     print(f"report: {out}", file=sys.stderr)
     return 0

@@ -290,7 +290,9 @@ class GRefCOCO:
                 cache[name] = (name, (int(image["width"]), int(image["height"])))
             else:
                 p = image_dir / name
-                if not p.is_file():
+                if Path(name).name != name or name in ("", ".", ".."):  # must not leave image_dir
+                    cache[name] = f"image file_name {name!r} is not a plain file name"
+                elif not p.is_file():
                     cache[name] = f"image {p} not found"
                 else:
                     from PIL import Image

@@ -1,19 +1,36 @@
-"""JSON-lines reading with errors that name the file and line."""
+"""JSON-lines reading with errors that name the file and line, and the project's one set of
+atomic writers (`atomic_open`, `write_text_atomic`, `write_json_atomic`, `write_jsonl_atomic`).
+
+Atomic write: the content goes to a temporary file in the target's folder, is flushed to disk, and
+is renamed over the target with ``os.replace``. A failure at any point (full disk, Ctrl-C, an
+exception while producing the rows) removes the temporary file and leaves the old target, or none:
+never a 0-byte or half-written file that a rerun would take for a finished stage, and no ``.tmp``
+file behind.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterable, Iterator, Tuple
 
 
 def iter_jsonl(path) -> Iterator[Tuple[int, Dict[str, Any], int]]:
     """Yield (line number, row object, line length in bytes) for each non-blank line of ``path``.
 
-    Raises ValueError naming ``file:line`` for invalid JSON or a line that is not a JSON object.
+    Raises ValueError naming ``file:line`` for invalid JSON, bytes that are not UTF-8, or a line
+    that is not a JSON object.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -22,17 +39,56 @@ def iter_jsonl(path) -> Iterator[Tuple[int, Dict[str, Any], int]]:
                 raise ValueError(f"{path}:{no}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{no}: a row must be a JSON object")
-            yield no, row, len(line.encode("utf-8"))
+            yield no, row, len(raw)
 
 
-def write_jsonl_atomic(path, rows) -> None:
-    """Write ``rows`` as JSON lines through a temporary file renamed into place, so a reader (or a
-    pipeline's "skip when the output exists") never sees a half-written file."""
-    import os
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w", encoding: str = "utf-8"):
+    """``with atomic_open(path) as f: f.write(...)``: ``path`` appears, complete, only when the block
+    ends without an exception (see the module docstring). ``mode`` is "w" (text) or "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json_atomic(path, obj: Any, indent: int = 1, **kwargs) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (``kwargs`` go to ``json.dumps``)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, **kwargs))
+
+
+def write_jsonl_atomic(path, rows: Iterable[Dict[str, Any]]) -> None:
+    """Write ``rows`` as JSON lines to ``path`` atomically: a reader (or a pipeline's "skip when the
+    output exists") never sees a half-written file."""
+    with atomic_open(path) as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-

@@ -59,6 +59,20 @@ Conventions (where the paper is silent, the choice made here):
   is what is implemented.) A post whose sentence is None is left out of both N-Count and the
   N-Rate denominator (``n_count_predicted`` reports that denominator).
 
+**Protocols** (``protocol=``): ``"mcr"`` (default) is everything above, the paper's definitions.
+``"hindex"`` reproduces the two places where the dataset authors' evaluator (H-Index, NUSTM/GMNER
+``model/metrics.py``, which published Twitter-GMNER numbers use) differs; everything else stays as
+above:
+
+* location is right only when IoU > 0.5 (strict), so a box at exactly IoU 0.5 is wrong;
+* that evaluator keys predictions by span position, so a later prediction at the same position
+  replaces the earlier one. Here predictions are texts: when a text occurring c >= 1 times in the
+  sentence is predicted n > c times in a post, only its first c - 1 and its last predictions count
+  (the others are dropped before counting, from #predict too); a text absent from the sentence keeps
+  every prediction. "Occurs c times" = the number of positions where the span's whitespace tokens
+  appear as consecutive tokens of the sentence (`hindex_kept`); a post without a sentence keeps
+  every prediction.
+
 Table 2 (Sec. 5.3): `mner_mi_metrics` (MNER-MI precision / recall / F1 on span and type) and
 `grec_metrics` (GREC N-acc, Eq. 25, and Precision on one-target samples, App. E.3 "VG").
 
@@ -77,6 +91,8 @@ from .types import ENTITY_TYPES, Entity
 
 #: C_l threshold (Eq. 21): IoU >= this value (inclusive).
 IOU_THRESHOLD = 0.5
+#: Evaluation protocols of `gmner_metrics` (module docstring): the paper's, and the H-Index evaluator's.
+PROTOCOLS: Tuple[str, ...] = ("mcr", "hindex")
 #: The four correctness relations, each with its own one-to-one matching.
 TASKS: Tuple[str, ...] = ("gmner", "mner", "eeg", "n")
 #: Sub-problems with more compatible pairs than this go to scipy; smaller ones use augmenting paths.
@@ -91,8 +107,9 @@ def normalize_text(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def location_correct(pred: Entity, gold: Entity, threshold: float = IOU_THRESHOLD) -> bool:
-    """C_l of Eq. 21: both None, or IoU(pred's first box, any gold box) >= ``threshold``."""
+def location_correct(pred: Entity, gold: Entity, threshold: float = IOU_THRESHOLD, strict: bool = False) -> bool:
+    """C_l of Eq. 21: both None, or IoU(pred's first box, any gold box) >= ``threshold`` (> with
+    ``strict``, the H-Index protocol)."""
     pb, gb = pred.boxes, gold.boxes
     if not pb:
         return not gb
@@ -100,9 +117,40 @@ def location_correct(pred: Entity, gold: Entity, threshold: float = IOU_THRESHOL
         return False
     b = pb[0]
     for g in gb:
-        if iou(b, g) >= threshold:
+        v = iou(b, g)
+        if v > threshold or (v == threshold and not strict):
             return True
     return False
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def _occurrences(text: str, tokens: Sequence[str]) -> int:
+    """Number of start positions where ``text``'s whitespace tokens are consecutive ``tokens``."""
+    t = text.split()
+    if not t:
+        return 0
+    n = len(t)
+    return sum(1 for i in range(len(tokens) - n + 1) if list(tokens[i:i + n]) == t)
+
+
+def hindex_kept(pred: Sequence[Entity], sentence: Optional[str]) -> List[int]:
+    """Indices of the predictions the H-Index protocol counts (module docstring): for a text occurring
+    c >= 1 times in ``sentence`` and predicted n > c times, its first c - 1 and its last predictions;
+    every other prediction (and every prediction when ``sentence`` is None)."""
+    if sentence is None:
+        return list(range(len(pred)))
+    tokens = str(sentence).split()
+    by_text = _group(pred)
+    drop = set()
+    for text, idx in by_text.items():
+        c = _occurrences(text, tokens)
+        if c >= 1 and len(idx) > c:
+            drop.update(idx[c - 1:-1])
+    return [i for i in range(len(pred)) if i not in drop]
 
 
 def prf(correct: int, predicted: int, gold: int) -> Dict[str, Any]:
@@ -184,14 +232,30 @@ def _group(entities: Sequence[Entity]) -> Dict[str, List[int]]:
 
 
 def post_counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Optional[str] = None,
-                pairs: bool = True) -> Dict[str, Any]:
-    """Counts of one post.
+                pairs: bool = True, protocol: str = "mcr") -> Dict[str, Any]:
+    """Counts of one post under ``protocol`` (module docstring; "hindex" counts only the
+    predictions `hindex_kept` keeps -- indices still refer to ``pred`` -- and needs IoU > 0.5).
 
     Returns ``{task: {"correct", "predicted", "gold"}}`` for each task in `TASKS`, plus, when
     ``pairs``, ``"pairs": {task: [(pred_index, gold_index), ...]}`` (the maximum matching found,
     indices into ``pred`` and ``gold``), and, when ``sentence`` is not None, ``"n_count"`` and
     ``"absent"`` (indices of predictions whose span does not occur in the sentence).
     """
+    _check_protocol(protocol)
+    if protocol == "mcr":
+        return _counts(pred, gold, sentence, pairs, strict=False)
+    kept = hindex_kept(pred, sentence)
+    out = _counts([pred[i] for i in kept], gold, sentence, pairs, strict=True)
+    if pairs:
+        out["pairs"] = {t: [(kept[i], j) for i, j in v] for t, v in out["pairs"].items()}
+    if "absent" in out:
+        out["absent"] = [kept[i] for i in out["absent"]]
+    out["hindex_dropped"] = len(pred) - len(kept)
+    return out
+
+
+def _counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Optional[str], pairs: bool,
+            strict: bool) -> Dict[str, Any]:
     correct = {t: 0 for t in TASKS}
     matched: Dict[str, List[Pair]] = {t: [] for t in TASKS}
     if pred and gold:
@@ -204,7 +268,7 @@ def post_counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Option
                 i, j = pis[0], gis[0]
                 p, g = pred[i], gold[j]
                 t_ok = p.type == g.type
-                l_ok = location_correct(p, g)
+                l_ok = location_correct(p, g, strict=strict)
                 n_ok = not p.boxes and not g.boxes
                 for task, ok in (("gmner", t_ok and l_ok), ("mner", t_ok), ("eeg", l_ok), ("n", n_ok)):
                     if ok:
@@ -214,7 +278,7 @@ def post_counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Option
                 continue
             # Several predictions and/or golds share this span: C_t and C_l once per pair.
             t_ok = [[pred[i].type == gold[j].type for j in gis] for i in pis]
-            l_ok = [[location_correct(pred[i], gold[j]) for j in gis] for i in pis]
+            l_ok = [[location_correct(pred[i], gold[j], strict=strict) for j in gis] for i in pis]
             n_ok = [[not pred[i].boxes and not gold[j].boxes for j in gis] for i in pis]
             rel = {
                 "gmner": [[a and b for a, b in zip(tr, lr)] for tr, lr in zip(t_ok, l_ok)],
@@ -251,16 +315,19 @@ def post_counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Option
 
 # --------------------------------------------------------------------------- whole set
 def gmner_metrics(preds: Sequence[Sequence[Entity]], golds: Sequence[Sequence[Entity]],
-                  sentences: Optional[Sequence[Optional[str]]] = None, per_post: bool = False
-                  ) -> Dict[str, Any]:
+                  sentences: Optional[Sequence[Optional[str]]] = None, per_post: bool = False,
+                  protocol: str = "mcr") -> Dict[str, Any]:
     """GMNER / MNER / EEG precision, recall, F1 (Eq. 19-24), textual-bias N-Pre/N-Rec/N-F1
     (Eq. 26-29, key ``n``) and, with ``sentences``, visual-bias N-Count / N-Rate (Eq. 30-31).
 
     ``preds[k]`` and ``golds[k]`` are the predicted and gold `Entity` lists of post k (boxes in one
     coordinate space); ``sentences[k]`` is its sentence (None: leave the post out of N-Count/N-Rate).
     With ``per_post=True`` the result also holds ``"per_post"``: the `post_counts` of every post.
-    See the module docstring for every convention. Raises ValueError on mismatched lengths.
+    ``protocol``: "mcr" (default, the paper's) or "hindex" (the H-Index evaluator's; recorded in the
+    result with the number of predictions it dropped). See the module docstring for every
+    convention. Raises ValueError on mismatched lengths or an unknown protocol.
     """
+    _check_protocol(protocol)
     if len(preds) != len(golds):
         raise ValueError(f"preds and golds must have one entry per post: got {len(preds)} prediction "
                          f"lists and {len(golds)} gold lists")
@@ -268,12 +335,13 @@ def gmner_metrics(preds: Sequence[Sequence[Entity]], golds: Sequence[Sequence[En
         raise ValueError(f"sentences must have one entry per post: got {len(sentences)} sentences "
                          f"for {len(golds)} posts")
     totals = {t: [0, 0, 0] for t in TASKS}
-    n_count = n_count_pred = 0
+    n_count = n_count_pred = n_dropped = 0
     posts = [] if per_post else None
     for k in range(len(golds)):
         sentence = sentences[k] if sentences is not None else None
         pred = preds[k]
-        c = post_counts(pred, golds[k], sentence, pairs=per_post)
+        c = post_counts(pred, golds[k], sentence, pairs=per_post, protocol=protocol)
+        n_dropped += c.get("hindex_dropped", 0)
         for t in TASKS:
             tt, ct = totals[t], c[t]
             tt[0] += ct["correct"]
@@ -281,10 +349,13 @@ def gmner_metrics(preds: Sequence[Sequence[Entity]], golds: Sequence[Sequence[En
             tt[2] += ct["gold"]
         if sentence is not None:
             n_count += c["n_count"]
-            n_count_pred += len(pred)
+            n_count_pred += len(pred) - c.get("hindex_dropped", 0)
         if posts is not None:
             posts.append(c)
     out: Dict[str, Any] = {t: prf(*totals[t]) for t in TASKS}
+    out["protocol"] = protocol
+    if protocol == "hindex":
+        out["hindex_dropped_predictions"] = n_dropped
     if sentences is not None:
         out["n_count"] = n_count
         out["n_rate"] = n_count / n_count_pred if n_count_pred else 0.0
@@ -406,7 +477,8 @@ def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]
                  threshold: float = IOU_THRESHOLD) -> Dict[str, Any]:
     """GREC N-acc and Precision (App. E.3 "VG", Eq. 25; He et al. 2023), one entry per sample.
 
-    ``pred_boxes[k]``: the boxes the answer for sample k gives (empty: location None);
+    ``pred_boxes[k]``: the boxes the answer for sample k gives (empty: location None; None: no
+    answer at all, e.g. a sample missing from the result file -- wrong in both ratios);
     ``gold_boxes[k]``: its target box, or None for a no-target sample (multi-target samples are
     removed before, App. E.1).
 
@@ -426,10 +498,10 @@ def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]
     for boxes, gold in zip(pred_boxes, gold_boxes):
         if gold is None:
             nt += 1
-            nt_ok += not boxes
+            nt_ok += boxes is not None and not boxes
         else:
             ot += 1
-            ot_ok += len(boxes) == 1 and iou(boxes[0], gold) >= threshold
+            ot_ok += boxes is not None and len(boxes) == 1 and iou(boxes[0], gold) >= threshold
     return {"n_acc": nt_ok / nt if nt else 0.0, "precision": ot_ok / ot if ot else 0.0,
             "no_target": {"correct": nt_ok, "total": nt}, "one_target": {"correct": ot_ok, "total": ot},
             "samples": len(gold_boxes)}

@@ -173,6 +173,11 @@ def bio_entities(tokens: List[str], tags: List[str], problem: Callable[[str, str
 def image_path(name: str, image_dir: Path, twitter2017_dir: Optional[Path]) -> Path:
     """Where an image of the release lies: ``twitter2017-X.jpg`` is ``X.jpg`` in the Twitter-2017
     folder (as the release's loader resolves it) when that folder is given, else ``image_dir/name``."""
+    from .files import plain_name
+    try:  # a name from the release must not lead outside the image folders
+        plain_name(name, "image name")
+    except ValueError as e:
+        raise FileNotFoundError(str(e)) from None
     if twitter2017_dir is not None and name.startswith(TWITTER2017_PREFIX):
         return twitter2017_dir / name[len(TWITTER2017_PREFIX):]
     return image_dir / name

@@ -30,7 +30,6 @@ import functools
 import hashlib
 import html
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .coords import CoordinateSpace, add_space_args, space_from_args
+from .jsonl import atomic_open, write_json_atomic, write_text_atomic
 from .metrics import location_correct, normalize_text, post_counts
 from .types import Entity
 
@@ -99,19 +99,23 @@ def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,
     """The posts of a result file, each with its gold row's image, size, sentence, gold and prediction.
 
     Each row goes through `mcr_swift.evaluate.collect` (so predictions are parsed and mapped exactly
-    as ``mcr-swift evaluate`` does); rows with no gold row are counted in ``unmatched_rows``.
+    as ``mcr-swift evaluate`` does); rows with no gold row are counted in ``unmatched_rows``. As in
+    ``evaluate``, a second row for a post is an error, and each gold post of ``gold_path`` without a
+    row is a post with no prediction (counted in ``missing_posts``).
     """
     from tqdm import tqdm
 
-    from .evaluate import GoldIndex, _image_paths, _read_jsonl, collect
+    from .evaluate import GoldIndex, _image_paths, _read_jsonl, collect, missing_gold_rows
     from .rows import GOLD_COLUMN, SIZES_COLUMN
     path = Path(path)
     space = space or CoordinateSpace.from_env()
     gold = GoldIndex(_read_jsonl(Path(gold_path), progress), str(gold_path)) if gold_path else None
     rows = _read_jsonl(path, progress)
+    missing = missing_gold_rows(rows, gold, str(path))
     posts: List[Post] = []
-    info = {"rows": len(rows), "unmatched_rows": 0, "parse_failures": 0, "dropped_items": 0}
-    for row in tqdm(rows, desc="score posts", unit="post", disable=not progress):
+    info = {"rows": len(rows), "unmatched_rows": 0, "parse_failures": 0, "dropped_items": 0,
+            "missing_posts": len(missing)}
+    for row in tqdm(rows + missing, desc="score posts", unit="post", disable=not progress):
         c = collect([row], gold, space, str(path), entities_space)
         if not c["golds"]:
             info["unmatched_rows"] += 1
@@ -125,7 +129,9 @@ def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,
         if image_dir is not None:
             image = str(Path(image_dir) / (Path(image).name if image else f"{pid}.jpg"))
         sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
-        posts.append(Post(index=len(posts), id=pid, where=f"{path}:{row['_line']}", image=image,
+        where = (f"{row['_source']}:{row['_line']} (no prediction row)" if row.get("_missing")
+                 else f"{path}:{row['_line']}")
+        posts.append(Post(index=len(posts), id=pid, where=where, image=image,
                           size=tuple(sizes[0]) if sizes else None, sentence=c["sentences"][0],
                           gold=c["golds"][0], pred=c["preds"][0], parse_failed=bool(c["parse_failures"])))
     return posts, info
@@ -250,20 +256,26 @@ def _font(size: int):
 
 
 def open_image(post: Post, allow_missing: bool):
-    """The post's image as RGB, or (``allow_missing``) a grey placeholder; returns (image, missing).
-    Raises FileNotFoundError naming the result row otherwise."""
+    """The post's image as RGB; returns (image, problem): problem is None, "missing" (with
+    ``allow_missing``: a grey placeholder) or "unreadable: <reason>" (a file that is not a decodable
+    image: always a placeholder saying so, so one bad file does not stop the other posts). Raises
+    FileNotFoundError naming the result row for a missing image without ``allow_missing``."""
     from PIL import Image, ImageDraw
+    what = None
     if post.image and Path(post.image).is_file():
-        with Image.open(post.image) as im:
-            return im.convert("RGB"), False
-    if not allow_missing:
+        try:
+            with Image.open(post.image) as im:
+                return im.convert("RGB"), None
+        except Exception as e:  # not an image, truncated, unsupported format
+            what = f"unreadable: {' '.join(str(e).split())}"
+    elif not allow_missing:
         what = f"image {post.image} not found" if post.image else "the row names no image"
         raise FileNotFoundError(f"{post.where}: post {post.id}: {what}; pass --image-dir DIR or "
                                 f"--allow-missing-images (draws a placeholder)")
     im = Image.new("RGB", tuple(post.size or PLACEHOLDER_SIZE), (200, 200, 200))
-    ImageDraw.Draw(im).text((10, 10), f"image missing: {post.image or '(none named)'}", fill=(60, 60, 60),
-                            font=_font(max(12, im.width // 40)))
-    return im, True
+    label = f"image {what}" if what else f"image missing: {post.image or '(none named)'}"
+    ImageDraw.Draw(im).text((10, 10), label[:120], fill=(60, 60, 60), font=_font(max(12, im.width // 40)))
+    return im, what or "missing"
 
 
 def _char_spans(sentence: str, entities: Sequence[Entity]) -> List[Tuple[int, int]]:
@@ -409,9 +421,11 @@ def _digest(post: Post, width: int, missing: bool) -> str:
 def render_pictures(posts: Sequence[Post], out_dir, width: int = DEFAULT_WIDTH, allow_missing: bool = False,
                     progress: bool = False) -> Tuple[Dict[int, str], Dict[str, int]]:
     """Write one PNG per post under ``out_dir/posts``; returns ({post index: path relative to
-    out_dir}, {"drawn", "reused", "missing_images"}). A picture whose inputs are unchanged is reused
-    (its name carries a digest of them), so an interrupted run resumes. Missing images raise before
-    anything is drawn unless ``allow_missing``."""
+    out_dir}, {"drawn", "reused", "missing_images", "unreadable_images"}). A picture whose inputs are
+    unchanged is reused (its name carries a digest of them), so an interrupted run resumes. Missing
+    images raise before anything is drawn unless ``allow_missing``; an image file that cannot be
+    decoded is reported on stderr, drawn as a placeholder and counted, and the other posts go on.
+    Each PNG is written atomically (`jsonl.atomic_open`)."""
     from tqdm import tqdm
     out_dir = Path(out_dir)
     missing = {p.index for p in posts if not (p.image and Path(p.image).is_file())}
@@ -420,7 +434,7 @@ def render_pictures(posts: Sequence[Post], out_dir, width: int = DEFAULT_WIDTH, 
         open_image(first, False)  # raises with the row named
     (out_dir / "posts").mkdir(parents=True, exist_ok=True)
     rel: Dict[int, str] = {}
-    counts = {"drawn": 0, "reused": 0, "missing_images": len(missing)}
+    counts = {"drawn": 0, "reused": 0, "missing_images": len(missing), "unreadable_images": 0}
     for post in tqdm(posts, desc="pictures", unit="post", disable=not progress):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", post.id)[:60]
         name = f"posts/{post.index:05d}_{safe}_{_digest(post, width, post.index in missing)}.png"
@@ -429,10 +443,13 @@ def render_pictures(posts: Sequence[Post], out_dir, width: int = DEFAULT_WIDTH, 
         if target.is_file():
             counts["reused"] += 1
             continue
-        image, _ = open_image(post, allow_missing)
-        tmp = target.with_name(target.name + ".tmp")
-        draw_post(post, image, width).save(tmp, format="PNG")
-        os.replace(tmp, target)
+        image, problem = open_image(post, allow_missing)
+        if problem and problem.startswith("unreadable"):
+            counts["unreadable_images"] += 1
+            print(f"{post.where}: post {post.id}: image {post.image} {problem}; drawn as a placeholder",
+                  file=sys.stderr)
+        with atomic_open(target, "wb") as f:
+            draw_post(post, image, width).save(f, format="PNG")
         counts["drawn"] += 1
     return rel, counts
 
@@ -552,14 +569,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"Boxes and underlines: <span class=\"gold\">gold</span> (thick, labels above), "
             f"<span class=\"pred\">prediction</span> (thin, labels below).</p>")
     cards = "\n".join(post_card(q, rel[q.index], a.width) for q in chosen)
-    (out / "index.html").write_text(html_page(f"pictures: {Path(a.result).name}", head + cards), encoding="utf-8")
+    write_text_atomic(out / "index.html", html_page(f"pictures: {Path(a.result).name}", head + cards))
     summary = {"file": str(a.result), "out": str(out), "filter": a.only, "posts": len(posts),
                "selected": len(chosen), "matching": n_match, **counts, **info,
                "pictures": [{"id": q.id, "where": q.where, "picture": rel[q.index], "error": q.analysis["error"],
                              "textual": len(q.analysis["textual"]), "visual": len(q.analysis["visual"])}
                             for q in chosen]}
-    (out / "pictures.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_json_atomic(out / "pictures.json", summary)
     print(f"{len(chosen)} of {len(posts)} posts ({a.only}): {counts['drawn']} drawn, {counts['reused']} reused, "
-          f"{counts['missing_images']} missing images (placeholders); {info['unmatched_rows']} rows without gold, "
+          f"{counts['missing_images']} missing and {counts['unreadable_images']} unreadable images (placeholders); "
+          f"{info['missing_posts']} gold posts without a row; {info['unmatched_rows']} rows without gold, "
           f"{info['parse_failures']} unparsed responses\npage: {out / 'index.html'}")
     return 0

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
-from .jsonl import iter_jsonl, write_jsonl_atomic
+from .jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
            "LocalBackend", "ApiBackend", "predict_posts", "describe_space",
@@ -379,7 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_jsonl_atomic(out, records)
     summary = {**counts, "backend": backend.info, "space": describe_space(space), "prompt": a.prompt,
                "input": a.input, "out": str(out), "cache": str(cache)}
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     print(f"mcr-swift predict: {counts['posts']} posts, {counts['answered']} answered "
           f"({counts['parse_failures']} unparseable, raw text kept), {counts['image_errors']} image errors, "
           f"{counts['request_errors']} request errors, {counts['entities']} entities -> {out}", file=sys.stderr)

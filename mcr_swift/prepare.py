@@ -29,6 +29,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import grec as grec_mod
 from . import mner_mi as mner_mod
+from .files import VERIFY_MODES, plain_name
+from .jsonl import write_json_atomic, write_jsonl_atomic
 from .rows import sample_to_row
 from .standin import DEFAULT_SIZE, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
@@ -40,13 +42,9 @@ DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", m
 
 
 def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool) -> None:
-    """Write JSON lines to a temporary name, renamed into place when complete."""
+    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`)."""
     from tqdm import tqdm
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(path, tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"))
 
 
 def write_named_standins(images: Mapping[str, Tuple[Tuple[int, int], Sequence[Box]]], out_dir,
@@ -63,15 +61,24 @@ def write_named_standins(images: Mapping[str, Tuple[Tuple[int, int], Sequence[Bo
 
 
 def _summary(out: Path, summary: Dict[str, Dict]) -> Dict[str, Dict]:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
 def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, image_dir=None,
                           standin_dir=None, limit: Optional[int] = None, on_error: str = "raise",
-                          family: str = "qwen2_5_vl", multi_box: str = "largest",
-                          progress: bool = True) -> Dict[str, Dict]:
-    """Prepare ``splits`` of the release at ``root``; returns the per-split summary."""
+                          family: str = "qwen2_5_vl", multi_box: str = "largest", tags: str = "conlleval",
+                          verify_images: str = "full", progress: bool = True) -> Dict[str, Dict]:
+    """Prepare ``splits`` of the release at ``root``; returns the per-split summary.
+
+    ``tags``: how BIO tags are read (`twitter.TAG_MODES`); ``verify_images``: "full" decodes every
+    image (a truncated JPEG is refused; about 5 ms an image) or "header". Refused images (missing or
+    unreadable) stop the run, or with ``on_error="skip"`` are skipped and counted in the summary's
+    ``refused_images``."""
+    if verify_images not in VERIFY_MODES:
+        raise ValueError(f"verify_images must be one of {VERIFY_MODES}, got {verify_images!r}")
+    for split in splits:
+        plain_name(split, "split")  # names <out>/twitter_gmner/<split>.jsonl
     if image_dir is None and standin_dir is None:
         raise ValueError("give the folder of the tweet images (image_dir) or a folder for "
                          "stand-in images (standin_dir)")
@@ -81,18 +88,21 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
     for split in splits:
         if standin_dir is not None:
             # Sizes from the xml; then the stand-ins are the images.
-            pre = load_twitter_gmner(root, split, on_error=on_error, limit=limit)
+            pre = load_twitter_gmner(root, split, on_error=on_error, limit=limit, tags=tags)
             write_standin_images(pre, standin_dir, progress=progress)
             images = standin_dir
         else:
             images = image_dir
-        samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit)
+        samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit,
+                                     tags=tags, verify_images=verify_images == "full")
         path = out / f"{split}.jsonl"
         _write_rows(path, (sample_to_row(s, family=family, multi_box=multi_box) for s in samples),
                     len(samples), f"prepare {split}", progress)
         rep = samples.report
         summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
-                          "unmatched_names": len(rep.unmatched_names)}
+                          "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,
+                          "refused_images": rep.skipped["posts with a missing image"]
+                          + rep.skipped["posts with an unreadable image"]}
         print(f"[prepare] {rep.summary()} -> {path}", file=sys.stderr)
     return _summary(out, summary)
 
@@ -188,6 +198,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="model family whose box format the instruction describes")
     p.add_argument("--multi-box", choices=["largest", "first"], default="largest",
                    help="which gold box a multi-box entity's training target writes")
+    tw = p.add_argument_group("twitter_gmner")
+    tw.add_argument("--tags", choices=["conlleval", "strict"], default="conlleval",
+                    help="conlleval (default): an I- tag after O or another type begins an entity (counted "
+                         "as a repair); strict: such a tag is malformed input (see --on-error)")
+    tw.add_argument("--verify-images", choices=list(VERIFY_MODES), default="full",
+                    help="full (default): decode every image, refusing truncated ones; header: read the "
+                         "header only (faster)")
     mm = p.add_argument_group("mner_mi")
     mm.add_argument("--variant", choices=sorted(mner_mod.VARIANTS), default="mi",
                     help="mi: MNER-MI (MNER-MI_*.txt), plus: MNER-MI-Plus (MNER-UNI_*.txt)")
@@ -206,6 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     splits = a.splits or list(DATASETS[a.dataset][1])
+    for split in splits:
+        plain_name(split, "--splits value")  # each names <out>/<dataset>/<split>.jsonl
     common = dict(splits=splits, image_dir=a.image_dir, standin_dir=a.standin_images, limit=a.limit,
                   on_error=a.on_error, progress=not a.no_progress)
     if a.dataset == "mner_mi":
@@ -216,8 +235,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                train_size=a.train_size or None, seed=a.seed, text_field=a.text_field,
                                entity_type=a.grec_type, family=a.family, **common)
     else:
-        summary = prepare_twitter_gmner(a.root, a.out, family=a.family, multi_box=a.multi_box, **common)
-    keys = ("rows", "entities", "located_entities", "skipped", "unmatched_names", "images", "no_target",
+        summary = prepare_twitter_gmner(a.root, a.out, family=a.family, multi_box=a.multi_box, tags=a.tags,
+                                        verify_images=a.verify_images, **common)
+    keys = ("rows", "entities", "located_entities", "skipped", "repaired", "refused_images", "unmatched_names",
+            "images", "no_target",
             "one_target", "removed_multi_target_refs", "removed_multi_target_sentences")
     print(json.dumps({k: {kk: v[kk] for kk in keys if kk in v} for k, v in summary.items()}))
     return 0

@@ -38,6 +38,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from .jsonl import write_json_atomic, write_text_atomic
+
 #: swift sub-command -> ms-swift argument class that `swift <cmd>` parses (swift/pipelines).
 ARG_CLASSES = {"sft": "SftArguments", "rlhf": "RLHFArguments"}
 
@@ -115,7 +117,7 @@ def write_last_checkpoint(output_dir: Path, checkpoint: Optional[Path] = None) -
         raise FileNotFoundError(f"{checkpoint}: not a folder")
     target = Path(output_dir) / "last_checkpoint.txt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(f"{checkpoint}\n")
+    write_text_atomic(target, f"{checkpoint}\n")
     return target
 
 
@@ -196,7 +198,7 @@ def dry_run(command: str, argv: Sequence[str], world_size: Optional[int] = None)
     # trainer derives from it are added under one key so the drift test can check them.
     saved = json.loads(path.read_text())
     saved["mcr_resolved"] = resolved
-    path.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
+    write_json_atomic(path, saved, indent=2, ensure_ascii=False)
     print(f"[swift_args] {command}: args.json -> {path}")
     return path
 

@@ -28,6 +28,10 @@ the ``<answer>`` part alone as target) and written beside it as ``<split>_answer
 A prepared ``.jsonl`` file can also be passed directly as ``--dataset path/to/train.jsonl``.
 
 Every line is checked before ms-swift sees it; a bad line raises an error naming the file and line.
+Every image a registered dataset names must exist and be an image (its header is read): otherwise
+the loader stops with ``<file>:<line>: missing image <path>`` (or ``unreadable image``) before
+training starts -- ms-swift itself would log the error and silently train on another row.
+``MCR_VERIFY_IMAGES=full`` decodes every image instead (finds truncated files; slower).
 """
 from __future__ import annotations
 
@@ -63,12 +67,20 @@ def plugin_path() -> str:
     return str(Path(__file__).resolve().parent / "_plugin" / "mcr_swift_plugin.py")
 
 
-def validate_jsonl(path: Path) -> int:
-    """Check that every line of a prepared file is a row ms-swift can train on; returns the count.
+def _image_path(im) -> str:
+    return str(im.get("path") or "") if isinstance(im, dict) else str(im)
 
-    Raises ValueError naming ``file:line`` and the field at fault.
+
+def validate_jsonl(path: Path, check_images: bool = False, full: bool = False) -> int:
+    """Check that every line of a prepared file is a row ms-swift can train on; returns the count.
+    With ``check_images`` every local image must exist and be an image (``full``: decode it all);
+    relative paths are taken from the current folder, as ms-swift does; URLs are not checked.
+
+    Raises ValueError naming ``file:line`` and the field (or image) at fault.
     """
+    from .files import BadImage, check_image
     n = 0
+    checked: Dict[str, None] = {}
     for no, row, _ in iter_jsonl(path):
         msgs = row.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
@@ -81,6 +93,15 @@ def validate_jsonl(path: Path) -> int:
         n_tags = sum(str(m["content"]).count("<image>") for m in msgs)
         if n_tags != len(images):
             raise ValueError(f"{path}:{no}: {n_tags} <image> tags but {len(images)} images")
+        for im in images if check_images else ():
+            p = _image_path(im)
+            if p.startswith(("http://", "https://", "data:")) or p in checked:
+                continue
+            try:
+                check_image(p, full=full)
+            except BadImage as e:
+                raise ValueError(f"{path}:{no}: {e}") from None
+            checked[p] = None
         objects = row.get("objects")
         if objects:
             n_box = sum(str(m["content"]).count("<bbox>") for m in msgs)
@@ -146,7 +167,8 @@ def _make_loader_class():
                     raise FileNotFoundError(
                         f"{path}: not prepared. Run `mcr-swift prepare` (or set MCR_DATA_DIR to the "
                         f"folder it wrote) before using --dataset {name}:{subset}")
-                validate_jsonl(path)
+                validate_jsonl(path, check_images=True,
+                               full=os.environ.get("MCR_VERIFY_IMAGES", "header").strip().lower() == "full")
                 datasets.append(self._load_dataset_path(str(path), dataset_meta=dataset_meta))
             return self.concat_datasets(datasets)
 

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .jsonl import write_json_atomic, write_text_atomic
 from .recipe_args import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
@@ -319,9 +320,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         r = collect_report(run)
         r["table_row"] = variant_row(r)
         rows.append(r["table_row"])
-        _write_atomic(run / "report.json", json.dumps(r, indent=1, default=str))
+        write_json_atomic(run / "report.json", r, default=str)
         md = render_markdown(r) + "\n\n" + render_variant_table([r["table_row"]])
-        _write_atomic(run / "report.md", md + "\n")
+        write_text_atomic(run / "report.md", md + "\n")
         if len(runs) == 1:
             print(md)
         print(f"report: {run / 'report.md'}", file=sys.stderr)
@@ -330,16 +331,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if len(runs) > 1:
             print(table)
         if a.out:
-            _write_atomic(Path(a.out), table + "\n")
+            write_text_atomic(Path(a.out), table + "\n")
             print(f"table: {a.out}", file=sys.stderr)
     return 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
+from .jsonl import write_text_atomic
+
 #: Environment variables that set the image resolution (`mcr_swift.coords.CoordinateSpace.from_env`).
 RESIZE_VARS = ("MCR_MODEL_FAMILY", "MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM",
                "MCR_TEMPLATE_MAX_PIXELS")
@@ -48,7 +50,7 @@ def start(deploy_args: List[str], log: Path, pid_file: Path, timeout: float = 90
         f.flush()
         proc = subprocess.Popen([swift, "deploy", *deploy_args, "--host", "127.0.0.1", "--port", str(port)],
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    pid_file.write_text(str(proc.pid))
+    write_text_atomic(pid_file, str(proc.pid))
     t = time.time()
     while time.time() - t < timeout:
         if proc.poll() is not None:

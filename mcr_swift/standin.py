@@ -10,6 +10,8 @@ import hashlib
 from pathlib import Path
 from typing import Iterable, Tuple
 
+from .files import plain_name
+from .jsonl import atomic_open
 from .types import Sample
 
 DEFAULT_SIZE: Tuple[int, int] = (640, 480)
@@ -22,7 +24,7 @@ def _colour(key: str, salt: str = "") -> Tuple[int, int, int]:
 
 def write_standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE) -> Path:
     from PIL import Image, ImageDraw
-    path = Path(out_dir) / f"{sample.id}.jpg"
+    path = Path(out_dir) / f"{plain_name(sample.id, 'post id')}.jpg"  # never outside out_dir
     if path.is_file():
         return path
     size = sample.image_size or default_size
@@ -31,9 +33,8 @@ def write_standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE
     for e in sample.entities:
         for b in e.boxes:
             draw.rectangle(b, outline=_colour(e.text, "box"), width=max(1, min(size) // 100))
-    tmp = path.with_suffix(".tmp.jpg")
-    img.save(tmp, quality=85)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="JPEG", quality=85)
     return path
 
 

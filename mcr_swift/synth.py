@@ -40,7 +40,6 @@ when every request has an answer; otherwise the command exits 3 and tells to re-
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -51,8 +50,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
-from .jsonl import iter_jsonl, write_jsonl_atomic
-from .rows import GOLD_COLUMN, SIZES_COLUMN, TASKS, gold_from_row, row_task
+from .jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from .rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row, row_task
 from .styles import TEMPLATE_STYLES, template_chain
 from .types import Box, Entity, Sample
 
@@ -395,7 +394,8 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
             c["produced"] += 1
             by_task[tasks[i]][style] += 1
             continue
-        value = cache.get(keys[(i, style)])
+        # no key: a Ctrl-C stopped the run before this style's requests were planned
+        value = cache.get(keys[(i, style)]) if (i, style) in keys else None
         if value is None:
             c["missing"] += 1
             continue
@@ -433,7 +433,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     if complete:
         write_jsonl_atomic(out, produced)
         write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), rejected)
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     return summary
 
 

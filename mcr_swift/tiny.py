@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Optional, Union
 
+from .jsonl import write_json_atomic
+
 #: Qwen2.5-VL's chat template (ChatML with <|vision_start|><|image_pad|><|vision_end|> per image),
 #: saved beside the processor so that HF-native and vLLM inference format prompts like ms-swift.
 CHAT_TEMPLATE = (
@@ -101,8 +103,8 @@ def build_tiny_qwen25vl(out_dir: Union[str, os.PathLike], *, seed: int = 0, hidd
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    marker.write_text(json.dumps({"seed": seed, "hidden": hidden, "layers": layers,
-                                  "parameters": n_params, "family": "qwen2_5_vl"}, indent=1))
+    write_json_atomic(marker, {"seed": seed, "hidden": hidden, "layers": layers,
+                               "parameters": n_params, "family": "qwen2_5_vl"})
     return out
 
 

@@ -18,12 +18,20 @@ problem                raise message names                                      
 =====================  =======================================================  ===============
 line without a tab     file:line                                                 the token
 unknown tag            file:line                                                 token (as O)
-I- tag with no B-      file:line (I- after O, or after another type)             token (as O)
+I- tag with no B-      file:line (only with ``tags="strict"``)                   token (as O)
 post without IMGID     file:line                                                 the post
+IMGID not a plain name file:line (e.g. ``../../x``: would leave the xml/image     the post
+                       folders)
 unreadable xml         xml file                                                  the post
 box with x2<=x1/y2<=y1 xml file, object index                                    that box
 missing image          image path (only when ``image_dir`` is given)             the post
+unreadable image       image path (header; every pixel with ``verify_images``)   the post
 =====================  =======================================================  ===============
+
+BIO tags are read the conlleval way by default (``tags="conlleval"``): an I- tag after O, or after
+an entity of another type, begins a new entity (its label is rewritten to B-), counted in the
+report's ``repaired["I- tags beginning an entity (conlleval)"]``. The original v1 release has such
+tags (e.g. train.txt line 79054); ``tags="strict"`` treats them as the malformed input above.
 
 Never an error, always counted: xml ``<name>``s that match no entity of the post (the v1 release has
 such), boxes reaching outside the image (clamped), xml size differing from the real image (boxes
@@ -39,10 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from .files import BadImage, check_image, plain_name
 from .types import ENTITY_TYPES, Entity, Sample
 
 SPLITS = ("train", "dev", "test")
 ON_ERROR = ("raise", "skip")
+#: How an I- tag that does not continue an entity of its type is read: "conlleval" (begins a new
+#: entity, counted as a repair; the conlleval script's rule) or "strict" (malformed input).
+TAG_MODES = ("conlleval", "strict")
+CONLLEVAL_REPAIR = "I- tags beginning an entity (conlleval)"
 
 
 class GMNERFormatError(ValueError):
@@ -92,10 +105,14 @@ class SampleList(list):
 
 
 class _Reader:
-    def __init__(self, root: Path, image_dir: Optional[Path], on_error: str, report: ReadReport):
+    def __init__(self, root: Path, image_dir: Optional[Path], on_error: str, report: ReadReport,
+                 tags: str = "conlleval"):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if tags not in TAG_MODES:
+            raise ValueError(f"tags must be one of {TAG_MODES}, got {tags!r}")
         self.root, self.image_dir, self.on_error, self.report = root, image_dir, on_error, report
+        self.tags, self.verify_images = tags, False
 
     def problem(self, kind: str, message: str) -> None:
         """Raise, or count the skip (the caller then skips the unit)."""
@@ -109,8 +126,13 @@ class _Reader:
         """Yield (imgid, first line number, [(token, tag, line_no)]) per post."""
         imgid, start, rows = None, 0, []
         bad_post = False
-        with open(txt, encoding="utf-8") as f:
-            for no, raw in enumerate(f, 1):
+        with open(txt, "rb") as f:
+            for no, raw_bytes in enumerate(f, 1):
+                try:
+                    raw = raw_bytes.decode("utf-8")
+                except UnicodeDecodeError as e:  # not a skippable unit: the file is not the release's text
+                    raise GMNERFormatError(f"{txt}:{no}: not UTF-8 text (byte 0x{raw_bytes[e.start]:02x} at "
+                                           f"column {e.start + 1})") from None
                 line = raw.rstrip("\r\n")
                 if not line.strip():
                     if imgid is not None and not bad_post:
@@ -124,6 +146,12 @@ class _Reader:
                     if not imgid:
                         self.problem("posts without IMGID", f"{txt}:{no}: empty IMGID")
                         bad_post = True
+                    else:
+                        try:  # the id names <id>.xml and <id>.jpg: it must not leave those folders
+                            plain_name(imgid, "IMGID")
+                        except ValueError as e:
+                            self.problem("posts with an IMGID that is not a plain file name", f"{txt}:{no}: {e}")
+                            bad_post = True
                     continue
                 if imgid is None:
                     if not bad_post:
@@ -156,6 +184,12 @@ class _Reader:
                 labels.append("O")
                 cur = None
                 continue
+            if prefix == "I" and (cur is None or cur[1] != etype) and self.tags == "conlleval":
+                # conlleval: an I- after O or after another type begins a new entity.
+                self.report.repaired[CONLLEVAL_REPAIR] += 1
+                after = "after O" if cur is None else f"after {cur[1]}"
+                self.report.note(f"{txt}:{no}: tag {tag} {after} read as B-{etype}")
+                prefix, tag = "B", f"B-{etype}"
             if prefix == "B":
                 cur = [[token], etype]
                 entities.append(cur)
@@ -221,33 +255,35 @@ class _Reader:
             self.problem("posts with a missing image", f"{path}: image of post {imgid} not found")
             return False
         try:
-            from PIL import Image
-            with Image.open(path) as im:
-                size = im.size
-        except Exception as e:
-            self.problem("posts with an unreadable image", f"{path}: unreadable image: {e}")
+            size = check_image(path, full=self.verify_images)
+        except BadImage as e:
+            self.problem("posts with an unreadable image", str(e))
             return False
         return str(path), size
 
 
 def load_twitter_gmner(root: Union[str, os.PathLike], split: str, image_dir=None, *,
-                       on_error: str = "raise", limit: Optional[int] = None) -> SampleList:
+                       on_error: str = "raise", limit: Optional[int] = None, tags: str = "conlleval",
+                       verify_images: bool = False) -> SampleList:
     """Read one split of Twitter-GMNER into a list of `Sample` (boxes in original-image pixels).
 
     ``root`` holds ``txt/`` and ``xml/``; ``split`` is train, dev or test (or the stem of any
     ``txt/<split>.txt``); ``image_dir`` is the folder of ``<IMGID>.jpg`` images: when given, each
     image must exist (its real size is used), otherwise ``images`` holds the bare file name and
     the size comes from the xml (None for posts without xml). ``on_error="skip"`` skips malformed
-    units instead of raising; ``limit`` stops after that many posts. The result is a list with a
-    `ReadReport` in ``.report``.
+    units instead of raising; ``limit`` stops after that many posts. ``tags``: "conlleval"
+    (default) or "strict", how an I- tag that continues no entity of its type is read (module
+    docstring). ``verify_images``: decode every image fully (a truncated JPEG is then refused as
+    unreadable), not only its header. The result is a list with a `ReadReport` in ``.report``.
     """
     root = Path(root)
-    txt = root / "txt" / f"{split}.txt"
+    txt = root / "txt" / f"{plain_name(split, 'split')}.txt"
     if not txt.is_file():
         raise FileNotFoundError(f"{txt}: no such split file (expected {root}/txt/<split>.txt, "
                                 f"splits: {', '.join(SPLITS)})")
     report = ReadReport(split=split)
-    reader = _Reader(root, None if image_dir is None else Path(image_dir), on_error, report)
+    reader = _Reader(root, None if image_dir is None else Path(image_dir), on_error, report, tags)
+    reader.verify_images = verify_images
     out = SampleList()
     seen_ids = set()
     for imgid, start, rows in reader.posts(txt):

@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 class FakeOpenAI:
-    """``answer(body) -> list of texts`` (one per choice) or ``(status, message)`` for an error.
+    """``answer(body) -> list of texts`` (one per choice; None: ``content: null``), ``(status, message)``
+    for an error, or a dict sent as the whole 200 body.
 
     ``fail_first`` makes the first N chat requests answer ``fail_status``; ``delay`` holds every
     chat request that long (so concurrent requests overlap and ``peak`` measures them).
@@ -76,6 +77,8 @@ class FakeOpenAI:
             out = self.answer(body)
             if isinstance(out, tuple):
                 return out[0], {"error": {"message": out[1]}}
+            if isinstance(out, dict):  # a raw 200 body (e.g. one without "choices")
+                return 200, out
             choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
                        for i, t in enumerate(out)]
             return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,

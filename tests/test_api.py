@@ -121,6 +121,40 @@ def test_retries_are_counted_through_stats(tmp_path):
         assert (st.done, st.retries, st.failed) == (2, 3, 0)
 
 
+@pytest.mark.parametrize("empty", [
+    {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model"},  # no "choices"
+    {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model", "choices": []},
+    [None],  # "content": null
+])
+def test_a_200_answer_without_an_answer_is_a_failed_request(tmp_path, empty):
+    calls = []
+
+    def answer(body):
+        calls.append(1)
+        return empty if len(calls) <= 2 else ["real"]  # two empty answers, then a real one
+    with FakeOpenAI(answer) as fake:
+        ep = Endpoint(fake.base_url, "fake-model")
+        cache = ResultCache(tmp_path / "c.jsonl")
+        work = lambda i, st: chat(ep, [{"role": "user", "content": str(i)}], retry=RetryPolicy(5, 0.01, 0.01),
+                                  on_retry=st.note_retry)
+        st = RunStats()
+        run_jobs([("a", 1)], lambda i: work(i, st), cache, progress=False, stats=st)
+        assert (st.done, st.failed, st.retries, st.empty_answers) == (1, 0, 2, 2)
+        assert cache.get("a")["texts"] == ["real"]  # retried until a real answer
+        # only empty answers: the request fails, is counted, and nothing is cached; a rerun asks again
+        st = RunStats()
+        never = lambda i: chat(ep, [{"role": "user", "content": str(i)}], retry=RetryPolicy(1, 0.01, 0.01),
+                               on_retry=st.note_retry)
+        fake.answer = lambda b: empty
+        run_jobs([("b", 2)], never, cache, progress=False, stats=st)
+        assert (st.done, st.failed, st.retries, st.empty_answers) == (0, 1, 1, 2)
+        assert "b" not in cache and "HTTP 200 without an answer" in st.errors[0]
+        assert "b" not in ResultCache(tmp_path / "c.jsonl")
+        n_before = len(fake.requests)
+        run_jobs([("b", 2)], never, cache, progress=False, stats=RunStats())
+        assert len(fake.requests) == n_before + 2  # asked again (first try + 1 retry)
+
+
 def test_messages_with_inline_images(tmp_path):
     p = tmp_path / "a.png"
     Image.new("RGB", (4, 3), (255, 0, 0)).save(p)

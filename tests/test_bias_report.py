@@ -48,7 +48,7 @@ def test_hand_checked_numbers(tmp_path):
     assert [w["id"] for w in rep["worst"]["textual"]] == ["p1"]
     assert [w["id"] for w in rep["worst"]["visual"]] == ["p3"]
     assert rep["worst"]["visual"][0]["visual"] == ["Barcelona"]
-    assert rep["pictures"] == {"drawn": 2, "reused": 0, "missing_images": 0}
+    assert rep["pictures"] == {"drawn": 2, "reused": 0, "missing_images": 0, "unreadable_images": 0}
     full = report(str(path), "--out", str(tmp_path / "r2"))
     assert [w["id"] for w in full["worst"]["textual"]] == ["p1", "p3"]
     assert [w["id"] for w in full["worst"]["visual"]] == ["p3", "p1"]

@@ -67,7 +67,8 @@ def test_swift_infer_output_is_scored(tiny_model, prepared, tmp_path):
     out = evaluate(str(result), "--gold", str(prepared / "twitter_gmner" / "test.jsonl"),
                    "--json-out", str(tmp_path / "r.json"), env={"MAX_PIXELS": str(TINY_MAX_PIXELS)})
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["posts"] == 6 and rep["unmatched_rows"] == 0
+    # every gold post is scored: the 18 posts not inferred count as all-missed
+    assert rep["posts"] == 24 and rep["missing_posts"] == 18 and rep["unmatched_rows"] == 0
     assert rep["metrics"]["gmner"]["gold"] > 0
     assert "infer.jsonl" in out and "responses failed to parse" in out
 
@@ -93,3 +94,73 @@ def test_perturbed_test_split_through_the_command(data_v2, tmp_path):
     assert m["gmner"]["predicted"] == m["gmner"]["gold"] == 2543
     assert m["n_count"] == 254 and m["n_rate"] == pytest.approx(254 / 2543)
     assert "75.9" in out.splitlines()[2] and "0 of 1500 responses failed to parse" in out
+
+
+def _perfect_rows(prepared):
+    rows = [json.loads(l) for l in (prepared / "twitter_gmner" / "test.jsonl").read_text().splitlines()]
+    space = CoordinateSpace("qwen2_5_vl", max_pixels=TINY_MAX_PIXELS)
+    return rows, [{"id": r["mcr_id"], "response": answer_for(gold_from_row(r), space, tuple(r["mcr_image_sizes"][0]))}
+                  for r in rows]
+
+
+def test_every_gold_post_is_scored_and_duplicates_are_refused(prepared, tmp_path):
+    """Half the posts predicted perfectly: recall is the share of gold triples in that half, not 100."""
+    rows, preds = _perfect_rows(prepared)
+    gold = str(prepared / "twitter_gmner" / "test.jsonl")
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(json.dumps(p) + "\n" for p in preds[:12]))
+    out = evaluate(str(half), "--gold", gold, "--max-pixels", str(TINY_MAX_PIXELS), "--json-out", str(tmp_path / "r.json"))
+    rep = json.loads((tmp_path / "r.json").read_text())
+    n_gold = sum(len(gold_from_row(r)) for r in rows)
+    n_half = sum(len(gold_from_row(r)) for r in rows[:12])
+    assert rep["posts"] == 24 and rep["missing_posts"] == 12 and rep["protocol"] == "mcr"
+    m = rep["metrics"]["gmner"]
+    assert (m["correct"], m["predicted"], m["gold"]) == (n_half, n_half, n_gold)
+    assert m["precision"] == 1.0 and m["recall"] == pytest.approx(n_half / n_gold) and n_half < n_gold
+    assert "12 of 24 gold posts had no prediction row (scored as all-missed)" in out
+    assert "0 of 12 responses failed to parse" in out
+    # an empty result file (a crashed swift infer) scores 0 on every gold post
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    evaluate(str(empty), "--gold", gold, "--json-out", str(tmp_path / "e.json"))
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["missing_posts"] == 24 and rep["metrics"]["gmner"]["recall"] == 0.0
+    # a duplicated row is an error naming its line and the first one
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("".join(json.dumps(p) + "\n" for p in preds[:3] + preds[1:2]))
+    bad = subprocess.run([sys.executable, "-m", "mcr_swift.cli", "evaluate", "--no-progress", str(dup), "--gold", gold],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"dup.jsonl:4: duplicated row: post {rows[1]['mcr_id']} already has a row at line 2" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    # without --gold, rows carrying mcr_gold: the same rule (same task, id and prompt twice)
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({**r, "response": p["response"]}) + "\n" for r, p in zip(rows[:2] * 2, preds[:2] * 2)))
+    bad = subprocess.run([sys.executable, "-m", "mcr_swift.cli", "evaluate", "--no-progress", str(own)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "own.jsonl:3: duplicated row" in bad.stderr
+
+
+def test_protocol_option_recorded_and_applied(prepared, tmp_path):
+    """--protocol hindex: a prediction repeated for a text that occurs once counts only once (its last)."""
+    rows, preds = _perfect_rows(prepared)
+    from mcr_swift.metrics import _occurrences
+    # a post whose first gold entity has a box, a text occurring once, and no other gold of that text
+    r = next(r for r in rows if gold_from_row(r) and gold_from_row(r)[0].boxes
+             and _occurrences(gold_from_row(r)[0].text, r["mcr_sentence"].split()) == 1
+             and [e.text for e in gold_from_row(r)].count(gold_from_row(r)[0].text) == 1)
+    g = gold_from_row(r)
+    space = CoordinateSpace("qwen2_5_vl", max_pixels=TINY_MAX_PIXELS)
+    size = tuple(r["mcr_image_sizes"][0])
+    twice = answer_for([g[0]] + list(g), space, size)  # the first entity predicted twice, both right
+    f = tmp_path / "one.jsonl"
+    f.write_text(json.dumps({**r, "response": twice}) + "\n")
+    res = {}
+    for proto in ("mcr", "hindex"):
+        evaluate(str(f), "--protocol", proto, "--max-pixels", str(TINY_MAX_PIXELS), "--json-out", str(tmp_path / f"{proto}.json"))
+        res[proto] = json.loads((tmp_path / f"{proto}.json").read_text())
+    assert res["mcr"]["protocol"] == "mcr" and res["hindex"]["protocol"] == "hindex"
+    m, h = res["mcr"]["metrics"]["gmner"], res["hindex"]["metrics"]["gmner"]
+    assert (m["correct"], m["predicted"], m["gold"]) == (len(g), len(g) + 1, len(g))
+    assert (h["correct"], h["predicted"], h["gold"]) == (len(g), len(g), len(g))
+    assert res["hindex"]["metrics"]["hindex_dropped_predictions"] == 1

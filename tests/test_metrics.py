@@ -460,3 +460,52 @@ def test_per_post_pairs_on_real_data(test_split):
             assert len(pairs) == post[task]["correct"]
             assert all(reference_relation(task, p[i], g[j]) for i, j in pairs)
         assert post_counts(p, g, None, pairs=False)["gmner"] == post["gmner"]
+
+
+# --------------------------------------------------------------------------- protocols (mcr, hindex)
+def test_protocol_box_at_exactly_iou_half():
+    # pred (0,0,10,5) inside gold (0,0,10,10): intersection 50, union 100 -> IoU exactly 0.5.
+    pred, gold = [[Entity("Kevin", "PER", [(0, 0, 10, 5)])]], [[Entity("Kevin", "PER", [(0, 0, 10, 10)])]]
+    mcr = gmner_metrics(pred, gold)
+    hix = gmner_metrics(pred, gold, protocol="hindex")
+    assert mcr["protocol"] == "mcr" and hix["protocol"] == "hindex"
+    assert (mcr["gmner"]["correct"], mcr["eeg"]["correct"], mcr["mner"]["correct"]) == (1, 1, 1)
+    assert (hix["gmner"]["correct"], hix["eeg"]["correct"], hix["mner"]["correct"]) == (0, 0, 1)
+    assert hix["gmner"]["predicted"] == 1 and hix["hindex_dropped_predictions"] == 0
+    # just above 0.5 (0,0,10,5.1): IoU 0.51, right under both
+    above = [[Entity("Kevin", "PER", [(0, 0, 10, 5.1)])]]
+    assert gmner_metrics(above, gold, protocol="hindex")["gmner"]["correct"] == 1
+    from mcr_swift.metrics import location_correct
+    assert location_correct(pred[0][0], gold[0][0]) and not location_correct(pred[0][0], gold[0][0], strict=True)
+    with pytest.raises(ValueError, match="protocol must be one of mcr, hindex"):
+        gmner_metrics(pred, gold, protocol="conll")
+
+
+def test_protocol_hindex_duplicates_keep_first_c_minus_1_and_last():
+    sentence = "Kevin Durant met Kevin at NBA"  # "Kevin" at 2 positions, "NBA" at 1, "Apple" at none
+    gold = [Entity("Kevin", "PER"), Entity("Kevin", "PER"), Entity("NBA", "ORG")]
+    pred = [Entity("Kevin", "PER"), Entity("Kevin", "LOC"), Entity("Kevin", "PER"), Entity("Kevin", "ORG"),
+            Entity("NBA", "ORG"), Entity("NBA", "PER"), Entity("Apple", "ORG"), Entity("Apple", "ORG")]
+    from mcr_swift.metrics import hindex_kept, post_counts
+    # Kevin: n=4 > c=2 -> first c-1=1 (index 0) and the last (3); NBA: n=2 > c=1 -> the last (5);
+    # Apple absent -> both kept.
+    assert hindex_kept(pred, sentence) == [0, 3, 5, 6, 7]
+    mcr = gmner_metrics([pred], [gold], [sentence])
+    hix = gmner_metrics([pred], [gold], [sentence], protocol="hindex")
+    # mcr: 8 predicted; MNER/GMNER: Kevin PER x2 + NBA ORG = 3; EEG: 2 Kevin + 1 NBA = 3; N: 3 of 8
+    for t in ("gmner", "mner", "eeg", "n"):
+        assert (mcr[t]["correct"], mcr[t]["predicted"], mcr[t]["gold"]) == (3, 8, 3), t
+    # hindex: kept Kevin PER, Kevin ORG, NBA PER, Apple x2 = 5 predicted; MNER/GMNER: only Kevin PER;
+    # EEG: Kevin x2 + NBA = 3; N (type ignored): 3 of 5.
+    assert (hix["gmner"]["correct"], hix["gmner"]["predicted"]) == (1, 5)
+    assert (hix["mner"]["correct"], hix["eeg"]["correct"], hix["n"]["correct"]) == (1, 3, 3)
+    assert hix["n"]["predicted"] == 5 and hix["hindex_dropped_predictions"] == 3
+    assert (mcr["n_count"], mcr["n_count_predicted"]) == (2, 8)
+    assert (hix["n_count"], hix["n_count_predicted"]) == (2, 5)
+    c = post_counts(pred, gold, sentence, protocol="hindex")
+    assert c["pairs"]["mner"] == [(0, 0)] and c["pairs"]["eeg"] == [(0, 0), (3, 1), (5, 2)]
+    assert c["absent"] == [6, 7]
+    # without a sentence nothing is dropped (occurrences unknown)
+    assert gmner_metrics([pred], [gold], protocol="hindex")["gmner"]["predicted"] == 8
+    # a text occurring 3 times, predicted twice, is untouched
+    assert hindex_kept([Entity("a", "PER")] * 2, "a b a c a") == [0, 1]

@@ -203,6 +203,27 @@ def test_missing_images_name_the_row_or_become_counted_placeholders(prepared, tm
     assert colours(region).most_common(1)[0][0] == (200, 200, 200)  # the grey placeholder
 
 
+def test_an_image_that_is_not_an_image_is_reported_and_the_others_go_on(prepared, tmp_path, capsys):
+    rows = [json.loads(l) for l in (prepared / "twitter_gmner" / "test.jsonl").read_text().splitlines()][:4]
+    fake, cut = tmp_path / "notes.jpg", tmp_path / "cut.jpg"
+    fake.write_text("this is a text file, not a JPEG")
+    cut.write_bytes(Path(rows[3]["images"][0]).read_bytes()[:300])  # a truncated JPEG: header only
+    rows[1]["images"], rows[3]["images"] = [str(fake)], [str(cut)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pics"
+    assert run_pictures(str(path), "--out", str(out)) == 0
+    err = capsys.readouterr().err
+    assert f"{path}:2: post {rows[1]['mcr_id']}: image {fake} unreadable: cannot identify image file" in err
+    assert f"{path}:4: post {rows[3]['mcr_id']}: image {cut} unreadable" in err
+    summary = json.loads((out / "pictures.json").read_text())
+    assert summary["drawn"] == 4 and summary["unreadable_images"] == 2 and summary["missing_images"] == 0
+    assert (out / "index.html").is_file()
+    assert sorted(p.name for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")) == []
+    placeholder = Image.open(out / summary["pictures"][1]["picture"]).convert("RGB")
+    assert colours(placeholder.crop((0, 0, 640, 200))).most_common(1)[0][0] == (200, 200, 200)
+
+
 def test_rows_without_images_use_image_dir(prepared, tmp_path, capsys):
     """Rows like `{mcr_id, mcr_sentence, mcr_gold, entities}` name no image: --image-dir finds <id>.jpg."""
     rows = [json.loads(l) for l in (prepared / "twitter_gmner" / "test.jsonl").read_text().splitlines()][:3]
@@ -245,7 +266,10 @@ def test_pictures_of_real_swift_infer_output(tiny_model, prepared, tmp_path):
                         "--max-pixels", str(TINY_MAX_PIXELS)) == 0
     summary = json.loads((out / "pictures.json").read_text())
     rows = [json.loads(l) for l in (prepared / "twitter_gmner" / "test.jsonl").read_text().splitlines()]
-    assert summary["unmatched_rows"] == 0 and [p["id"] for p in summary["pictures"]] == [r["mcr_id"] for r in rows[:3]]
+    assert summary["unmatched_rows"] == 0 and summary["missing_posts"] == len(rows) - 3
+    # the 3 inferred posts, then the gold posts without a row (no prediction), as `evaluate` scores them
+    assert [p["id"] for p in summary["pictures"]] == [r["mcr_id"] for r in rows]
+    assert sum("(no prediction row)" in p["where"] for p in summary["pictures"]) == len(rows) - 3
     page = (out / "index.html").read_text()
     assert page.count("the response could not be parsed") == summary["parse_failures"]
     for p, r in zip(summary["pictures"], rows):

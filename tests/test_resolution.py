@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mcr_swift.coords import CoordinateSpace
 from tests.conftest import REPO, SHARED
 

@@ -61,6 +61,24 @@ def test_validate_jsonl_names_file_and_line(tmp_path):
     assert validate_jsonl(f) == 2
 
 
+def test_validate_jsonl_checks_images(tmp_path):
+    from PIL import Image
+    img, cut, txt = tmp_path / "ok.jpg", tmp_path / "cut.jpg", tmp_path / "notes.jpg"
+    Image.effect_noise((256, 256), 60).convert("RGB").save(img)
+    cut.write_bytes(img.read_bytes()[:2000])  # the header and a part of the pixels
+    txt.write_text("not an image")
+    good = sample_to_row(SAMPLE)
+    f = tmp_path / "x.jsonl"
+    for image, full, pattern in ((tmp_path / "gone.jpg", False, f":2: missing image {tmp_path / 'gone.jpg'}$"),
+                                 (txt, False, f":2: unreadable image {txt}: cannot identify"),
+                                 (cut, True, f":2: unreadable image {cut}")):
+        f.write_text(json.dumps({**good, "images": [str(img)]}) + "\n" + json.dumps({**good, "images": [str(image)]}) + "\n")
+        assert validate_jsonl(f) == 2  # the row layout alone is fine
+        with pytest.raises(ValueError, match=pattern):
+            validate_jsonl(f, check_images=True, full=full)
+    assert validate_jsonl(f, check_images=True) == 2  # the truncated file's header is readable
+
+
 def test_prepare_cli_writes_splits_and_summary(data_v2, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mcr_swift.cli", "prepare", "--root", str(data_v2),
                           "--out", str(tmp_path / "d"), "--standin-images", str(tmp_path / "img"),

@@ -133,8 +133,10 @@ def test_infer_and_evaluate_the_cvo_policy(prepared, merged, grpo):
     gold = {tuple(r["images"]): r for r in map(json.loads, (prepared / "twitter_gmner/test.jsonl").read_text().splitlines())}
     posts = [gold[tuple(i["path"] if isinstance(i, dict) else i for i in r["images"])] for r in results]
     report = json.loads((out / "metrics.json").read_text())
-    assert report["posts"] == 6 and report["unmatched_rows"] == 0
-    assert report["metrics"]["gmner"]["gold"] == sum(len(json.loads(p["mcr_gold"])) for p in posts)
+    # every gold post of the gold file is scored: the 18 not inferred count as all-missed
+    assert report["posts"] == len(gold) == 24 and report["missing_posts"] == 18 and report["unmatched_rows"] == 0
+    assert len({p["mcr_id"] for p in posts}) == 6
+    assert report["metrics"]["gmner"]["gold"] == sum(len(json.loads(p["mcr_gold"])) for p in gold.values())
 
 
 def test_curves_of_the_real_grpo_run(grpo, tmp_path):

@@ -67,6 +67,29 @@ def test_swift_sft_trains_on_registered_gmner(tiny_model, prepared, tmp_path):
     assert "QWENVL_BBOX_FORMAT: plain" in text
 
 
+def test_swift_sft_stops_on_a_missing_image_of_a_registered_dataset(tiny_model, prepared, tmp_path):
+    """ms-swift alone logs a missing image and trains on another row (exit 0); the registered loader
+    stops before training with file:line: missing image <path>, and swift exits non-zero."""
+    rows = (prepared / "twitter_gmner" / "train.jsonl").read_text().splitlines()[:8]
+    row = json.loads(rows[2])
+    gone = tmp_path / "gone" / "999.jpg"
+    row["images"] = [str(gone)]
+    rows[2] = json.dumps(row)
+    data = tmp_path / "data" / "twitter_gmner"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("\n".join(rows) + "\n")
+    env = {**os.environ, "MCR_DATA_DIR": str(tmp_path / "data"), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
+    proc = subprocess.run(
+        [swift_bin(), "sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
+         "--custom_register_path", plugin_path(), "--dataset", "mcr-gmner:train", "--tuner_type", "lora",
+         "--max_steps", "1", "--per_device_train_batch_size", "1", "--dataloader_num_workers", "0",
+         "--report_to", "none", "--output_dir", str(tmp_path / "sft"), "--max_length", "4096"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert f"{data / 'train.jsonl'}:3: missing image {gone}" in proc.stdout + proc.stderr
+    assert not list((tmp_path / "sft").rglob("checkpoint-*"))  # stopped before training
+
+
 ANSWER = re.compile(r"<answer>\s*(\[.*\])\s*</answer>", re.S)
 
 

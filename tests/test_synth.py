@@ -201,3 +201,42 @@ def test_retry_policy_flags_reach_requests(rows, tmp_path):
                        retry=RetryPolicy(3, 0.01, 0.01), concurrency=1, progress=False)
         assert s["complete"] and s["per_style"]["llm_conclusions"]["requests"]["retries"] == 2
         assert "few" in prompt_text(fake.requests[0]).lower()
+
+
+def test_ctrl_c_during_an_earlier_style_exits_130_with_the_summary_then_resumes(rows, tmp_path, capsys):
+    """A real SIGINT while the first of two API styles is running: exit 130, the summary table (what
+    is done), no KeyError for the style that never started; the rerun sends only what is missing."""
+    import os
+    import signal
+    import time
+
+    from mcr_swift.cli import main as cli_main
+    out = tmp_path / "dr.jsonl"
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    argv = ["synth", "--input", str(tmp_path / "in.jsonl"), "--out", str(out), "--styles",
+            "formatted_a,llm_qa,mllm_distill", "--model", "fake-model", "--concurrency", "1", "--no-progress"]
+    good = _fake_answer(rows)
+    sent = []
+
+    def answer(body):
+        sent.append(1)
+        if len(sent) == 2:  # the second llm_qa request: Ctrl-C, then answer late
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        return good(body)
+    with FakeOpenAI(answer) as fake:
+        assert cli_main(argv + ["--base-url", fake.base_url]) == 130
+        captured = capsys.readouterr()
+        assert "KeyError" not in captured.err and "Traceback" not in captured.err
+        assert "llm_qa" in captured.out and "mllm_distill" in captured.out  # the summary table
+        assert "re-run the same command to resume" in captured.err
+        summary = json.loads((tmp_path / "dr.jsonl.summary.json").read_text())
+        assert summary["complete"] is False and not out.exists()
+        assert summary["per_style"]["llm_qa"]["requests"]["interrupted"] is True
+        assert summary["per_style"]["mllm_distill"]["missing"] == 4
+        done_before = summary["per_style"]["llm_qa"]["requests"]["done"]
+        assert 1 <= done_before <= 2
+        n_sent = len(fake.requests)
+        assert cli_main(argv + ["--base-url", fake.base_url]) == 0
+        assert len(fake.requests) - n_sent == 8 - done_before  # resumed: finished requests not sent again
+    assert len([1 for _ in iter_jsonl(out)]) == json.loads((tmp_path / "dr.jsonl.summary.json").read_text())["rows"]

@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 from collections import Counter, defaultdict
-from itertools import combinations
-from pathlib import Path
 
 import pytest
 

@@ -48,20 +48,52 @@ def test_xml_boxes_and_size(data_v2):
     assert s.image_size == (500, 706)
 
 
-def test_v1_unmatched_names_reported_and_orphan_tags(tmp_path):
-    # v1 has xml <name>s matching no entity (never an error) and I- tags with no B- (an error unless skipped).
+# Required entity counts on the shared v1 data, read the conlleval way (the default), and the
+# number of I- tags that begin an entity there (I- after O: train.txt line 79054 is the first).
+EXPECTED_V1 = {"train": (11782, 4), "dev": (2453, 3), "test": (2543, 1)}
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_v1_loads_by_default_conlleval(split):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # v1's unmatched xml names
+        samples = load_twitter_gmner(DATA_V1, split)
+    ents, repairs = EXPECTED_V1[split]
+    assert len(samples) == (7000 if split == "train" else 1500)
+    assert sum(len(s.entities) for s in samples) == ents == samples.report.entities
+    assert samples.report.repaired["I- tags beginning an entity (conlleval)"] == repairs
+    assert not samples.report.skipped
+    assert f"repaired {repairs} I- tags beginning an entity (conlleval)" in samples.report.summary()
+    if split == "train":
+        assert samples.report.messages[0].endswith("train.txt:79054: tag I-OTHER after O read as B-OTHER")
+
+
+def test_v1_unmatched_names_reported_and_orphan_tags_strict(tmp_path):
+    # v1 has xml <name>s matching no entity (never an error) and I- tags with no B- (an error in
+    # strict mode unless skipped).
     with pytest.raises(GMNERFormatError, match=r"test\.txt:\d+: tag I-OTHER after O has no B-OTHER"):
-        load_twitter_gmner(DATA_V1, "test")
+        load_twitter_gmner(DATA_V1, "test", tags="strict")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        samples = load_twitter_gmner(DATA_V1, "test", on_error="skip")
+        samples = load_twitter_gmner(DATA_V1, "test", on_error="skip", tags="strict")
     rep = samples.report
     assert len(samples) == 1500
     assert rep.skipped["I- tags with no B-"] == 1
+    assert rep.entities == 2542  # the orphan I- token is read as O
     assert len(rep.unmatched_names) == 10
     assert ("15427", "Nike SNKRS") in rep.unmatched_names
     assert any("match no entity" in str(x.message) for x in w)
     assert "10 xml names matched no entity" in rep.summary()
+
+
+def test_conlleval_i_tag_after_o_or_other_type_begins_entity(tmp_path):
+    txt = "IMGID:1\nKevin\tO\nDurant\tI-PER\nNBA\tB-ORG\nFinals\tI-OTHER\nx\tI-OTHER\n\n"
+    s = load_twitter_gmner(make_release(tmp_path / "r", txt, {}), "train")
+    assert s[0].entities == (Entity("Durant", "PER"), Entity("NBA", "ORG"), Entity("Finals x", "OTHER"))
+    assert s[0].labels == ("O", "B-PER", "B-ORG", "B-OTHER", "I-OTHER")
+    assert s.report.repaired["I- tags beginning an entity (conlleval)"] == 2
+    with pytest.raises(ValueError, match="tags must be one of"):
+        load_twitter_gmner(tmp_path / "r", "train", tags="loose")
 
 
 XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objs}</annotation>"""
@@ -106,8 +138,8 @@ def test_fixture_reads_and_multi_box(tmp_path):
 def test_malformed_input_raises_or_skips(tmp_path, txt, xmls, pattern, kind):
     root = make_release(tmp_path / "r", txt, xmls)
     with pytest.raises(GMNERFormatError, match=pattern):
-        load_twitter_gmner(root, "train")
-    s = load_twitter_gmner(root, "train", on_error="skip")
+        load_twitter_gmner(root, "train", tags="strict")
+    s = load_twitter_gmner(root, "train", on_error="skip", tags="strict")
     assert s.report.skipped[kind] >= 1
     assert kind in s.report.summary()
 

@@ -40,7 +40,7 @@ import os
 from pathlib import Path
 from typing import Dict, List
 
-from .jsonl import iter_jsonl
+from .jsonl import iter_jsonl, write_jsonl_atomic
 
 #: Subset suffix of the answer-only rows (kept equal to mcr_swift.rows.ANSWER_ONLY_SUFFIX, which
 #: this module does not import at load time: rows pulls the prompt files).
@@ -122,8 +122,7 @@ def derive_answer_only(source: Path) -> Path:
     """Write ``<split>_answer_only.jsonl`` beside a prepared ``<split>.jsonl`` (`answer_only_row` on
     every line) and return its path; a missing source returns the (absent) target path, for the
     loader's "not prepared" message. Raises ValueError naming ``file:line`` for a row it cannot convert.
-    Written through a per-process temporary file, so ranks loading at once never see half a file."""
-    import tempfile
+    Written atomically (`jsonl.write_jsonl_atomic`)."""
     from .rows import answer_only_row
     target = source.with_name(source.stem + ANSWER_ONLY_SUFFIX + ".jsonl")
     if not source.is_file():
@@ -134,15 +133,7 @@ def derive_answer_only(source: Path) -> Path:
             out.append(answer_only_row(row))
         except ValueError as e:
             raise ValueError(f"{source}:{no}: {e}") from None
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in out:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_jsonl_atomic(target, out)  # a unique temporary file: ranks loading at once never see half a file
     return target
 
 

@@ -214,7 +214,8 @@ def test_ctrl_c_during_an_earlier_style_exits_130_with_the_summary_then_resumes(
     out = tmp_path / "dr.jsonl"
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     argv = ["synth", "--input", str(tmp_path / "in.jsonl"), "--out", str(out), "--styles",
-            "formatted_a,llm_qa,mllm_distill", "--model", "fake-model", "--concurrency", "1", "--no-progress"]
+            "formatted_a,llm_qa,mllm_distill", "--per-post", "0", "--model", "fake-model", "--concurrency", "1",
+            "--no-progress"]
     good = _fake_answer(rows)
     sent = []
 

@@ -10,9 +10,17 @@ Public API (imported lazily, so ``import mcr_swift`` stays cheap):
 * rewards (Eq. 6-10, 13-18): `reward_terms`, `gmner_reward`
 * metrics (Eq. 19-31): `gmner_metrics`
 
+Layout: the pure core (`entities`, `coords`, `answer`, `rewards`) sits at the top and imports nothing
+from ms-swift; the pipeline stages are subpackages: `data` (readers, rows, prepare), `synth` (MRSI
+styles, synthesis, split, CVO filter, endpoint client), `plugin` (ms-swift registration, reward ORMs,
+plugin file, tiny model), `evaluation` (parser, metrics, evaluate, baselines, predict), `reports`
+(pictures, bias report, curves, run report) and `pipeline` (serve, recipe args). Every command runs
+under ``mcr-swift <command>`` (`mcr_swift.cli`).
+
 ms-swift registration: when ms-swift is already imported in the process (as it is when ms-swift
-loads the plugin file ``mcr_swift/swift_plugin.py`` given to ``--custom_register_path``), importing
-this package registers the datasets and rewards; otherwise call `mcr_swift.register()`.
+loads the plugin file ``mcr_swift/plugin/_file/mcr_swift_plugin.py``, printed by ``mcr-swift plugin``
+and given to ``--custom_register_path`` / ``--external_plugins``), importing this package registers
+the datasets and rewards; otherwise call `mcr_swift.register()`.
 """
 from __future__ import annotations
 
@@ -22,15 +30,16 @@ import sys
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Entity": "types", "Sample": "types", "ENTITY_TYPES": "types", "Box": "types",
-    "load_twitter_gmner": "twitter", "ReadReport": "twitter", "GMNERFormatError": "twitter",
-    "load_mner_mi": "mner_mi", "load_grec": "grec",
+    "Entity": "entities", "Sample": "entities", "ENTITY_TYPES": "entities", "Box": "entities",
+    "load_twitter_gmner": "data.twitter", "ReadReport": "data.twitter", "GMNERFormatError": "data.twitter",
+    "load_mner_mi": "data.mner_mi", "load_grec": "data.grec",
     "CoordinateSpace": "coords", "iou": "coords", "smart_resize": "coords",
     "render_answer": "answer",
-    "parse_answer": "parser", "ParseResult": "parser",
+    "parse_answer": "evaluation.parser", "ParseResult": "evaluation.parser",
     "reward_terms": "rewards", "gmner_reward": "rewards",
-    "gmner_metrics": "metrics", "mner_mi_metrics": "metrics", "grec_metrics": "metrics",
-    "register": "registry", "plugin_path": "registry",
+    "gmner_metrics": "evaluation.metrics", "mner_mi_metrics": "evaluation.metrics",
+    "grec_metrics": "evaluation.metrics",
+    "register": "plugin.registry", "plugin_path": "plugin.registry",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -51,4 +60,4 @@ def __dir__():
 
 if "swift.dataset" in sys.modules or "swift.rewards" in sys.modules:
     # Inside an ms-swift process: register datasets and rewards now.
-    importlib.import_module(f"{__name__}.registry").register()
+    importlib.import_module(f"{__name__}.plugin.registry").register()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import List, Optional, Sequence, Tuple
 
-from .types import Box, Entity
+from .entities import Box, Entity
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

@@ -18,18 +18,18 @@ from typing import List, Optional
 #: command -> (module, help)
 COMMANDS = {
     "plugin": (None, "print the plugin file to pass to swift --custom_register_path"),
-    "prepare": ("mcr_swift.prepare", "raw Twitter-GMNER / MNER-MI / gRefCOCO -> ms-swift JSONL datasets"),
-    "tiny-model": ("mcr_swift.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
-    "evaluate": ("mcr_swift.evaluate", "GMNER/MNER/EEG and bias metrics over swift infer output"),
-    "synth": ("mcr_swift.synth", "MRSI: build the multi-style CoT set D_R (templates, LLM, MLLM)"),
-    "split": ("mcr_swift.split", "D_R -> D1 (MRSI SFT) / D2 (CVO), by post, keeping the style mix"),
-    "cvo-filter": ("mcr_swift.cvo_filter", "App. D.3: sample G responses per D2 query, keep informative ones"),
-    "report": ("mcr_swift.report", "final report of a full-pipeline run folder (metrics, stage times, args)"),
-    "pictures": ("mcr_swift.pictures", "draw gold/predicted boxes and spans of chosen posts: PNGs + HTML page"),
-    "bias-report": ("mcr_swift.bias_report", "modality-bias report (N-Pre/Rec/F1, N-Count, confusion, worst cases)"),
-    "curves": ("mcr_swift.curves", "training curves of ms-swift runs (reward, terms, F1, length, entropy/KL) as PNG"),
-    "baselines": ("mcr_swift.baselines", "Table 1 end-to-end baselines (direct, CoT, CoT+3-shot) on an endpoint"),
-    "predict": ("mcr_swift.predict", "grounded entities of new posts (text + images) from a trained model"),
+    "prepare": ("mcr_swift.data.prepare", "raw Twitter-GMNER / MNER-MI / gRefCOCO -> ms-swift JSONL datasets"),
+    "tiny-model": ("mcr_swift.plugin.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
+    "evaluate": ("mcr_swift.evaluation.evaluate", "GMNER/MNER/EEG and bias metrics over swift infer output"),
+    "synth": ("mcr_swift.synth.synthesize", "MRSI: build the multi-style CoT set D_R (templates, LLM, MLLM)"),
+    "split": ("mcr_swift.synth.split", "D_R -> D1 (MRSI SFT) / D2 (CVO), by post, keeping the style mix"),
+    "cvo-filter": ("mcr_swift.synth.cvo_filter", "App. D.3: sample G responses per D2 query, keep informative ones"),
+    "report": ("mcr_swift.reports.report", "final report of a full-pipeline run folder (metrics, stage times, args)"),
+    "pictures": ("mcr_swift.reports.pictures", "draw gold/predicted boxes and spans of chosen posts: PNGs + HTML page"),
+    "bias-report": ("mcr_swift.reports.bias_report", "modality-bias report (N-Pre/Rec/F1, N-Count, confusion, worst cases)"),
+    "curves": ("mcr_swift.reports.curves", "training curves of ms-swift runs (reward, terms, F1, length, entropy/KL) as PNG"),
+    "baselines": ("mcr_swift.evaluation.baselines", "Table 1 end-to-end baselines (direct, CoT, CoT+3-shot) on an endpoint"),
+    "predict": ("mcr_swift.evaluation.predict", "grounded entities of new posts (text + images) from a trained model"),
 }
 
 
@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "plugin":
-        from .registry import plugin_path
+        from .plugin.registry import plugin_path
         print(plugin_path())
         return 0
     module = importlib.import_module(COMMANDS[cmd][0])

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
 
-from .types import Box
+from .entities import Box
 
 #: model family -> (coordinate space, vision patch size). Spatial merge is 2 for all of them.
 FAMILIES = {

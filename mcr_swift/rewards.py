@@ -3,14 +3,14 @@
 Plain functions over lists of `Entity` (no ms-swift needed). ``pred`` are the predicted triples
 (at most one box each; only the first box is used), ``gold`` the gold triples (any number of boxes).
 Both must be in the same coordinate space: these functions do no conversion (the ms-swift rewards in
-`mcr_swift.swift_rewards` map spaces before calling them). p = len(pred), q = len(gold).
+`mcr_swift.plugin.orms` map spaces before calling them). p = len(pred), q = len(gold).
 
 Terms (all in [0, 1], never NaN):
 
 * ``count``  R_c, Eq. 13-15 (App. D.1), `count_reward`.
 * ``span``   R_s, Eq. 6 / 18: mean token-level F1 (Eq. 16-17, `span_f1`) over the matched pairs.
 * ``type``   R_t, Eq. 7: share of matched pairs whose types are equal (compared as given, exact
-  strings; `mcr_swift.parser` already normalises predicted types).
+  strings; `mcr_swift.evaluation.parser` already normalises predicted types).
 * ``iou``    R_u, Eq. 8: mean over matched pairs of max(0, (IoU - sigma) / (1 - sigma)).
 * ``entail`` R_e, Eq. 9: share of matched pairs with 1{pred located} == 1{gold located}.
 
@@ -25,7 +25,7 @@ Conventions where the paper is silent (each decided here once):
 
 * Tokens: whitespace split, **case-sensitive** exact tokens (spans are copied from the sentence, so
   "nba" for "NBA" is a different token). A text with no tokens has F = 0 with everything.
-* No parseable answer (``pred=None``; `mcr_swift.parser.ParseResult.answered` is False): every term
+* No parseable answer (``pred=None``; `mcr_swift.evaluation.parser.ParseResult.answered` is False): every term
   is 0, R_c included, on every post, also on a post with no gold entity. Junk ("I refuse.", "", a
   page of x's) must never earn more than trying; a well-formed empty answer (``[]``, ``None``, ...)
   is ``pred=[]`` and earns what an empty prediction earns.
@@ -58,7 +58,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from .types import Entity
+from .entities import Entity
 
 __all__ = ["TERMS", "DEFAULT_WEIGHTS", "DEFAULT_SIGMA", "UNMATCHED_MODES", "DEFAULT_UNMATCHED", "check_unmatched",
            "count_reward", "span_f1", "match_entities",

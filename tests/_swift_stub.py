@@ -3,7 +3,7 @@
 Installed as an executable named ``swift`` (the recipes treat only a command named ``swift`` as real
 and then record its checkpoint), it appends one JSON line per call to ``$SWIFT_STUB_LOG``:
 ``{"cmd": "sft", "args": {"--flag": "value", ...}, "argv": [...], "env": {...}}`` (``env``: the variables of
-``ENV_KEYS`` and every image-resolution variable that is set, ``mcr_swift.serve.RESIZE_VARS``) and leaves
+``ENV_KEYS`` and every image-resolution variable that is set, ``mcr_swift.pipeline.serve.RESIZE_VARS``) and leaves
 what the next stage reads:
 
 * ``sft`` / ``rlhf``: loads every ``--dataset`` as the plugin's loader does (so a dataset that does not
@@ -27,7 +27,7 @@ from pathlib import Path
 ANSWER = "<answer>\n[]\n</answer>"
 ENV_KEYS = ("MCR_INSTRUCTION", "MAX_PIXELS", "MCR_DATA_DIR", "NPROC_PER_NODE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mcr_swift.serve import RESIZE_VARS  # noqa: E402
+from mcr_swift.pipeline.serve import RESIZE_VARS  # noqa: E402
 
 
 def parse(argv):
@@ -42,7 +42,7 @@ def parse(argv):
 
 
 def dataset_rows(spec: str):
-    from mcr_swift.registry import ANSWER_ONLY_SUFFIX, DATASETS, data_dir, derive_answer_only
+    from mcr_swift.plugin.registry import ANSWER_ONLY_SUFFIX, DATASETS, data_dir, derive_answer_only
     if spec.endswith(".jsonl"):                     # a file given directly
         return [json.loads(l) for l in Path(spec).read_text().splitlines() if l.strip()]
     name, _, subset = spec.split("#")[0].partition(":")

@@ -40,14 +40,14 @@ def data_v2() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from mcr_swift.tiny import build_tiny_qwen25vl
+    from mcr_swift.plugin.tiny import build_tiny_qwen25vl
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny") / "tiny-qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, data_v2) -> Path:
     """First 24 posts of each split prepared with stand-in images; returns the MCR_DATA_DIR."""
-    from mcr_swift.prepare import prepare_twitter_gmner
+    from mcr_swift.data.prepare import prepare_twitter_gmner
     base = tmp_path_factory.mktemp("prepared")
     prepare_twitter_gmner(data_v2, base / "data", standin_dir=base / "images", limit=24, progress=False)
     return base / "data"

@@ -38,7 +38,7 @@ def release(root: Path, txt: str) -> Path:
 
 # --------------------------------------------------------------------------- prepare: images (case 3)
 def test_prepare_refuses_a_truncated_jpeg(data_v2, tmp_path):
-    from mcr_swift.prepare import prepare_twitter_gmner
+    from mcr_swift.data.prepare import prepare_twitter_gmner
     prepare_twitter_gmner(data_v2, tmp_path / "first", splits=["dev"], standin_dir=tmp_path / "standin", limit=6,
                           progress=False)  # images of the first 6 posts: --limit 5 reads one more after a skip
     images = tmp_path / "images"
@@ -84,8 +84,8 @@ def test_prepare_refuses_an_imgid_that_leaves_the_folder(tmp_path):
 
 
 def test_standin_refuses_an_id_with_a_folder(tmp_path):
-    from mcr_swift.standin import write_standin_image
-    from mcr_swift.types import Sample
+    from mcr_swift.data.standin import write_standin_image
+    from mcr_swift.entities import Sample
     with pytest.raises(ValueError, match="post id '../x' is not a plain file name"):
         write_standin_image(Sample("../x", ("a",), ()), tmp_path / "img")
     assert not (tmp_path / "x.jpg").exists()
@@ -185,7 +185,7 @@ def test_every_writer_uses_the_shared_atomic_helper():
 def test_evaluate_failure_keeps_the_old_report(prepared, tmp_path, monkeypatch):
     """A full disk while writing metrics.json: the old report stays, no 0-byte file, no .tmp."""
     from mcr_swift import jsonl
-    from mcr_swift.evaluate import main as evaluate_main
+    from mcr_swift.evaluation.evaluate import main as evaluate_main
     rows = (prepared / "twitter_gmner" / "test.jsonl").read_text()
     res = tmp_path / "res.jsonl"
     res.write_text(rows)
@@ -208,8 +208,8 @@ def test_release_image_names_cannot_leave_the_image_folder(tmp_path):
     folder part is refused (a skippable problem), never opened outside --image-dir."""
     from PIL import Image
 
-    from mcr_swift.grec import GRefCOCO
-    from mcr_swift.mner_mi import image_path
+    from mcr_swift.data.grec import GRefCOCO
+    from mcr_swift.data.mner_mi import image_path
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")  # exists, but outside the folder
     with pytest.raises(FileNotFoundError, match="image name '../outside.jpg' is not a plain file name"):

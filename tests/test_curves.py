@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mcr_swift.cli import main as cli
-from mcr_swift.curves import FIGURES, _panels, ema, find_logs, read_log
+from mcr_swift.reports.curves import FIGURES, _panels, ema, find_logs, read_log
 
 TERMS = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
          "GMNEREntailReward"]

@@ -8,12 +8,12 @@ import math
 import pytest
 
 from mcr_swift.answer import render_answer
-from mcr_swift.api import Endpoint
+from mcr_swift.synth.client import Endpoint
 from mcr_swift.coords import CoordinateSpace
-from mcr_swift.cvo_filter import FilterThresholds, decide, distribution, filter_d2, group_stats, main as filter_main
+from mcr_swift.synth.cvo_filter import FilterThresholds, decide, distribution, filter_d2, group_stats, main as filter_main
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.rows import gold_from_row
-from mcr_swift.types import Entity
+from mcr_swift.data.rows import gold_from_row
+from mcr_swift.entities import Entity
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text
 from tests.conftest import TINY_MAX_PIXELS
 

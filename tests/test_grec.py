@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from mcr_swift.grec import (GRECFormatError, GRefCOCO, answer_boxes, grec_reward_terms, grec_row, load_grec,
+from mcr_swift.data.grec import (GRECFormatError, GRefCOCO, answer_boxes, grec_reward_terms, grec_row, load_grec,
                             select_train)
-from mcr_swift.metrics import grec_metrics
-from mcr_swift.parser import parse_answer
-from mcr_swift.registry import validate_jsonl
-from mcr_swift.types import Entity
+from mcr_swift.evaluation.metrics import grec_metrics
+from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.plugin.registry import validate_jsonl
+from mcr_swift.entities import Entity
 from tests.conftest import REPO
 from tests.fixtures.grec.make_pickle import make_pickle
 
@@ -237,8 +237,8 @@ def test_grec_reward_terms():
 
 def test_grec_rows_through_the_swift_orm(monkeypatch, caplog):
     pytest.importorskip("swift.rewards")
-    from mcr_swift import swift_rewards
-    from mcr_swift.swift_rewards import GMNERCountReward, GMNEREntailReward, GMNERReward, task_weights
+    from mcr_swift.plugin import orms as swift_rewards
+    from mcr_swift.plugin.orms import GMNERCountReward, GMNEREntailReward, GMNERReward, task_weights
     monkeypatch.setattr(swift_rewards, "_malformed", 0)
     for k in ("MCR_REWARD_WEIGHTS", "MCR_REWARD_SPACE", "MIN_PIXELS", "MCR_MODEL_FAMILY"):
         monkeypatch.delenv(k, raising=False)

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from mcr_swift.metrics import mner_mi_metrics
-from mcr_swift.mner_mi import MNERMIFormatError, load_mner_mi, mner_mi_row
-from mcr_swift.parser import parse_answer
-from mcr_swift.registry import validate_jsonl
-from mcr_swift.types import Entity
+from mcr_swift.evaluation.metrics import mner_mi_metrics
+from mcr_swift.data.mner_mi import MNERMIFormatError, load_mner_mi, mner_mi_row
+from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.plugin.registry import validate_jsonl
+from mcr_swift.entities import Entity
 from tests.conftest import REPO
 
 FIX = REPO / "tests" / "fixtures" / "mner_mi"
@@ -161,8 +161,8 @@ def test_mner_mi_metrics_hand_computed():
 
 def test_mner_mi_rows_through_the_swift_orm(monkeypatch):
     pytest.importorskip("swift.rewards")
-    from mcr_swift import swift_rewards
-    from mcr_swift.swift_rewards import GMNERIoUReward, GMNERReward, GMNERTypeReward, task_weights
+    from mcr_swift.plugin import orms as swift_rewards
+    from mcr_swift.plugin.orms import GMNERIoUReward, GMNERReward, GMNERTypeReward, task_weights
     monkeypatch.setattr(swift_rewards, "_malformed", 0)
     for k in ("MCR_REWARD_WEIGHTS", "MCR_REWARD_SPACE", "MCR_MODEL_FAMILY"):
         monkeypatch.delenv(k, raising=False)

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from mcr_swift import Entity
-from mcr_swift.metrics import perturb, post_counts
-from mcr_swift.pictures import (GOLD_RGB, PRED_RGB, Post, _char_spans, analyse, draw_post, main, span_pairs)
-from mcr_swift.rows import gold_from_row, gold_json
+from mcr_swift.evaluation.metrics import perturb, post_counts
+from mcr_swift.reports.pictures import (GOLD_RGB, PRED_RGB, Post, _char_spans, analyse, draw_post, main, span_pairs)
+from mcr_swift.data.rows import gold_from_row, gold_json
 
 SENTENCE = "Iggy got it RT Kevin Durant : NBA CHAMPION"
 
@@ -251,7 +251,7 @@ def test_pictures_of_real_swift_infer_output(tiny_model, prepared, tmp_path):
     import os
     import subprocess
 
-    from mcr_swift.registry import plugin_path
+    from mcr_swift.plugin.registry import plugin_path
     from tests.conftest import TINY_MAX_PIXELS, swift_bin
     result = tmp_path / "infer.jsonl"
     env = {**os.environ, "MCR_DATA_DIR": str(prepared), "MAX_PIXELS": str(TINY_MAX_PIXELS)}

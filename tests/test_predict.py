@@ -12,10 +12,10 @@ import time
 import pytest
 from PIL import Image
 
-from mcr_swift.api import image_data_url, to_openai_messages
+from mcr_swift.synth.client import image_data_url, to_openai_messages
 from mcr_swift.coords import CoordinateSpace
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.predict import (ImageError, LocalBackend, Post, answer_entities, image_size, main as predict_main,
+from mcr_swift.evaluation.predict import (ImageError, LocalBackend, Post, answer_entities, image_size, main as predict_main,
                                post_messages, predict_posts, read_posts, resolve_image)
 from mcr_swift.prompts import task_instruction
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text

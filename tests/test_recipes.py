@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mcr_swift.recipe_args import BatchError, newest_checkpoint, split_batch, write_last_checkpoint
+from mcr_swift.pipeline.recipe_args import BatchError, newest_checkpoint, split_batch, write_last_checkpoint
 from tests.conftest import REPO
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -73,7 +73,7 @@ def test_bad_batch_is_refused():
     assert out.returncode == 2 and "not a multiple" in out.stderr
 
 
-# --- batch arithmetic and checkpoint discovery (mcr_swift.recipe_args) -----------------------------
+# --- batch arithmetic and checkpoint discovery (mcr_swift.pipeline.recipe_args) -----------------------------
 
 @pytest.mark.parametrize("batch,nproc,max_pd,gens,expected", [
     (16, 8, 2, None, (2, 1)), (16, 4, 2, None, (2, 2)), (16, 16, 2, None, (1, 1)), (16, 1, 2, None, (2, 8)),

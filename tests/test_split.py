@@ -1,4 +1,4 @@
-"""D_R -> D1 (MRSI) / D2 (CVO) split by post, stratified by style mix (mcr_swift.split)."""
+"""D_R -> D1 (MRSI) / D2 (CVO) split by post, stratified by style mix (mcr_swift.synth.split)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.split import main, split_by_post
+from mcr_swift.synth.split import main, split_by_post
 
 STYLES = ("formatted_a", "formatted_b", "llm_qa", "llm_conclusions", "mllm_distill")
 

@@ -1,4 +1,4 @@
-"""Template MRSI styles (mcr_swift.styles): round trip on the whole train split, determinism,
+"""Template MRSI styles (mcr_swift.synth.styles): round trip on the whole train split, determinism,
 diversity, rows that ms-swift accepts."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections import Counter
 import pytest
 
 from mcr_swift.answer import BBOX_PLACEHOLDER, pick_box
-from mcr_swift.parser import parse_answer
+from mcr_swift.evaluation.parser import parse_answer
 from mcr_swift.prompts import load_prompt
-from mcr_swift.registry import validate_jsonl
-from mcr_swift.styles import TEMPLATE_STYLES, step_order, template_chain, template_row
-from mcr_swift.twitter import load_twitter_gmner
-from mcr_swift.types import Entity, Sample
+from mcr_swift.plugin.registry import validate_jsonl
+from mcr_swift.synth.styles import TEMPLATE_STYLES, step_order, template_chain, template_row
+from mcr_swift.data.twitter import load_twitter_gmner
+from mcr_swift.entities import Entity, Sample
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from mcr_swift import CoordinateSpace, gmner_reward, parse_answer, reward_terms
-from mcr_swift.registry import plugin_path
-from mcr_swift.rows import gold_from_row
+from mcr_swift.plugin.registry import plugin_path
+from mcr_swift.data.rows import gold_from_row
 from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
 
 pytestmark = pytest.mark.swift
@@ -82,8 +82,8 @@ def test_grpo_with_separate_terms_and_weights(tiny_model, prepared, tmp_path):
 
 def test_ms_swift_label_text_scores_one(tiny_model, data_v2, tmp_path):
     """Round trip: the assistant target ms-swift's template produces scores 1.0 on every term."""
-    from mcr_swift.prepare import prepare_twitter_gmner
-    from mcr_swift.swift_rewards import GMNERReward
+    from mcr_swift.data.prepare import prepare_twitter_gmner
+    from mcr_swift.plugin.orms import GMNERReward
     prepare_twitter_gmner(data_v2, tmp_path / "d", splits=["train"], standin_dir=tmp_path / "img", limit=80,
                           progress=False)
     env = {**os.environ, "MAX_PIXELS": str(TINY_MAX_PIXELS), "PYTHONPATH": str(REPO)}

@@ -8,14 +8,14 @@ import pytest
 
 swift_rewards_mod = pytest.importorskip("swift.rewards")
 
-from mcr_swift import swift_rewards  # noqa: E402
+from mcr_swift.plugin import orms as swift_rewards  # noqa: E402
 from mcr_swift.answer import render_answer  # noqa: E402
 from mcr_swift.coords import CoordinateSpace  # noqa: E402
 from mcr_swift.rewards import gmner_reward, reward_terms  # noqa: E402
-from mcr_swift.swift_rewards import (REWARD_NAMES, GMNERCountReward, GMNEREntailReward,  # noqa: E402
+from mcr_swift.plugin.orms import (REWARD_NAMES, GMNERCountReward, GMNEREntailReward,  # noqa: E402
                                      GMNERF1Reward, GMNERFormatReward, GMNERIoUReward, GMNERReward, GMNERSpanReward,
                                      GMNERTypeReward, register_rewards)
-from mcr_swift.types import Entity  # noqa: E402
+from mcr_swift.entities import Entity  # noqa: E402
 
 SIZE = (1000, 500)                       # original image, pixels
 MAX_PIXELS = 28 * 28 * 64                # resized to 308 x 140 for Qwen2.5-VL
@@ -233,7 +233,7 @@ def test_registration_is_idempotent():
 
 def test_plugin_import_registers(monkeypatch):
     monkeypatch.setenv("QWENVL_BBOX_FORMAT", "plain")  # register() sets a default; keep the env clean
-    from mcr_swift.registry import register
+    from mcr_swift.plugin.registry import register
     register()
     import swift.rewards
     assert "gmner_orm" in swift.rewards.orms
@@ -248,7 +248,7 @@ ALL_ORMS = (GMNERReward, *TERM_CLASSES.values(), GMNERF1Reward, GMNERFormatRewar
 
 
 def _no_entity_posts(data_v2):
-    from mcr_swift.twitter import load_twitter_gmner
+    from mcr_swift.data.twitter import load_twitter_gmner
     samples = load_twitter_gmner(data_v2, "train")
     empty = [s for s in samples if not s.entities]
     assert (len(samples), len(empty)) == (7000, 358)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mcr_swift import CoordinateSpace, Entity
-from mcr_swift.registry import plugin_path
+from mcr_swift.plugin.registry import plugin_path
 from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
 
 pytestmark = pytest.mark.swift
@@ -97,7 +97,7 @@ ANSWER = re.compile(r"<answer>\s*(\[.*\])\s*</answer>", re.S)
 def test_label_boxes_are_the_converted_original_boxes(tiny_model, data_v2, tmp_path, max_pixels):
     """The bug every grounding project hits: label space vs reward/eval space. ms-swift's template
     must write exactly CoordinateSpace.to_model(original box) into the label tokens."""
-    from mcr_swift.prepare import prepare_twitter_gmner
+    from mcr_swift.data.prepare import prepare_twitter_gmner
     prepare_twitter_gmner(data_v2, tmp_path / "data", splits=["train"], standin_dir=tmp_path / "img",
                           limit=120, progress=False)
     rows = tmp_path / "data" / "twitter_gmner" / "train.jsonl"

@@ -13,21 +13,21 @@ from collections import Counter, defaultdict
 import pytest
 
 from mcr_swift.answer import BBOX_PLACEHOLDER
-from mcr_swift.api import Endpoint
-from mcr_swift.cvo_filter import _query_rows
+from mcr_swift.synth.client import Endpoint
+from mcr_swift.synth.cvo_filter import _query_rows
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.parser import parse_answer
-from mcr_swift.prepare import prepare_grec, prepare_mner_mi
-from mcr_swift.rows import gold_from_row, row_task
-from mcr_swift.split import split_by_post
-from mcr_swift.styles import TEMPLATE_STYLES, template_chain
-from mcr_swift.synth import (ALL_STYLES, PAPER_D_R, PAPER_TRAIN_SAMPLES, check_chain, paper_count_line,
+from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.data.prepare import prepare_grec, prepare_mner_mi
+from mcr_swift.data.rows import gold_from_row, row_task
+from mcr_swift.synth.split import split_by_post
+from mcr_swift.synth.styles import TEMPLATE_STYLES, template_chain
+from mcr_swift.synth.synthesize import (ALL_STYLES, PAPER_D_R, PAPER_TRAIN_SAMPLES, check_chain, paper_count_line,
                              plan_styles, sample_from_row, synthesize)
-from mcr_swift.types import Entity
+from mcr_swift.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 from tests.conftest import REPO, SHARED
 
-SAMPLES = REPO / "mcr_swift" / "samples"
+SAMPLES = REPO / "mcr_swift" / "data" / "samples"
 FIX = REPO / "tests" / "fixtures"
 
 
@@ -320,8 +320,8 @@ def test_pipeline_three_sources_then_a_missing_one(tmp_path):
     data = run / "data"
     assert (data / "sources.tsv").read_text().splitlines() == [
         f"gmner\tprepared\t{SHARED / 'data' / 'twitter_gmner_v2'}",
-        f"mner_mi\tprepared\t{REPO / 'mcr_swift' / 'samples' / 'mner_mi'}",
-        f"grec\tprepared\t{REPO / 'mcr_swift' / 'samples' / 'grec'}"]
+        f"mner_mi\tprepared\t{REPO / 'mcr_swift' / 'data' / 'samples' / 'mner_mi'}",
+        f"grec\tprepared\t{REPO / 'mcr_swift' / 'data' / 'samples' / 'grec'}"]
     # 8 samples per source (LIMIT=8), 2 styles each: 48 rows, 8 per task and style
     dr = _by_task_style(data / "mrsi" / "d_r.jsonl")
     assert dr == {t: {"formatted_a": 8, "formatted_b": 8} for t in ("gmner", "mner_mi", "grec")}
@@ -378,7 +378,7 @@ def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
     null for no target) earns 1; a GREC answer with the expression typed differently still earns 1
     (GREC scores the location only)."""
     from mcr_swift.coords import CoordinateSpace
-    from mcr_swift.cvo_filter import FilterThresholds, filter_d2
+    from mcr_swift.synth.cvo_filter import FilterThresholds, filter_d2
     from tests.conftest import TINY_MAX_PIXELS
     from tests.test_cvo_filter import _exact
     monkeypatch.setenv("MAX_PIXELS", str(TINY_MAX_PIXELS))
@@ -408,7 +408,7 @@ def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
 
 def test_task_prompt_files():
     from mcr_swift.prompts import load_prompt
-    from mcr_swift.synth import API_STYLES, style_prompt
+    from mcr_swift.synth.synthesize import API_STYLES, style_prompt
     smp = sample_from_row({"mcr_id": "9", "mcr_sentence": "Ada Lovelace in London", "images": ["a.jpg", "b.jpg", "c.jpg"],
                            "mcr_image_sizes": [[10, 10]] * 3,
                            "mcr_gold": json.dumps([{"entity": "London", "type": "LOC", "boxes": []}])})
@@ -430,7 +430,7 @@ def test_task_prompt_files():
 
 
 def test_synth_cli_mixes_inputs_and_names_a_bad_line(mixed, tmp_path, capsys):
-    from mcr_swift.synth import main as synth_main
+    from mcr_swift.synth.synthesize import main as synth_main
     m, g = mixed["samples"] / "mner_mi" / "train.jsonl", mixed["samples"] / "grec" / "train.jsonl"
     out = tmp_path / "dr.jsonl"
     assert synth_main(["--input", str(m), str(g), "--out", str(out), "--styles", "formatted_a,formatted_b",

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from mcr_swift.answer import ANSWER_OPEN, THINK_OPEN
-from mcr_swift.parser import parse_answer
+from mcr_swift.evaluation.parser import parse_answer
 from mcr_swift.prompts import load_prompt, task_instruction
-from mcr_swift.registry import derive_answer_only
-from mcr_swift.rows import answer_only_row, gold_from_row
+from mcr_swift.plugin.registry import derive_answer_only
+from mcr_swift.data.rows import answer_only_row, gold_from_row
 from tests.conftest import REPO, SHARED
 
 #: what separates the instructions (prompts/task_instruction*.txt)
@@ -54,7 +54,7 @@ def test_answer_only_instruction_asks_for_no_reasoning():
 
 
 def test_mcr_instruction_variable_switches_the_gmner_instruction(monkeypatch, data_v2, tmp_path):
-    from mcr_swift.prepare import prepare_twitter_gmner
+    from mcr_swift.data.prepare import prepare_twitter_gmner
     grec = task_instruction("qwen2_5_vl", "task_instruction_grec")
     monkeypatch.setenv("MCR_INSTRUCTION", "task_instruction_noinst")
     assert task_instruction("qwen2_5_vl") == task_instruction("qwen2_5_vl", "task_instruction_noinst")
@@ -395,7 +395,7 @@ def test_report_refuses_a_missing_folder(tmp_path):
 
 
 def test_paper_rows_are_the_papers():
-    from mcr_swift.report import PAPER_ROWS, VARIANT_ROWS
+    from mcr_swift.reports.report import PAPER_ROWS, VARIANT_ROWS
     # Table 3's "Ours" is Table 1's +MRSI+CVO row of Qwen2.5VL-7B; Sec. 5.4: w/o MRSI drops F1 by 18.9
     assert PAPER_ROWS[("Qwen2.5VL-7B", "+MRSI+CVO")][1] == (70.5, 70.8, 70.6)
     assert round(PAPER_ROWS[("Qwen2.5VL-7B", "+MRSI+CVO")][1][2] - PAPER_ROWS[("Qwen2.5VL-7B", "w/o MRSI")][1][2], 2) \

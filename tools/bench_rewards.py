@@ -8,7 +8,7 @@ perturbed copies to 3-10 entities, rendered in the canonical format with a reaso
 junk (truncated, tuple format, prose). Rows:
 
 * ``json.loads``      bare ``json.loads`` of the answer bodies (the reference),
-* ``parse_answer``    `mcr_swift.parser.parse_answer` on the full completions,
+* ``parse_answer``    `mcr_swift.evaluation.parser.parse_answer` on the full completions,
 * ``parse+reward``    parse + `mcr_swift.rewards.reward_terms` + Eq. 10 against the gold,
 * ``gmner_orm``       the ms-swift ORM called as GRPO calls it (gold JSON column, image sizes,
                       coordinate mapping; its caches are cleared before every timed call, as in a
@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from mcr_swift import load_twitter_gmner  # noqa: E402
 from mcr_swift.answer import default_reasoning, render_answer  # noqa: E402
-from mcr_swift.parser import parse_answer  # noqa: E402
+from mcr_swift.evaluation.parser import parse_answer  # noqa: E402
 from mcr_swift.rewards import gmner_reward  # noqa: E402
-from mcr_swift.types import ENTITY_TYPES, Entity  # noqa: E402
+from mcr_swift.entities import ENTITY_TYPES, Entity  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "twitter_gmner_v2"
 
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     if not args.no_orm:
         try:
             import swift.rewards  # noqa: F401  (slow: imports torch/transformers)
-            from mcr_swift.swift_rewards import GMNERReward, _decode_cached, _gold_cached, _terms_cached
+            from mcr_swift.plugin.orms import GMNERReward, _decode_cached, _gold_cached, _terms_cached
         except ImportError as e:
             print(f"(gmner_orm row skipped: {e})")
         else:

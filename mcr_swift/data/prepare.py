@@ -1,0 +1,244 @@
+"""``mcr-swift prepare``: a raw release -> the JSONL files the registered datasets read.
+
+``--dataset`` picks the release (default ``twitter_gmner``):
+
+==================  ==============================================  =================================
+``--dataset``       writes                                          ``--root``
+==================  ==============================================  =================================
+``twitter_gmner``   ``<out>/twitter_gmner/{train,dev,test}.jsonl``  Twitter-GMNER (txt/, xml/)
+``mner_mi``         ``<out>/mner_mi/{train,dev,test}.jsonl``        MNER-MI release (text/*.txt)
+``grec``            ``<out>/grec/{train,val,testA,testB}.jsonl``    gRefCOCO (grefs(unc).json, instances.json)
+==================  ==============================================  =================================
+
+plus ``<out>/<dataset>/summary.json`` (counts, skips, repairs per split). Rows are those of
+`mcr_swift.data.rows` (MNER-MI: `mner_mi.mner_mi_row`, GREC: `grec.grec_row`). Images come from
+``--image-dir`` (MNER-MI images / COCO train2014) or are drawn as stand-ins (``--standin-images``;
+MNER-MI images get `standin.DEFAULT_SIZE`, COCO images their instances.json size). GREC's train
+split is reduced to ``--train-size`` sentences (14000, App. E.1) by a seeded sample. Each file is
+written to a temporary name and renamed when complete, so an interrupted run leaves no half file;
+a re-run rewrites (preparing is seconds) and existing stand-in images are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from . import grec as grec_mod
+from . import mner_mi as mner_mod
+from ..files import VERIFY_MODES, plain_name
+from ..jsonl import write_json_atomic, write_jsonl_atomic
+from .rows import sample_to_row
+from .standin import DEFAULT_SIZE, write_standin_images
+from .twitter import SPLITS, load_twitter_gmner
+from ..entities import Box, Entity, Sample
+
+#: ``--dataset`` -> (output sub-folder, default splits)
+DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", mner_mod.SPLITS),
+            "grec": ("grec", grec_mod.SPLITS)}
+
+
+def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool) -> None:
+    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`)."""
+    from tqdm import tqdm
+    write_jsonl_atomic(path, tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"))
+
+
+def write_named_standins(images: Mapping[str, Tuple[Tuple[int, int], Sequence[Box]]], out_dir,
+                         progress: bool = True) -> int:
+    """Stand-in JPEGs named as the release names them (``name -> (size, boxes to outline)``), for
+    datasets whose images are shared by several samples (MNER-MI posts, COCO images of GREC)."""
+    samples = []
+    for name, (size, boxes) in images.items():
+        if not name.lower().endswith(".jpg") or Path(name).name != name:
+            raise ValueError(f"cannot draw a stand-in for {name!r}: stand-ins are <name>.jpg files in one folder")
+        samples.append(Sample(id=name[:-4], tokens=(), entities=(Entity(name, "OTHER", tuple(boxes)),),
+                              images=(name,), image_sizes=(size,)))
+    return write_standin_images(samples, out_dir, progress=progress)
+
+
+def _summary(out: Path, summary: Dict[str, Dict]) -> Dict[str, Dict]:
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, image_dir=None,
+                          standin_dir=None, limit: Optional[int] = None, on_error: str = "raise",
+                          family: str = "qwen2_5_vl", multi_box: str = "largest", tags: str = "conlleval",
+                          verify_images: str = "full", progress: bool = True) -> Dict[str, Dict]:
+    """Prepare ``splits`` of the release at ``root``; returns the per-split summary.
+
+    ``tags``: how BIO tags are read (`twitter.TAG_MODES`); ``verify_images``: "full" decodes every
+    image (a truncated JPEG is refused; about 5 ms an image) or "header". Refused images (missing or
+    unreadable) stop the run, or with ``on_error="skip"`` are skipped and counted in the summary's
+    ``refused_images``."""
+    if verify_images not in VERIFY_MODES:
+        raise ValueError(f"verify_images must be one of {VERIFY_MODES}, got {verify_images!r}")
+    for split in splits:
+        plain_name(split, "split")  # names <out>/twitter_gmner/<split>.jsonl
+    if image_dir is None and standin_dir is None:
+        raise ValueError("give the folder of the tweet images (image_dir) or a folder for "
+                         "stand-in images (standin_dir)")
+    out = Path(out_dir) / "twitter_gmner"
+    out.mkdir(parents=True, exist_ok=True)
+    summary: Dict[str, Dict] = {}
+    for split in splits:
+        if standin_dir is not None:
+            # Sizes from the xml; then the stand-ins are the images.
+            pre = load_twitter_gmner(root, split, on_error=on_error, limit=limit, tags=tags)
+            write_standin_images(pre, standin_dir, progress=progress)
+            images = standin_dir
+        else:
+            images = image_dir
+        samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit,
+                                     tags=tags, verify_images=verify_images == "full")
+        path = out / f"{split}.jsonl"
+        _write_rows(path, (sample_to_row(s, family=family, multi_box=multi_box) for s in samples),
+                    len(samples), f"prepare {split}", progress)
+        rep = samples.report
+        summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
+                          "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,
+                          "refused_images": rep.skipped["posts with a missing image"]
+                          + rep.skipped["posts with an unreadable image"]}
+        print(f"[prepare] {rep.summary()} -> {path}", file=sys.stderr)
+    return _summary(out, summary)
+
+
+def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, image_dir=None,
+                    twitter2017_dir=None, standin_dir=None, variant: str = "mi", limit: Optional[int] = None,
+                    on_error: str = "raise", progress: bool = True) -> Dict[str, Dict]:
+    """Prepare MNER-MI (``variant="plus"``: MNER-MI-Plus) into ``<out_dir>/mner_mi/<split>.jsonl``
+    (split names train, dev, test; the release's ``val`` is written as dev)."""
+    if image_dir is None and standin_dir is None:
+        raise ValueError("give the folder of the MNER-MI images (image_dir) or a folder for stand-in "
+                         "images (standin_dir)")
+    out = Path(out_dir) / "mner_mi"
+    out.mkdir(parents=True, exist_ok=True)
+    summary: Dict[str, Dict] = {}
+    for split in splits:
+        name = "dev" if split == "val" else split
+        if standin_dir is not None:
+            pre = mner_mod.load_mner_mi(root, split, variant=variant, on_error=on_error, limit=limit)
+            write_named_standins({n: (DEFAULT_SIZE, ()) for s in pre for n in s.images}, standin_dir, progress)
+            images, t17 = standin_dir, None
+        else:
+            images, t17 = image_dir, twitter2017_dir
+        samples = mner_mod.load_mner_mi(root, split, Path(images).resolve(),
+                                        twitter2017_dir=None if t17 is None else Path(t17).resolve(),
+                                        variant=variant, on_error=on_error, limit=limit)
+        path = out / f"{name}.jsonl"
+        _write_rows(path, (mner_mod.mner_mi_row(s, name) for s in samples), len(samples),
+                    f"prepare mner_mi {name}", progress)
+        rep = samples.report
+        summary[name] = {**rep.as_dict(), "rows": len(samples), "file": str(path), "variant": variant}
+        print(f"[prepare] mner_mi {rep.summary()} -> {path}", file=sys.stderr)
+    return _summary(out, summary)
+
+
+def prepare_grec(root, out_dir, *, splits: Sequence[str] = grec_mod.SPLITS, image_dir=None, standin_dir=None,
+                 refs_file=None, instances_file=None, train_size: Optional[int] = grec_mod.DEFAULT_TRAIN_SIZE,
+                 seed: int = 0, text_field: str = "sent", entity_type: str = grec_mod.DEFAULT_TYPE,
+                 limit: Optional[int] = None, on_error: str = "raise", family: str = "qwen2_5_vl",
+                 progress: bool = True) -> Dict[str, Dict]:
+    """Prepare gRefCOCO as GREC into ``<out_dir>/grec/<split>.jsonl``: one row per referring
+    sentence, multi-target refs removed (App. E.1), train reduced to ``train_size`` sentences
+    (None: all)."""
+    if image_dir is None and standin_dir is None:
+        raise ValueError("give the folder of the COCO train2014 images (image_dir) or a folder for "
+                         "stand-in images (standin_dir)")
+    data = grec_mod.GRefCOCO.load(root, refs_file, instances_file)
+    out = Path(out_dir) / "grec"
+    out.mkdir(parents=True, exist_ok=True)
+    opts = dict(on_error=on_error, limit=limit, text_field=text_field, entity_type=entity_type)
+    summary: Dict[str, Dict] = {}
+    for split in splits:
+        if standin_dir is not None:
+            drawn: Dict[str, Tuple[Tuple[int, int], List[Box]]] = {}
+            for s in data.samples(split, None, **opts):
+                drawn.setdefault(s.image, (s.image_size, []))[1].extend(s.entities[0].boxes)
+            write_named_standins(drawn, standin_dir, progress)
+            images = standin_dir
+        else:
+            images = image_dir
+        samples = data.samples(split, Path(images).resolve(), **opts)
+        chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
+        path = out / f"{split}.jsonl"
+        _write_rows(path, (grec_mod.grec_row(s, split, family=family) for s in chosen), len(chosen),
+                    f"prepare grec {split}", progress)
+        rep = samples.report
+        summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path)}
+        if split == "train":
+            summary[split].update(train_size=train_size, seed=seed)
+        print(f"[prepare] grec {rep.summary()}; {len(chosen)} rows -> {path}", file=sys.stderr)
+    return _summary(out, summary)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="mcr-swift prepare", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="twitter_gmner",
+                   help="which release --root holds (default twitter_gmner)")
+    p.add_argument("--root", required=True, help="release folder: Twitter-GMNER (txt/, xml/), MNER-MI "
+                                                 "(text/), or gRefCOCO (grefs(unc).json, instances.json)")
+    p.add_argument("--out", default=os.environ.get("MCR_DATA_DIR", "mcr_data"),
+                   help="output folder (what MCR_DATA_DIR must point to; default $MCR_DATA_DIR or ./mcr_data)")
+    img = p.add_mutually_exclusive_group(required=True)
+    img.add_argument("--image-dir", help="folder of the images: tweet images <IMGID>.jpg, MNER-MI images, "
+                                         "or COCO train2014")
+    img.add_argument("--standin-images", metavar="DIR",
+                     help="draw stand-in images of the annotated sizes into DIR and use them")
+    p.add_argument("--splits", nargs="+", default=None,
+                   help="default: train dev test (twitter_gmner, mner_mi), train val testA testB (grec)")
+    p.add_argument("--limit", type=int, default=None, help="first N posts of each split")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="malformed input: stop with an error (default) or skip and count it")
+    p.add_argument("--family", default="qwen2_5_vl",
+                   help="model family whose box format the instruction describes")
+    p.add_argument("--multi-box", choices=["largest", "first"], default="largest",
+                   help="which gold box a multi-box entity's training target writes")
+    tw = p.add_argument_group("twitter_gmner")
+    tw.add_argument("--tags", choices=["conlleval", "strict"], default="conlleval",
+                    help="conlleval (default): an I- tag after O or another type begins an entity (counted "
+                         "as a repair); strict: such a tag is malformed input (see --on-error)")
+    tw.add_argument("--verify-images", choices=list(VERIFY_MODES), default="full",
+                    help="full (default): decode every image, refusing truncated ones; header: read the "
+                         "header only (faster)")
+    mm = p.add_argument_group("mner_mi")
+    mm.add_argument("--variant", choices=sorted(mner_mod.VARIANTS), default="mi",
+                    help="mi: MNER-MI (MNER-MI_*.txt), plus: MNER-MI-Plus (MNER-UNI_*.txt)")
+    mm.add_argument("--twitter2017-image-dir", default=None,
+                    help="MNER-MI-Plus: folder of the Twitter-2017 images (default: --image-dir)")
+    gr = p.add_argument_group("grec")
+    gr.add_argument("--refs", default=None, help="refs file (default: <root>/grefs(unc).json, else .p)")
+    gr.add_argument("--instances", default=None, help="COCO instances file (default: <root>/instances.json)")
+    gr.add_argument("--train-size", type=int, default=grec_mod.DEFAULT_TRAIN_SIZE,
+                    help="train sentences kept by a seeded sample (App. E.1: 14000; 0 = all)")
+    gr.add_argument("--seed", type=int, default=0, help="seed of the train sample")
+    gr.add_argument("--text-field", choices=grec_mod.TEXT_FIELDS, default="sent",
+                    help="sentence field used as the expression")
+    gr.add_argument("--grec-type", default=grec_mod.DEFAULT_TYPE,
+                    help="the answer's type for an expression (default OTHER)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    splits = a.splits or list(DATASETS[a.dataset][1])
+    for split in splits:
+        plain_name(split, "--splits value")  # each names <out>/<dataset>/<split>.jsonl
+    common = dict(splits=splits, image_dir=a.image_dir, standin_dir=a.standin_images, limit=a.limit,
+                  on_error=a.on_error, progress=not a.no_progress)
+    if a.dataset == "mner_mi":
+        summary = prepare_mner_mi(a.root, a.out, twitter2017_dir=a.twitter2017_image_dir, variant=a.variant,
+                                  **common)
+    elif a.dataset == "grec":
+        summary = prepare_grec(a.root, a.out, refs_file=a.refs, instances_file=a.instances,
+                               train_size=a.train_size or None, seed=a.seed, text_field=a.text_field,
+                               entity_type=a.grec_type, family=a.family, **common)
+    else:
+        summary = prepare_twitter_gmner(a.root, a.out, family=a.family, multi_box=a.multi_box, tags=a.tags,
+                                        verify_images=a.verify_images, **common)
+    keys = ("rows", "entities", "located_entities", "skipped", "repaired", "refused_images", "unmatched_names",
+            "images", "no_target",
+            "one_target", "removed_multi_target_refs", "removed_multi_target_sentences")
+    print(json.dumps({k: {kk: v[kk] for kk in keys if kk in v} for k, v in summary.items()}))
+    return 0

@@ -1,0 +1,48 @@
+"""Stand-in images for posts whose tweet image is not at hand (tests, CPU demo).
+
+The Twitter-GMNER images are distributed separately; tests and the CPU recipe instead draw a JPEG
+of the size the xml gives (``default_size`` for posts without xml), with each gold box outlined so
+that boxes have something to point at. Existing files are kept (re-runs resume).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Tuple
+
+from ..files import plain_name
+from ..jsonl import atomic_open
+from ..entities import Sample
+
+DEFAULT_SIZE: Tuple[int, int] = (640, 480)
+
+
+def _colour(key: str, salt: str = "") -> Tuple[int, int, int]:
+    h = hashlib.sha1((key + salt).encode()).digest()
+    return h[0], h[1], h[2]
+
+
+def write_standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE) -> Path:
+    from PIL import Image, ImageDraw
+    path = Path(out_dir) / f"{plain_name(sample.id, 'post id')}.jpg"  # never outside out_dir
+    if path.is_file():
+        return path
+    size = sample.image_size or default_size
+    img = Image.new("RGB", size, _colour(sample.id))
+    draw = ImageDraw.Draw(img)
+    for e in sample.entities:
+        for b in e.boxes:
+            draw.rectangle(b, outline=_colour(e.text, "box"), width=max(1, min(size) // 100))
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="JPEG", quality=85)
+    return path
+
+
+def write_standin_images(samples: Iterable[Sample], out_dir, default_size=DEFAULT_SIZE, progress=True) -> int:
+    from tqdm import tqdm
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = list(samples)
+    for s in tqdm(samples, desc="stand-in images", disable=not progress, unit="img"):
+        write_standin_image(s, out, default_size)
+    return len(samples)

@@ -1,0 +1,507 @@
+"""The paper's evaluation metrics (App. E.3, Eq. 19-31; Sec. 5.1 and 5.5), separate from any file I/O.
+
+`gmner_metrics(preds, golds, sentences)` scores one prediction list per post against the gold list
+of that post. Every box must be in ONE coordinate space (original-image pixels normally; see
+`mcr_swift.coords`). It reports:
+
+* ``gmner`` -- Eq. 19: a predicted triple is correct when span (C_e), type (C_t) and location (C_l)
+  are all right; precision / recall / F1 by Eq. 23-24.
+* ``mner``  -- C_e and C_t (the location is ignored).
+* ``eeg``   -- C_e and C_l (the type is ignored).
+* ``n``     -- textual bias, Eq. 26-29 (N-Pre, N-Rec, N-F1 of the paper's Fig. 3).
+* ``n_count``, ``n_rate`` -- visual bias, Eq. 30-31 (Table 4), only when ``sentences`` is given.
+
+Each of ``gmner``/``mner``/``eeg``/``n`` is ``{"precision", "recall", "f1"}`` (fractions in [0, 1])
+plus the raw counts ``{"correct", "predicted", "gold"}``.
+
+Conventions (where the paper is silent, the choice made here):
+
+* **Span equality (C_e, Eq. 20)** is exact string equality after whitespace normalisation:
+  ``" ".join(text.split())`` -- leading/trailing whitespace removed, internal runs of whitespace
+  collapsed to one space. It is case-sensitive and nothing else is normalised (no punctuation or
+  Unicode folding): Twitter-GMNER spans are the sentence's tokens joined by single spaces, and
+  the model is asked to copy them.
+* **Type equality (C_t)** is exact, case-sensitive string equality (``"PER" != "per"``);
+  canonicalising type names is the answer parser's job.
+* **Location (C_l, Eq. 21)**: right when both locations are None, or when both have a box and
+  IoU >= 0.5 (inclusive; `mcr_swift.coords.iou`, Eq. 22, no tolerance). A prediction carries at
+  most one box: its first (`Entity.box`); further boxes are ignored. A gold entity may carry
+  several boxes (an entity shown several times in the image): the prediction is right when it
+  overlaps ANY of them with IoU >= 0.5 (best IoU). A box on one side and None on the other is wrong.
+* **One-to-one matching within a post.** The paper counts "#correct" triples without saying how
+  duplicates are handled. Here each gold triple is credited at most once and each prediction
+  matches at most one gold: #correct is the size of a MAXIMUM bipartite matching between the
+  post's predictions and gold triples under the metric's correctness relation (an optimal
+  assignment, not first-come greedy -- greedy can credit fewer golds when a prediction is
+  compatible with several). Duplicate predictions all count in #predict but only as many can be
+  correct as there are compatible golds. The matching is computed separately for GMNER, MNER,
+  EEG and N, each with its own relation. Because every relation requires C_e, the matching
+  splits into independent sub-problems, one per span text; a 1x1 sub-problem is decided
+  directly, one where every pair is compatible pairs them off, small ones use augmenting paths
+  (Kuhn), large ones (> `_SCIPY_MIN_PAIRS` compatible pairs) use
+  ``scipy.optimize.linear_sum_assignment`` on the 0/1 compatibility matrix (all exact maxima).
+* **Degenerate ratios:** precision = 0 when nothing is predicted, recall = 0 when there is no
+  gold triple, F1 = 0 when precision + recall = 0 (so empty predictions against empty gold give
+  0, not 1).
+* **Textual bias (Eq. 26-29, key ``n``):** #n-predict = predicted triples with no box, #n-gold =
+  gold triples with no box, and a predicted unlocated triple is n-correct when it matches an
+  unlocated gold triple with the same span (C_e and C_n only: Eq. 26 does NOT require the type),
+  again one-to-one with a maximum matching.
+* **Visual bias (Eq. 30-31):** N-Count is the number of predicted triples whose span does not
+  occur in the post's sentence, over the whole set; N-Rate = N-Count / #predicted triples (0 when
+  nothing is predicted). "Occurs" is a case-sensitive substring test of the whitespace-normalised
+  span in the whitespace-normalised sentence (no token-boundary requirement, so "Apple" occurs in
+  "#AppleEvent"); an empty span counts as absent. The paper's Eq. 30 writes N-Count with a
+  1/k_2 factor, which together with Eq. 31 would make N-Rate = count / k_2^2; that factor is a
+  typo (Sec. 5.5 defines N-Count as "the number of recalled entities that are absent from the
+  sentence") and N-Count is implemented as a plain count. (Eq. 31's gloss of the indicator --
+  "returns 1 if the predicted entity is mentioned" -- is inverted too; the formula's ``not in``
+  is what is implemented.) A post whose sentence is None is left out of both N-Count and the
+  N-Rate denominator (``n_count_predicted`` reports that denominator).
+
+**Protocols** (``protocol=``): ``"mcr"`` (default) is everything above, the paper's definitions.
+``"hindex"`` reproduces the two places where the dataset authors' evaluator (H-Index, NUSTM/GMNER
+``model/metrics.py``, which published Twitter-GMNER numbers use) differs; everything else stays as
+above:
+
+* location is right only when IoU > 0.5 (strict), so a box at exactly IoU 0.5 is wrong;
+* that evaluator keys predictions by span position, so a later prediction at the same position
+  replaces the earlier one. Here predictions are texts: when a text occurring c >= 1 times in the
+  sentence is predicted n > c times in a post, only its first c - 1 and its last predictions count
+  (the others are dropped before counting, from #predict too); a text absent from the sentence keeps
+  every prediction. "Occurs c times" = the number of positions where the span's whitespace tokens
+  appear as consecutive tokens of the sentence (`hindex_kept`); a post without a sentence keeps
+  every prediction.
+
+Table 2 (Sec. 5.3): `mner_mi_metrics` (MNER-MI precision / recall / F1 on span and type) and
+`grec_metrics` (GREC N-acc, Eq. 25, and Precision on one-target samples, App. E.3 "VG").
+
+Other public helpers: `normalize_text`, `location_correct`, `prf`, `post_counts` (one post's
+counts, with the matched index pairs, for error analysis; ``gmner_metrics(..., per_post=True)``
+adds the list of them under ``"per_post"``), `metrics_table` (plain-text table), and `perturb`
+(a documented, seeded perturbation of gold triples, for tests and benchmarks).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..coords import iou
+from ..entities import ENTITY_TYPES, Entity
+
+#: C_l threshold (Eq. 21): IoU >= this value (inclusive).
+IOU_THRESHOLD = 0.5
+#: Evaluation protocols of `gmner_metrics` (module docstring): the paper's, and the H-Index evaluator's.
+PROTOCOLS: Tuple[str, ...] = ("mcr", "hindex")
+#: The four correctness relations, each with its own one-to-one matching.
+TASKS: Tuple[str, ...] = ("gmner", "mner", "eeg", "n")
+#: Sub-problems with more compatible pairs than this go to scipy; smaller ones use augmenting paths.
+_SCIPY_MIN_PAIRS = 400
+
+Pair = Tuple[int, int]
+
+
+# --------------------------------------------------------------------------- single-triple tests
+def normalize_text(text: str) -> str:
+    """Whitespace normalisation used for span equality (C_e) and the N-Count substring test."""
+    return " ".join(str(text).split())
+
+
+def location_correct(pred: Entity, gold: Entity, threshold: float = IOU_THRESHOLD, strict: bool = False) -> bool:
+    """C_l of Eq. 21: both None, or IoU(pred's first box, any gold box) >= ``threshold`` (> with
+    ``strict``, the H-Index protocol)."""
+    pb, gb = pred.boxes, gold.boxes
+    if not pb:
+        return not gb
+    if not gb:
+        return False
+    b = pb[0]
+    for g in gb:
+        v = iou(b, g)
+        if v > threshold or (v == threshold and not strict):
+            return True
+    return False
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def _occurrences(text: str, tokens: Sequence[str]) -> int:
+    """Number of start positions where ``text``'s whitespace tokens are consecutive ``tokens``."""
+    t = text.split()
+    if not t:
+        return 0
+    n = len(t)
+    return sum(1 for i in range(len(tokens) - n + 1) if list(tokens[i:i + n]) == t)
+
+
+def hindex_kept(pred: Sequence[Entity], sentence: Optional[str]) -> List[int]:
+    """Indices of the predictions the H-Index protocol counts (module docstring): for a text occurring
+    c >= 1 times in ``sentence`` and predicted n > c times, its first c - 1 and its last predictions;
+    every other prediction (and every prediction when ``sentence`` is None)."""
+    if sentence is None:
+        return list(range(len(pred)))
+    tokens = str(sentence).split()
+    by_text = _group(pred)
+    drop = set()
+    for text, idx in by_text.items():
+        c = _occurrences(text, tokens)
+        if c >= 1 and len(idx) > c:
+            drop.update(idx[c - 1:-1])
+    return [i for i in range(len(pred)) if i not in drop]
+
+
+def prf(correct: int, predicted: int, gold: int) -> Dict[str, Any]:
+    """Precision, recall (Eq. 23, 28) and F1 (Eq. 24, 29) with the raw counts.
+
+    P = 0 when ``predicted`` is 0, R = 0 when ``gold`` is 0, F1 = 0 when P + R = 0.
+    """
+    p = correct / predicted if predicted else 0.0
+    r = correct / gold if gold else 0.0
+    f = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return {"precision": p, "recall": r, "f1": f,
+            "correct": int(correct), "predicted": int(predicted), "gold": int(gold)}
+
+
+# --------------------------------------------------------------------------- maximum matching
+def _kuhn(adj: List[List[int]], n_right: int) -> List[Pair]:
+    """Maximum bipartite matching by augmenting paths; ``adj[u]`` lists the right nodes of u."""
+    match_r = [-1] * n_right
+
+    def augment(u: int, seen: List[bool]) -> bool:
+        for v in adj[u]:
+            if not seen[v]:
+                seen[v] = True
+                if match_r[v] < 0 or augment(match_r[v], seen):
+                    match_r[v] = u
+                    return True
+        return False
+
+    for u in range(len(adj)):
+        if adj[u]:
+            augment(u, [False] * n_right)
+    return [(u, v) for v, u in enumerate(match_r) if u >= 0]
+
+
+def _scipy_matching(adj: List[List[int]], n_right: int) -> List[Pair]:
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    m = np.zeros((len(adj), n_right), dtype=np.int8)
+    for u, vs in enumerate(adj):
+        m[u, vs] = 1
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    return [(int(u), int(v)) for u, v in zip(rows, cols) if m[u, v]]
+
+
+def max_matching(adj: Sequence[Sequence[int]], n_right: int) -> List[Pair]:
+    """A maximum matching of a bipartite graph given as adjacency lists (left -> right indices);
+    returns the matched (left, right) pairs."""
+    adj = [list(vs) for vs in adj]
+    n_edges = sum(map(len, adj))
+    if n_edges == 0:
+        return []
+    if n_edges > _SCIPY_MIN_PAIRS:
+        return _scipy_matching(adj, n_right)
+    return _kuhn(adj, n_right)
+
+
+def _match_group(ok: List[List[bool]], n_gold: int) -> List[Pair]:
+    """Maximum matching for one relation on one span-text group (``ok[i][j]``: pred i ~ gold j)."""
+    n_pred = len(ok)
+    full = True
+    adj = []
+    for row in ok:
+        vs = [j for j, x in enumerate(row) if x]
+        full = full and len(vs) == n_gold
+        adj.append(vs)
+    if full:  # complete bipartite: pair them off in order
+        k = min(n_pred, n_gold)
+        return [(i, i) for i in range(k)]
+    return max_matching(adj, n_gold)
+
+
+# --------------------------------------------------------------------------- per post
+def _group(entities: Sequence[Entity]) -> Dict[str, List[int]]:
+    groups: Dict[str, List[int]] = {}
+    for i, e in enumerate(entities):
+        groups.setdefault(normalize_text(e.text), []).append(i)
+    return groups
+
+
+def post_counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Optional[str] = None,
+                pairs: bool = True, protocol: str = "mcr") -> Dict[str, Any]:
+    """Counts of one post under ``protocol`` (module docstring; "hindex" counts only the
+    predictions `hindex_kept` keeps -- indices still refer to ``pred`` -- and needs IoU > 0.5).
+
+    Returns ``{task: {"correct", "predicted", "gold"}}`` for each task in `TASKS`, plus, when
+    ``pairs``, ``"pairs": {task: [(pred_index, gold_index), ...]}`` (the maximum matching found,
+    indices into ``pred`` and ``gold``), and, when ``sentence`` is not None, ``"n_count"`` and
+    ``"absent"`` (indices of predictions whose span does not occur in the sentence).
+    """
+    _check_protocol(protocol)
+    if protocol == "mcr":
+        return _counts(pred, gold, sentence, pairs, strict=False)
+    kept = hindex_kept(pred, sentence)
+    out = _counts([pred[i] for i in kept], gold, sentence, pairs, strict=True)
+    if pairs:
+        out["pairs"] = {t: [(kept[i], j) for i, j in v] for t, v in out["pairs"].items()}
+    if "absent" in out:
+        out["absent"] = [kept[i] for i in out["absent"]]
+    out["hindex_dropped"] = len(pred) - len(kept)
+    return out
+
+
+def _counts(pred: Sequence[Entity], gold: Sequence[Entity], sentence: Optional[str], pairs: bool,
+            strict: bool) -> Dict[str, Any]:
+    correct = {t: 0 for t in TASKS}
+    matched: Dict[str, List[Pair]] = {t: [] for t in TASKS}
+    if pred and gold:
+        gold_groups = _group(gold)
+        for text, pis in _group(pred).items():
+            gis = gold_groups.get(text)
+            if not gis:
+                continue
+            if len(pis) == 1 and len(gis) == 1:  # the common case: no matching needed
+                i, j = pis[0], gis[0]
+                p, g = pred[i], gold[j]
+                t_ok = p.type == g.type
+                l_ok = location_correct(p, g, strict=strict)
+                n_ok = not p.boxes and not g.boxes
+                for task, ok in (("gmner", t_ok and l_ok), ("mner", t_ok), ("eeg", l_ok), ("n", n_ok)):
+                    if ok:
+                        correct[task] += 1
+                        if pairs:
+                            matched[task].append((i, j))
+                continue
+            # Several predictions and/or golds share this span: C_t and C_l once per pair.
+            t_ok = [[pred[i].type == gold[j].type for j in gis] for i in pis]
+            l_ok = [[location_correct(pred[i], gold[j], strict=strict) for j in gis] for i in pis]
+            n_ok = [[not pred[i].boxes and not gold[j].boxes for j in gis] for i in pis]
+            rel = {
+                "gmner": [[a and b for a, b in zip(tr, lr)] for tr, lr in zip(t_ok, l_ok)],
+                "mner": t_ok,
+                "eeg": l_ok,
+                "n": n_ok,
+            }
+            for task, ok in rel.items():
+                m = _match_group(ok, len(gis))
+                correct[task] += len(m)
+                if pairs:
+                    matched[task].extend((pis[a], gis[b]) for a, b in m)
+    n_pred_none = sum(1 for p in pred if not p.boxes)
+    n_gold_none = sum(1 for g in gold if not g.boxes)
+    out: Dict[str, Any] = {}
+    for task in TASKS:
+        if task == "n":
+            out[task] = {"correct": correct[task], "predicted": n_pred_none, "gold": n_gold_none}
+        else:
+            out[task] = {"correct": correct[task], "predicted": len(pred), "gold": len(gold)}
+    if pairs:
+        out["pairs"] = {t: sorted(v) for t, v in matched.items()}
+    if sentence is not None:
+        s = normalize_text(sentence)
+        absent = []
+        for i, p in enumerate(pred):
+            t = normalize_text(p.text)
+            if not t or t not in s:
+                absent.append(i)
+        out["n_count"] = len(absent)
+        out["absent"] = absent
+    return out
+
+
+# --------------------------------------------------------------------------- whole set
+def gmner_metrics(preds: Sequence[Sequence[Entity]], golds: Sequence[Sequence[Entity]],
+                  sentences: Optional[Sequence[Optional[str]]] = None, per_post: bool = False,
+                  protocol: str = "mcr") -> Dict[str, Any]:
+    """GMNER / MNER / EEG precision, recall, F1 (Eq. 19-24), textual-bias N-Pre/N-Rec/N-F1
+    (Eq. 26-29, key ``n``) and, with ``sentences``, visual-bias N-Count / N-Rate (Eq. 30-31).
+
+    ``preds[k]`` and ``golds[k]`` are the predicted and gold `Entity` lists of post k (boxes in one
+    coordinate space); ``sentences[k]`` is its sentence (None: leave the post out of N-Count/N-Rate).
+    With ``per_post=True`` the result also holds ``"per_post"``: the `post_counts` of every post.
+    ``protocol``: "mcr" (default, the paper's) or "hindex" (the H-Index evaluator's; recorded in the
+    result with the number of predictions it dropped). See the module docstring for every
+    convention. Raises ValueError on mismatched lengths or an unknown protocol.
+    """
+    _check_protocol(protocol)
+    if len(preds) != len(golds):
+        raise ValueError(f"preds and golds must have one entry per post: got {len(preds)} prediction "
+                         f"lists and {len(golds)} gold lists")
+    if sentences is not None and len(sentences) != len(golds):
+        raise ValueError(f"sentences must have one entry per post: got {len(sentences)} sentences "
+                         f"for {len(golds)} posts")
+    totals = {t: [0, 0, 0] for t in TASKS}
+    n_count = n_count_pred = n_dropped = 0
+    posts = [] if per_post else None
+    for k in range(len(golds)):
+        sentence = sentences[k] if sentences is not None else None
+        pred = preds[k]
+        c = post_counts(pred, golds[k], sentence, pairs=per_post, protocol=protocol)
+        n_dropped += c.get("hindex_dropped", 0)
+        for t in TASKS:
+            tt, ct = totals[t], c[t]
+            tt[0] += ct["correct"]
+            tt[1] += ct["predicted"]
+            tt[2] += ct["gold"]
+        if sentence is not None:
+            n_count += c["n_count"]
+            n_count_pred += len(pred) - c.get("hindex_dropped", 0)
+        if posts is not None:
+            posts.append(c)
+    out: Dict[str, Any] = {t: prf(*totals[t]) for t in TASKS}
+    out["protocol"] = protocol
+    if protocol == "hindex":
+        out["hindex_dropped_predictions"] = n_dropped
+    if sentences is not None:
+        out["n_count"] = n_count
+        out["n_rate"] = n_count / n_count_pred if n_count_pred else 0.0
+        out["n_count_predicted"] = n_count_pred
+    if posts is not None:
+        out["per_post"] = posts
+    return out
+
+
+def metrics_table(m: Dict[str, Any]) -> str:
+    """The result of `gmner_metrics` as a small plain-text table (percentages)."""
+    names = {"gmner": "GMNER", "mner": "MNER", "eeg": "EEG", "n": "N (textual bias)"}
+    lines = [f"{'metric':<17} {'Pre':>6} {'Rec':>6} {'F1':>6} {'correct':>8} {'predict':>8} {'gold':>6}"]
+    for t in TASKS:
+        r = m[t]
+        lines.append(f"{names[t]:<17} {100 * r['precision']:>6.2f} {100 * r['recall']:>6.2f} "
+                     f"{100 * r['f1']:>6.2f} {r['correct']:>8d} {r['predicted']:>8d} {r['gold']:>6d}")
+    if "n_count" in m:
+        lines.append(f"N-Count {m['n_count']}  N-Rate {100 * m['n_rate']:.2f}% "
+                     f"(of {m.get('n_count_predicted', 0)} predicted)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- perturbation
+def _shifted_box(gold: Entity) -> Tuple[float, float, float, float]:
+    """The gold entity's first box moved right, past every gold box of the entity (IoU 0 with each)."""
+    x1, y1, x2, y2 = gold.boxes[0]
+    right = max(b[2] for b in gold.boxes)
+    dx = right - x1 + max(1.0, 0.5 * (x2 - x1))
+    return (x1 + dx, y1, x2 + dx, y2)
+
+
+def perturb(golds: Sequence[Sequence[Entity]], seed: int = 0, drop: float = 0.1, shift: float = 0.1,
+            retype: float = 0.1, spurious: float = 0.0,
+            types: Sequence[str] = ENTITY_TYPES) -> List[List[Entity]]:
+    """Predictions made from gold triples with a known number of errors, deterministic in ``seed``.
+
+    Let N be the number of gold triples and L the number with at least one box. Every gold triple
+    becomes one prediction (same text, same type, its FIRST gold box or None), except:
+
+    * ``round(drop * N)`` triples are dropped;
+    * ``round(retype * N)`` of the rest get a different type (drawn uniformly from ``types`` minus
+      the gold type); their location is kept;
+    * ``round(shift * L)`` located triples of the rest (neither dropped nor retyped) get a box moved
+      right past every gold box of that entity, so IoU = 0 < 0.5 with each; type kept;
+    * ``round(spurious * N)`` unlocated predictions are added, with type ``types[0]`` and a text
+      ``"spurious entity <k>"`` (k = 0, 1, ...) that occurs in no sentence, each appended to a
+      post drawn uniformly.
+
+    The three selections are DISJOINT: the triples are enumerated in order (post, then position),
+    shuffled once with ``random.Random(seed)``, and the dropped ones are the first of the shuffled
+    order, the retyped ones the next, and the shifted ones the first located triples after those.
+    Then the new types are drawn in shuffled order, then the spurious posts. Raises ValueError when
+    a fraction is outside [0, 1] or there are not enough triples left for a selection.
+    """
+    for name, v in (("drop", drop), ("shift", shift), ("retype", retype), ("spurious", spurious)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {v}")
+    rng = random.Random(seed)
+    flat = [(k, j) for k, g in enumerate(golds) for j in range(len(g))]
+    n = len(flat)
+    n_located = sum(1 for k, j in flat if golds[k][j].boxes)
+    n_drop, n_retype = round(drop * n), round(retype * n)
+    n_shift, n_spurious = round(shift * n_located), round(spurious * n)
+    if n_drop + n_retype > n:
+        raise ValueError(f"cannot drop {n_drop} and retype {n_retype} of {n} triples")
+    order = list(range(n))
+    rng.shuffle(order)
+    dropped = set(order[:n_drop])
+    retyped_order = order[n_drop:n_drop + n_retype]
+    rest_located = [i for i in order[n_drop + n_retype:] if golds[flat[i][0]][flat[i][1]].boxes]
+    if n_shift > len(rest_located):
+        raise ValueError(f"cannot shift {n_shift} boxes: only {len(rest_located)} located triples are "
+                         f"neither dropped nor retyped")
+    shifted = set(rest_located[:n_shift])
+    new_type: Dict[int, str] = {}
+    for i in retyped_order:
+        t = golds[flat[i][0]][flat[i][1]].type
+        others = [x for x in types if x != t]
+        if not others:
+            raise ValueError(f"no type other than {t!r} to retype to")
+        new_type[i] = rng.choice(others)
+    preds: List[List[Entity]] = [[] for _ in golds]
+    for i, (k, j) in enumerate(flat):
+        if i in dropped:
+            continue
+        g = golds[k][j]
+        if i in shifted:
+            box: Tuple = (_shifted_box(g),)
+        else:
+            box = (g.boxes[0],) if g.boxes else ()
+        preds[k].append(Entity(g.text, new_type.get(i, g.type), box))
+    if n_spurious and not preds:
+        raise ValueError("cannot add spurious predictions to an empty set of posts")
+    for s in range(n_spurious):
+        preds[rng.randrange(len(preds))].append(Entity(f"spurious entity {s}", types[0], ()))
+    return preds
+
+
+# --------------------------------------------------------------------------- Table 2: MNER-MI, GREC
+def mner_mi_metrics(preds: Sequence[Sequence[Entity]], golds: Sequence[Sequence[Entity]]) -> Dict[str, Any]:
+    """MNER-MI precision / recall / F1 (Table 2, Sec. 5.1 "MNER"): a predicted entity is correct when
+    its span and type equal a gold entity's (C_e and C_t of Eq. 20; locations are not asked and are
+    ignored), counted with the same one-to-one maximum matching per post and Eq. 23-24 as the
+    ``mner`` part of `gmner_metrics`. Returns ``{"precision", "recall", "f1", "correct",
+    "predicted", "gold", "posts"}``."""
+    if len(preds) != len(golds):
+        raise ValueError(f"preds and golds must have one entry per post: got {len(preds)} prediction "
+                         f"lists and {len(golds)} gold lists")
+    c = p = g = 0
+    for pred, gold in zip(preds, golds):
+        counts = post_counts(pred, gold, pairs=False)["mner"]
+        c, p, g = c + counts["correct"], p + counts["predicted"], g + counts["gold"]
+    return {**prf(c, p, g), "posts": len(golds)}
+
+
+def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]]],
+                 gold_boxes: Sequence[Optional[Tuple[float, float, float, float]]],
+                 threshold: float = IOU_THRESHOLD) -> Dict[str, Any]:
+    """GREC N-acc and Precision (App. E.3 "VG", Eq. 25; He et al. 2023), one entry per sample.
+
+    ``pred_boxes[k]``: the boxes the answer for sample k gives (empty: location None; None: no
+    answer at all, e.g. a sample missing from the result file -- wrong in both ratios);
+    ``gold_boxes[k]``: its target box, or None for a no-target sample (multi-target samples are
+    removed before, App. E.1).
+
+    * N-acc = TP / (TP + FN) over no-target samples (Eq. 25): TP when no box is predicted.
+    * Precision over one-target samples: correct when the answer gives exactly one box and its IoU
+      with the target is >= ``threshold`` (0.5, inclusive as in Eq. 21). GREC's Precision@(F1=1,
+      IoU>=0.5) also needs the predicted set to match exactly, so an answer with extra boxes, or
+      with none, is wrong.
+
+    A ratio with no sample is 0. Returns ``{"n_acc", "precision", "no_target": {"correct",
+    "total"}, "one_target": {"correct", "total"}, "samples"}``.
+    """
+    if len(pred_boxes) != len(gold_boxes):
+        raise ValueError(f"pred_boxes and gold_boxes must have one entry per sample: got "
+                         f"{len(pred_boxes)} and {len(gold_boxes)}")
+    nt_ok = nt = ot_ok = ot = 0
+    for boxes, gold in zip(pred_boxes, gold_boxes):
+        if gold is None:
+            nt += 1
+            nt_ok += boxes is not None and not boxes
+        else:
+            ot += 1
+            ot_ok += boxes is not None and len(boxes) == 1 and iou(boxes[0], gold) >= threshold
+    return {"n_acc": nt_ok / nt if nt else 0.0, "precision": ot_ok / ot if ot else 0.0,
+            "no_target": {"correct": nt_ok, "total": nt}, "one_target": {"correct": ot_ok, "total": ot},
+            "samples": len(gold_boxes)}

@@ -1,0 +1,130 @@
+"""Split the multi-style CoT set D_R into D1 (MRSI SFT) and D2 = D_R \\ D1 (CVO), App. D.3 / Sec. 4.2.2.
+
+The split is made **by sample** (``mcr_task``, ``mcr_id``; a row without ``mcr_task`` is GMNER): all
+rows of one sample (its several styles) go to the same side, so CVO never optimizes a sample whose
+reasoning was injected by SFT, and samples of different sources never merge. It is stratified by
+task and by the sample's style mix: samples are grouped by (task, sorted tuple of their rows'
+``mcr_style`` values; a row without one counts as style ``""``), each group is shuffled with its own
+seeded RNG, and the groups are laid end to end (task by task) and cut systematically: the k-th
+sample goes to D1 iff ``floor((k + 1) * r + 1/2) > floor(k * r + 1/2)``. So every group, every
+task, and the whole set are within one sample of ``d1_ratio`` of their size (the remainders of
+small groups carry over instead of all rounding the same way), and both sides keep the task and
+style mix of D_R (the three-source mixture of App. E.1).
+
+The paper does not give the D1/D2 ratio; the default is 0.5. The D2 sampling-based filtering of
+App. D.3 (reward std / max / median thresholds) needs model rollouts and is not done here.
+
+CLI::
+
+    python -m mcr_swift.synth.split --input D_R.jsonl --out-dir DIR [--d1-ratio 0.5] [--seed 0]
+
+writes ``DIR/d1.jsonl`` and ``DIR/d2.jsonl`` (rows in input order) and prints per-style counts.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..jsonl import iter_jsonl, write_jsonl_atomic
+from ..data.rows import row_task
+
+__all__ = ["DEFAULT_D1_RATIO", "split_by_post", "style_counts", "task_style_counts", "main"]
+
+#: Fraction of posts that go to D1 (MRSI); the paper is silent, so half.
+DEFAULT_D1_RATIO = 0.5
+
+
+def _style(row: Mapping[str, Any]) -> str:
+    s = row.get("mcr_style")
+    return "" if s is None else str(s)
+
+
+def split_by_post(rows: Sequence[Mapping[str, Any]], d1_ratio: float = DEFAULT_D1_RATIO,
+                  seed: int = 0) -> Tuple[List[Mapping[str, Any]], List[Mapping[str, Any]]]:
+    """``(d1, d2)``: the rows split by post, stratified by style mix, deterministic per ``seed``.
+
+    Rows keep their input order on each side. Raises ValueError if ``d1_ratio`` is not strictly
+    between 0 and 1 or a row has no ``mcr_id``.
+    """
+    try:
+        ratio = float(d1_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"d1_ratio must be a number in (0, 1), got {d1_ratio!r}") from None
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"d1_ratio must be strictly between 0 and 1, got {d1_ratio!r}")
+    styles: Dict[Tuple[str, str], List[str]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        pid = row.get("mcr_id")
+        if pid is None:
+            raise ValueError(f"row {i} has no 'mcr_id'")
+        styles[_sample(row)].append(_style(row))
+    strata: Dict[Tuple[str, Tuple[str, ...]], List[Tuple[str, str]]] = defaultdict(list)
+    for key, ss in styles.items():
+        strata[(key[0], tuple(sorted(ss)))].append(key)
+    ordered: List[Tuple[str, str]] = []
+    for task, mix in sorted(strata):
+        samples = sorted(strata[(task, mix)])
+        random.Random(f"{seed}:{'|'.join(mix)}" if task == "gmner" else f"{seed}:{task}:{'|'.join(mix)}"
+                      ).shuffle(samples)
+        ordered += samples
+    in_d1 = {key for k, key in enumerate(ordered)
+             if math.floor((k + 1) * ratio + 0.5) > math.floor(k * ratio + 0.5)}
+    d1 = [r for r in rows if _sample(r) in in_d1]
+    d2 = [r for r in rows if _sample(r) not in in_d1]
+    return d1, d2
+
+
+def _sample(row: Mapping[str, Any]) -> Tuple[str, str]:
+    return row_task(row), str(row["mcr_id"])
+
+
+def style_counts(rows: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
+    return dict(sorted(Counter(_style(r) for r in rows).items()))
+
+
+def task_style_counts(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, int]]:
+    """Rows per task and style (``{task: {style: rows}}``)."""
+    out: Dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        out[row_task(r)][_style(r)] += 1
+    return {t: dict(sorted(c.items())) for t, c in sorted(out.items())}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mcr_swift.synth.split",
+                                 description="Split D_R into D1 (MRSI) and D2 (CVO) by post.")
+    ap.add_argument("--input", required=True, help="D_R rows (.jsonl) with mcr_id and mcr_style")
+    ap.add_argument("--out-dir", required=True, help="folder for d1.jsonl and d2.jsonl")
+    ap.add_argument("--d1-ratio", type=float, default=DEFAULT_D1_RATIO,
+                    help="fraction of posts in D1 (default 0.5; the paper gives none)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rows = [row for _, row, _ in iter_jsonl(args.input)]
+    d1, d2 = split_by_post(rows, args.d1_ratio, args.seed)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "d1.jsonl", d1)
+    write_jsonl_atomic(out / "d2.jsonl", d2)
+    c1, c2 = style_counts(d1), style_counts(d2)
+    n1 = len({_sample(r) for r in d1})
+    n2 = len({_sample(r) for r in d2})
+    print(f"D1: {len(d1)} rows, {n1} samples -> {out / 'd1.jsonl'}")
+    print(f"D2: {len(d2)} rows, {n2} samples -> {out / 'd2.jsonl'}")
+    print(f"{'style':<24}{'D1':>8}{'D2':>8}")
+    for s in sorted(set(c1) | set(c2)):
+        print(f"{s or '(none)':<24}{c1.get(s, 0):>8}{c2.get(s, 0):>8}")
+    t1, t2 = task_style_counts(d1), task_style_counts(d2)
+    if len(set(t1) | set(t2)) > 1:
+        print(f"{'task / style':<32}{'D1':>8}{'D2':>8}")
+        for t in sorted(set(t1) | set(t2)):
+            for s in sorted(set(t1.get(t, {})) | set(t2.get(t, {}))):
+                print(f"{t + ' / ' + (s or '(none)'):<32}{t1.get(t, {}).get(s, 0):>8}{t2.get(t, {}).get(s, 0):>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

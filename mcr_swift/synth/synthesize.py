@@ -1,0 +1,544 @@
+"""``mcr-swift synth``: build the multi-style CoT set D_R (paper Sec. 4.1, Eq. 4; App. B, C; App. E.4).
+
+For every sample of the prepared datasets (Twitter-GMNER, MNER-MI and GREC train files, mixed) and
+``--per-post`` of the requested styles (default 2, balanced and seeded: App. E.1's 55,712 =
+2 x (7000 + 6856 + 14000); 0 = every style), Gamma_phi turns (sentence, image,
+constraints C, gold triples) into a reasoning chain z that ends in the gold answer:
+
+=====================  =========================================================================
+style                  Gamma_phi
+=====================  =========================================================================
+``formatted_a``        template extractor, constraint by constraint (offline, `mcr_swift.synth.styles`)
+``formatted_b``        template extractor, entity by entity (offline)
+``llm_qa``             an LLM, text only, question-answer style (``prompts/style_llm_qa.txt``)
+``llm_conclusions``    an LLM, text only, few-conclusion style (``prompts/style_llm_conclusions.txt``)
+``mllm_distill``       an MLLM, image inline, distilled style (``prompts/style_mllm_distill.txt``)
+=====================  =========================================================================
+
+Each task has its own wording: the template routes of `mcr_swift.synth.styles` and the prompt files
+``prompts/style_<style>_mner_mi.txt`` (several images, no location) and ``_grec.txt`` (one
+expression, one box or none, no entity type); `check_chain` checks a chain per task.
+
+The paper used DeepSeek for the LLM styles and Qwen2.5-VL-72B / Qwen3-VL-30B-A3B for the MLLM one
+(App. E.4); any OpenAI-compatible endpoint works (``--llm-base-url``, ``--mllm-base-url``, or the
+OPENAI_* variables for both).
+
+Every generated chain is checked against the gold labels (`check_chain`): its answer, parsed, must
+hold exactly the gold (span, type, located-or-not) triples, else it is rejected; a chain whose
+reasoning closed but whose answer is missing is repaired by appending the gold answer
+(``--no-repair`` rejects it instead). Boxes never stay as numbers: each ``<bbox>`` placeholder in
+the reasoning takes the box of the located entity named last before it, a literal box equal to a
+gold box becomes a placeholder, any other literal box rejects the chain; the answer is re-written
+in canonical form, in the model's entity order, with placeholders. ms-swift then renders every box
+in the trained model's own space (`mcr_swift.data.rows`).
+
+Requests run ``--concurrency`` at a time with retries and exponential backoff; finished requests go
+to an on-disk cache keyed by (post, style, prompt, model, sampling), so a re-run after a crash or
+Ctrl-C resumes without paying twice or writing a record twice. D_R is written (atomically) only
+when every request has an answer; otherwise the command exits 3 and tells to re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
+                     format_answer_json, pick_box)
+from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..data.rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row, row_task
+from .styles import TEMPLATE_STYLES, template_chain
+from ..entities import Box, Entity, Sample
+
+__all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt", "sample_from_row",
+           "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
+
+#: style -> (prompt file, sends the image)
+API_STYLES: Dict[str, Tuple[str, bool]] = {
+    "llm_qa": ("style_llm_qa", False),
+    "llm_conclusions": ("style_llm_conclusions", False),
+    "mllm_distill": ("style_mllm_distill", True),
+}
+ALL_STYLES: Tuple[str, ...] = TEMPLATE_STYLES + tuple(API_STYLES)
+
+#: Styles per sample by default: App. E.1 counts "55,712 samples annotated with multi-style reasoning
+#: schema" = 2 x (7000 Twitter-GMNER + 6856 MNER-MI + 14000 GREC) training samples.
+DEFAULT_PER_POST = 2
+#: App. E.1 / Table 5: training samples per source (task) and the size of D_R.
+PAPER_TRAIN_SAMPLES = {"gmner": 7000, "mner_mi": 6856, "grec": 14000}
+PAPER_D_R = 55712
+
+#: Sampling for synthesis: the paper is silent; some temperature keeps the API styles diverse.
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 2048
+
+_LEAK = re.compile(r"\b(gold|ground[- ]truth|correct (labels?|triples?|answers?)|"
+                   r"(given|provided) (labels?|triples?|answers?))\b", re.I)
+_NUM = r"-?\d+(?:\.\d+)?"
+_BOX_LITERAL = re.compile(
+    rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
+    rf"|\(\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+    rf"|\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
+#: A literal box within this many pixels (each coordinate) of a gold box is that box.
+BOX_TOLERANCE = 2.0
+
+
+def sample_from_row(row: Mapping[str, Any]) -> Sample:
+    """The `Sample` behind a prepared row (gold in original pixels). Raises ValueError if malformed."""
+    images = [im.get("path") if isinstance(im, dict) else str(im) for im in row.get("images") or []]
+    sizes = row.get(SIZES_COLUMN) or []
+    return Sample(str(row["mcr_id"]), str(row.get("mcr_sentence", "")).split(" "), gold_from_row(row),
+                  images, [tuple(s) for s in sizes])
+
+
+def style_prompt(style: str, sample: Sample, gold_raw: str, task: str = "gmner") -> str:
+    """The filled instruction of an API style (placeholders replaced with str.replace). GMNER uses
+    ``prompts/style_<style>.txt``, the other tasks ``prompts/style_<style>_<task>.txt`` (MNER-MI:
+    several images, no location; GREC: one expression, one box or none, no entity type);
+    ``{n_images}`` is the post's number of images."""
+    from ..prompts import load_prompt
+    name = API_STYLES[style][0] + ("" if task == "gmner" else f"_{task}")
+    text = load_prompt(name)
+    return (text.replace("{sentence}", sample.sentence).replace("{n_images}", str(len(sample.images)))
+            .replace("{gold_json}", gold_raw))
+
+
+@dataclass
+class ChainCheck:
+    status: str                      # "accepted" | "repaired" | "rejected"
+    reason: str = ""                 # why rejected / what was repaired
+    text: str = ""                   # the final assistant turn (placeholders for boxes)
+    boxes: Tuple[Box, ...] = ()      # original-pixel box of each placeholder, in order
+    refs: Tuple[str, ...] = ()       # the entity text of each box
+    literal_boxes: int = 0           # literal gold boxes turned into placeholders
+
+
+def _key(e: Entity) -> Tuple[str, str, bool]:
+    from ..evaluation.metrics import normalize_text
+    return normalize_text(e.text), e.type, bool(e.boxes)
+
+
+def _mentions(text: str, entities: Sequence[Entity]) -> List[Tuple[int, int]]:
+    """(end offset, entity index) of every case-insensitive mention of a located entity."""
+    low = text.lower()
+    out = []
+    for i, e in enumerate(entities):
+        needle = e.text.lower()
+        if not e.boxes or not needle:
+            continue
+        start = low.find(needle)
+        while start >= 0:
+            out.append((start + len(needle), i))
+            start = low.find(needle, start + 1)
+    return sorted(out)
+
+
+def _near(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(abs(float(x) - float(y)) <= BOX_TOLERANCE for x, y in zip(a, b))
+
+
+def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str, task: str = "gmner"):
+    """Replace literal gold boxes by placeholders and bind every placeholder to a box (GREC: the
+    expression's one target box, however the reasoning words it). Returns (think, boxes, refs,
+    n_literal) or a rejection reason string."""
+    n_literal = 0
+
+    def literal(m: "re.Match") -> str:
+        nonlocal n_literal
+        nums = [float(v) for v in m.groups() if v is not None]
+        for ei, e in enumerate(gold):
+            for bi, b in enumerate(e.boxes):
+                if _near(nums, b):
+                    n_literal += 1
+                    return f"{BBOX_PLACEHOLDER}\x00{ei}:{bi}\x00"
+        raise LookupError
+    try:
+        think = _BOX_LITERAL.sub(literal, think)
+    except LookupError:
+        return "stray_box"
+    mentions = _mentions(think, gold)
+    boxes, refs, parts, pos = [], [], [], 0
+    for m in re.finditer(re.escape(BBOX_PLACEHOLDER) + r"(?:\x00(\d+):(\d+)\x00)?", think):
+        if m.group(1) is not None:  # a literal gold box: exactly that box
+            e = gold[int(m.group(1))]
+            box = e.boxes[int(m.group(2))]
+        elif task == "grec":  # one expression: every placeholder is its one target box
+            located = [e for e in gold if e.boxes]
+            if not located:
+                return "unresolved_bbox"
+            e = located[0]
+            box = pick_box(e.boxes, multi_box)
+        else:  # the located entity named last before the placeholder
+            before = [i for end, i in mentions if end <= m.start()]
+            if not before:
+                return "unresolved_bbox"
+            e = gold[before[-1]]
+            box = pick_box(e.boxes, multi_box)
+        boxes.append(box)
+        refs.append(e.text)
+        parts.append(think[pos:m.start()] + BBOX_PLACEHOLDER)
+        pos = m.end()
+    parts.append(think[pos:])
+    return "".join(parts), boxes, refs, n_literal
+
+
+def _answer_entities(answer: str) -> Optional[List[Entity]]:
+    """The answer's entities; a ``<bbox>`` placeholder reads as 'located'. None: no readable list."""
+    from ..evaluation.parser import parse_answer
+    res = parse_answer(answer.replace(BBOX_PLACEHOLDER, "[0, 0, 1, 1]"))
+    return list(res.entities) if res.ok else None
+
+
+def _canonical_answer(order: Sequence[Entity], multi_box: str) -> Tuple[str, List[Box], List[str]]:
+    items, boxes, refs = [], [], []
+    for e in order:
+        box = pick_box(e.boxes, multi_box)
+        items.append((e.text, e.type, BBOX_PLACEHOLDER if box is not None else None))
+        if box is not None:
+            boxes.append(box)
+            refs.append(e.text)
+    return f"{ANSWER_OPEN}\n{format_answer_json(items)}\n{ANSWER_CLOSE}", boxes, refs
+
+
+def _without_entities(text: str, gold: Sequence[Entity]) -> str:
+    """``text`` with every (case-insensitive) mention of a gold entity blanked out."""
+    for e in sorted(gold, key=lambda e: -len(e.text)):
+        if e.text.strip():
+            text = re.sub(re.escape(e.text), " ", text, flags=re.I)
+    return text
+
+
+def check_chain(text: str, gold: Sequence[Entity], *, repair: bool = True, multi_box: str = "largest",
+                finish_reason: Optional[str] = None, task: str = "gmner") -> ChainCheck:
+    """Validate a generated chain against the gold triples (never raises on model output).
+
+    Per task (the row's ``mcr_task``): the answer must hold exactly the gold (span, type,
+    located-or-not) triples in every task, so an MNER-MI answer has every bbox null (a box anywhere
+    in an MNER-MI chain rejects it: ``box_not_asked``) and a GREC answer is its one expression with
+    its box or null; in a GREC chain every ``<bbox>`` placeholder is the expression's one box."""
+    gold = list(gold)
+    text = text if isinstance(text, str) else ""
+    lo = text.find(THINK_OPEN)
+    hi = text.find(THINK_CLOSE, lo + 1 if lo >= 0 else 0)
+    if hi < 0:
+        return ChainCheck("rejected", "truncated" if finish_reason == "length" else "no_reasoning")
+    think = text[lo + len(THINK_OPEN) if lo >= 0 else 0:hi].strip()
+    if len(think) < 20:
+        return ChainCheck("rejected", "no_reasoning")
+    if _LEAK.search(_without_entities(think, gold)):  # "Gold Star families" is an entity, not a leak
+        return ChainCheck("rejected", "mentions_labels")
+    rest = text[hi + len(THINK_CLOSE):]
+    if task == "mner_mi" and (BBOX_PLACEHOLDER in text or _BOX_LITERAL.search(text)):
+        return ChainCheck("rejected", "box_not_asked")
+    status, reason = "accepted", ""
+    if ANSWER_OPEN in rest:
+        pred = _answer_entities(rest)
+        if pred is None:
+            return ChainCheck("rejected", "answer_unparseable")
+        if sorted(map(_key, pred)) != sorted(map(_key, gold)):
+            return ChainCheck("rejected", "answer_mismatch")
+        pool = defaultdict(list)  # model order, gold boxes
+        for g in gold:
+            pool[_key(g)].append(g)
+        order = [pool[_key(p)].pop(0) for p in pred]
+    elif repair:
+        status, reason, order = "repaired", "answer_appended", gold
+    else:
+        return ChainCheck("rejected", "no_answer")
+    r = _reasoning_boxes(think, gold, multi_box, task)
+    if isinstance(r, str):
+        return ChainCheck("rejected", r)
+    think, boxes, refs, n_literal = r
+    answer, a_boxes, a_refs = _canonical_answer(order, multi_box)
+    final = f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{answer}"
+    return ChainCheck(status, reason, final, tuple(boxes) + tuple(a_boxes), tuple(refs) + tuple(a_refs),
+                      n_literal)
+
+
+def chain_row(row: Mapping[str, Any], style: str, text: str, boxes: Sequence[Box], refs: Sequence[str],
+              extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The D_R row: the prepared row's user turn and columns, the chain as assistant turn, its boxes
+    in ``objects`` (original pixels, ms-swift's grounding convention) and ``mcr_style``."""
+    out = {k: v for k, v in row.items() if k not in ("messages", "objects")}
+    user = [m for m in row["messages"] if m.get("role") != "assistant"]
+    out["messages"] = user + [{"role": "assistant", "content": text}]
+    out["objects"] = {"ref": list(refs), "bbox": [[float(v) for v in b] for b in boxes], "bbox_type": "real"}
+    out["mcr_style"] = style
+    if extra:
+        out.update(extra)
+    return out
+
+
+def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post: int, seed: int
+                ) -> List[List[str]]:
+    """The styles of each sample (``keys``: (task, id) per sample, in input order), ``per_post`` of
+    ``styles`` each (0, or at least len(styles): all of them).
+
+    Balanced and seeded (the paper is silent on how its 2 styles per sample were drawn): within each
+    task, samples are visited in a seeded order and each takes the ``per_post`` styles used least so
+    far in that task, ties broken by how often that combination was used, then by a seeded draw. So
+    within a task every style's count differs from every other's by at most 1, the combinations are
+    spread evenly, and the choice does not depend on the input order."""
+    from itertools import combinations
+    if per_post <= 0 or per_post >= len(styles):
+        return [list(styles) for _ in keys]
+    combos = list(combinations(range(len(styles)), per_post))
+    out: List[List[str]] = [[] for _ in keys]
+    by_task: Dict[str, List[int]] = defaultdict(list)
+    for i, (task, _) in enumerate(keys):
+        by_task[task].append(i)
+    for task, idx in by_task.items():
+        rng = random.Random(f"{seed}:{task}:styles")
+        order = sorted(idx, key=lambda i: (random.Random(f"{seed}:{task}:{keys[i][1]}").random(), i))
+        used, combo_used = [0] * len(styles), Counter()
+        for i in order:
+            best = min(combos, key=lambda c: (sum(used[j] for j in c), combo_used[c], rng.random()))
+            for j in best:
+                used[j] += 1
+            combo_used[best] += 1
+            out[i] = [styles[j] for j in best]
+    return out
+
+
+def _request_messages(style: str, sample: Sample, row: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    from .client import to_openai_messages
+    task = row_task(row)
+    prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]), task)
+    if API_STYLES[style][1]:
+        if task == "mner_mi" and len(sample.images) > 1:  # numbered, as in the row's user turn
+            tags = "".join(f"Image {k}: <image>\n" for k in range(1, len(sample.images) + 1))
+        else:
+            tags = "<image>" * len(sample.images)
+        return to_openai_messages([{"role": "user", "content": tags + prompt}], sample.images)
+    return [{"role": "user", "content": prompt}]
+
+
+def paper_count_line(task_samples: Mapping[str, int], per_post: int, n_styles: int, rows: Optional[int] = None
+                     ) -> str:
+    """The D_R size against App. E.1's 55,712 = 2 x 27,856 (7000 + 6856 + 14000)."""
+    k = n_styles if per_post <= 0 or per_post >= n_styles else per_post
+    n = sum(task_samples.values())
+    full = all(task_samples.get(t, 0) == c for t, c in PAPER_TRAIN_SAMPLES.items())
+    paper_n = sum(PAPER_TRAIN_SAMPLES.values())
+    line = f"D_R {n:,} samples x {k} styles = {n * k:,} planned"
+    if rows is not None:
+        line += f", {rows:,} produced"
+    if full:
+        line += f" (paper: {PAPER_D_R:,} = 2 x {paper_n:,}, App. E.1)"
+    else:
+        per = ", ".join(f"{t} {task_samples.get(t, 0):,}/{c:,}" for t, c in PAPER_TRAIN_SAMPLES.items())
+        line += (f" (a subset: {per} of the paper's training samples; on full data 2 x {paper_n:,} = "
+                 f"{PAPER_D_R:,}, App. E.1)")
+    return line
+
+
+def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[str], *, endpoints: Mapping[str, Any],
+               cache_path: Optional[Path] = None, concurrency: int = 8, retry=None, temperature: float =
+               DEFAULT_TEMPERATURE, top_p: Optional[float] = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+               seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
+               progress: bool = True, source: str = "input") -> Dict[str, Any]:
+    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`."""
+    from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
+    retry = retry or RetryPolicy()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cache = ResultCache(cache_path or out.with_name(out.name + ".cache.jsonl"))
+    samples = []
+    for i, row in enumerate(rows):
+        try:
+            samples.append(sample_from_row(row))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{source}: row {i + 1} (mcr_id {row.get('mcr_id')!r}): {e}") from None
+    tasks = [row_task(r) for r in rows]
+    chosen = plan_styles([(t, smp.id) for t, smp in zip(tasks, samples)], styles, per_post, seed)
+    plan = [(i, s) for i in range(len(samples)) for s in chosen[i]]
+    keys: Dict[Tuple[int, str], str] = {}
+    stats: Dict[str, Any] = {}
+    for style in [s for s in styles if s in API_STYLES]:
+        ep = endpoints[style]
+        jobs = []
+        for i, s in plan:
+            if s != style:
+                continue
+            msgs = _request_messages(style, samples[i], rows[i])
+            key = cache_key(kind="mcr-synth", post=samples[i].id, style=style, messages=msgs, model=ep.model,
+                            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+            keys[(i, style)] = key
+            jobs.append((key, msgs))
+        st = RunStats()
+        client = ep.client()
+
+        def work(msgs, ep=ep, st=st, client=client):
+            return chat(ep, msgs, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                        retry=retry, client=client, on_retry=st.note_retry)
+        stats[style] = run_jobs(jobs, work, cache, concurrency=concurrency, desc=f"synth {style}",
+                                progress=progress, stats=st)
+        if st.interrupted:
+            break
+    produced: List[Dict[str, Any]] = []
+    rejected: List[Dict[str, Any]] = []
+    per: Dict[str, Counter] = defaultdict(Counter)
+    by_task: Dict[str, Counter] = defaultdict(Counter)  # task -> style -> produced rows
+    for i, style in plan:
+        row, smp = rows[i], samples[i]
+        c = per[style]
+        if style in TEMPLATE_STYLES:
+            text, boxes = template_chain(smp, style, seed, multi_box, tasks[i])
+            refs = [_ref_for(smp.entities, b) for b in boxes]
+            produced.append(chain_row(row, style, text, boxes, refs))
+            c["produced"] += 1
+            by_task[tasks[i]][style] += 1
+            continue
+        # no key: a Ctrl-C stopped the run before this style's requests were planned
+        value = cache.get(keys[(i, style)]) if (i, style) in keys else None
+        if value is None:
+            c["missing"] += 1
+            continue
+        res = ChatResult.from_json(value)
+        c["prompt_tokens"] += res.prompt_tokens
+        c["completion_tokens"] += res.completion_tokens
+        chk = check_chain(res.texts[0] if res.texts else "", smp.entities, repair=repair, multi_box=multi_box,
+                          finish_reason=res.finish_reasons[0] if res.finish_reasons else None, task=tasks[i])
+        if chk.status == "rejected":
+            c["rejected"] += 1
+            c[f"rejected:{chk.reason}"] += 1
+            rejected.append({"mcr_id": smp.id, "mcr_style": style, "reason": chk.reason,
+                             "text": res.texts[0] if res.texts else ""})
+            continue
+        c["produced"] += 1
+        c[chk.status] += 1
+        c["literal_boxes"] += chk.literal_boxes
+        by_task[tasks[i]][style] += 1
+        produced.append(chain_row(row, style, chk.text, chk.boxes, chk.refs,
+                                  {"mcr_synth": {"model": endpoints[style].model, "status": chk.status}}))
+    complete = all(not st.failed and not st.interrupted for st in stats.values()) and \
+        not any(c["missing"] for c in per.values())
+    summary = {
+        "input_posts": len(rows), "styles": list(styles), "complete": complete,
+        "per_style": {s: {"planned": sum(1 for _, x in plan if x == s), **dict(per[s]),
+                          **({"requests": stats[s].as_dict()} if s in stats else {})} for s in styles},
+        "endpoints": {s: endpoints[s].describe() for s in styles if s in endpoints},
+        "cache": {"path": str(cache.path), "records": len(cache), "torn_lines_dropped": cache.torn},
+        "rows": len(produced), "out": str(out) if complete else None,
+        "per_post": per_post, "input_per_task": dict(sorted(Counter(tasks).items())),
+        "planned_per_task": {t: dict(Counter(s for i, s in plan if tasks[i] == t)) for t in sorted(set(tasks))},
+        "produced_per_task": {t: dict(by_task[t]) for t in sorted(by_task)},
+    }
+    summary["paper_count"] = paper_count_line(summary["input_per_task"], per_post, len(styles), len(produced))
+    if complete:
+        write_jsonl_atomic(out, produced)
+        write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), rejected)
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
+    return summary
+
+
+def _ref_for(entities: Sequence[Entity], box: Sequence[float]) -> str:
+    for e in entities:
+        if any(tuple(b) == tuple(box) for b in e.boxes):
+            return e.text
+    return ""
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    head = (f"{'style':<16}{'planned':>8}{'produced':>9}{'repaired':>9}{'rejected':>9}{'cached':>7}"
+            f"{'sent':>6}{'retried':>8}{'failed':>7}{'tokens in/out':>18}")
+    lines = [head, "-" * len(head)]
+    for s, d in summary["per_style"].items():
+        req = d.get("requests") or {}
+        lines.append(f"{s:<16}{d['planned']:>8}{d.get('produced', 0):>9}{d.get('repaired', 0):>9}"
+                     f"{d.get('rejected', 0):>9}{req.get('cached', 0):>7}{req.get('done', 0):>6}"
+                     f"{req.get('retries', 0):>8}{req.get('failed', 0):>7}"
+                     f"{d.get('prompt_tokens', 0):>10}/{d.get('completion_tokens', 0):<7}")
+        reasons = {k.split(':', 1)[1]: v for k, v in d.items() if k.startswith("rejected:")}
+        if reasons:
+            lines.append(f"{'':<16}rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    if summary.get("produced_per_task"):
+        styles = list(summary["per_style"])
+        lines.append("")
+        lines.append(f"{'produced by task':<18}" + "".join(f"{s:>16}" for s in styles) + f"{'samples':>9}")
+        for t, n in summary.get("input_per_task", {}).items():
+            d = summary["produced_per_task"].get(t, {})
+            lines.append(f"{t:<18}" + "".join(f"{d.get(s, 0):>16}" for s in styles) + f"{n:>9}")
+    if summary.get("paper_count"):
+        lines.append(summary["paper_count"])
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True, nargs="+",
+                   help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
+                        "twitter_gmner, mner_mi and grec: D_R is built over their mixture")
+    p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
+    p.add_argument("--styles", default=",".join(ALL_STYLES), help=f"comma-separated, from {', '.join(ALL_STYLES)}")
+    p.add_argument("--per-post", type=int, default=DEFAULT_PER_POST,
+                   help="styles per sample, balanced over the styles within each task and seeded (default 2, "
+                        "App. E.1's count: 55,712 = 2 x 27,856; 0 = every style for every sample)")
+    add_endpoint_args(p, "", "both endpoints")
+    add_endpoint_args(p, "llm-", "the LLM styles' endpoint (default: --base-url)")
+    add_endpoint_args(p, "mllm-", "the MLLM style's endpoint (default: --base-url)")
+    add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "template styles' seed; sent to the API as well")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
+    p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
+    p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
+    a = p.parse_args(argv)
+    styles = [s.strip() for s in a.styles.split(",") if s.strip()]
+    bad = [s for s in styles if s not in ALL_STYLES]
+    if bad or not styles:
+        p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
+    rows = []
+    try:
+        for path in a.input:
+            for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
+                if a.limit is not None and n >= a.limit:
+                    break
+                try:
+                    sample_from_row(row)
+                except (KeyError, ValueError, TypeError, AttributeError) as e:
+                    raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
+                                     ) from None
+                rows.append(row)
+    except (OSError, ValueError) as e:
+        print(f"mcr-swift synth: {e}", file=sys.stderr)
+        return 2
+    endpoints = {}
+    try:
+        for s in styles:
+            if s not in API_STYLES:
+                continue
+            pre = "mllm" if API_STYLES[s][1] else "llm"
+            args = [getattr(a, f"{pre}_{k}") or getattr(a, k) for k in ("base_url", "model", "api_key")]
+            endpoints[s] = Endpoint.resolve(*args, timeout=a.timeout)
+    except EndpointError as e:
+        print(f"mcr-swift synth: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
+                             cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
+                             retry=RetryPolicy.from_args(a), temperature=a.temperature,
+                             top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
+                             repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
+                             source=", ".join(a.input))
+    except EndpointError as e:
+        print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    if summary["complete"]:
+        print(f"D_R: {summary['rows']} rows -> {a.out}")
+        return 0
+    interrupted = any((d.get("requests") or {}).get("interrupted") for d in summary["per_style"].values())
+    print("incomplete: some requests have no answer yet (see the summary); re-run the same command to resume "
+          "- finished requests are cached and not sent again", file=sys.stderr)
+    return 130 if interrupted else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,10 @@ COMMANDS = {
     "curves": ("mcr_swift.reports.curves", "training curves of ms-swift runs (reward, terms, F1, length, entropy/KL) as PNG"),
     "baselines": ("mcr_swift.evaluation.baselines", "Table 1 end-to-end baselines (direct, CoT, CoT+3-shot) on an endpoint"),
     "predict": ("mcr_swift.evaluation.predict", "grounded entities of new posts (text + images) from a trained model"),
+    "serve": ("mcr_swift.pipeline.serve", "start|stop a background `swift deploy` (pid file, waits for /v1/models)"),
+    "recipe-args": ("mcr_swift.pipeline.recipe_args", "recipe helpers: batch split, gpus, last-checkpoint, dry-run"),
+    "swift-args": ("mcr_swift.pipeline.recipe_args:swift_args_main",
+                   "stand-in for `swift sft|rlhf`: resolve the args into args.json without training"),
 }
 
 
@@ -45,8 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .plugin.registry import plugin_path
         print(plugin_path())
         return 0
-    module = importlib.import_module(COMMANDS[cmd][0])
-    return run_command(cmd, module.main, rest)
+    module_name, _, func = COMMANDS[cmd][0].partition(":")
+    module = importlib.import_module(module_name)
+    return run_command(cmd, getattr(module, func or "main"), rest)
 
 
 #: Exceptions that mean bad input or a bad option value (their message names the file and line).

@@ -23,7 +23,7 @@
 # the rewards on dev every EVAL_STEPS steps (default SAVE_STEPS): with LOG_REWARD_TERMS=true that gives
 # the F1-on-dev curve of Fig. 4 (eval_rewards/GMNERF1Reward/mean; `mcr-swift curves`).
 # Every value is an environment variable; EXTRA_ARGS is appended verbatim. SWIFT=echo prints the
-# command; SWIFT="python tools/swift_args.py" resolves it into args.json without training.
+# command; SWIFT="python -m mcr_swift.cli swift-args" resolves it into args.json without training.
 # Writes the newest checkpoint folder to $OUTPUT_DIR/last_checkpoint.txt (real swift only).
 set -euo pipefail
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
@@ -48,7 +48,7 @@ if [ "${LOG_REWARD_TERMS:-false}" = true ]; then
   REWARD_FUNCS="$REWARD_FUNCS gmner_count gmner_span gmner_type gmner_iou gmner_entail gmner_format gmner_f1"
   REWARD_WEIGHTS="${REWARD_WEIGHTS:-1} 0 0 0 0 0 0 0"
 fi
-SPLIT=$(python -m mcr_swift.pipeline.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" --nnodes "${NNODES:-}" \
+SPLIT=$(python -m mcr_swift.cli recipe-args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" --nnodes "${NNODES:-}" \
         --per-device "${PER_DEVICE_BATCH_SIZE:-}" --max-per-device 4 --num-generations "$NUM_GENERATIONS") || exit $?
 eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), NNODES, WORLD_PROCS, PER_DEVICE_BATCH_SIZE, GRAD_ACC
 MAX_STEPS=${MAX_STEPS:--1}                  # -1: train NUM_EPOCHS epochs
@@ -104,4 +104,4 @@ $SWIFT rlhf --rlhf_type grpo \
   --logging_steps "${LOGGING_STEPS:-1}" --save_steps "${SAVE_STEPS:-100}" --save_total_limit "${SAVE_TOTAL_LIMIT:-2}" \
   --dataloader_num_workers "${DATALOADER_WORKERS:-4}" --report_to "${REPORT_TO:-tensorboard}" \
   --output_dir "$OUTPUT_DIR" ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} ${EXTRA_ARGS:-}
-if [ "$(basename "${SWIFT%% *}")" = swift ]; then python -m mcr_swift.pipeline.recipe_args last-checkpoint "$OUTPUT_DIR"; fi
+if [ "$(basename "${SWIFT%% *}")" = swift ]; then python -m mcr_swift.cli recipe-args last-checkpoint "$OUTPUT_DIR"; fi

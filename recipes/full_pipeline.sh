@@ -128,7 +128,7 @@ case "$PROFILE" in
     USE_VLLM=${USE_VLLM:-true}; INFER_BACKEND=${INFER_BACKEND:-vllm}
     MODEL=${MODEL:?set MODEL (the wrappers do)}
     # the filter's policy server: one vLLM engine per GPU found (data parallel), like the training run
-    GPUS=$(python -m mcr_swift.pipeline.recipe_args gpus)
+    GPUS=$(python -m mcr_swift.cli recipe-args gpus)
     if [ "$INFER_BACKEND" = vllm ] && [ "$GPUS" -gt 1 ]; then
       SERVE_EXTRA_ARGS=${SERVE_EXTRA_ARGS:---vllm_data_parallel_size $GPUS}; fi
     ;;
@@ -152,7 +152,7 @@ SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-8}
 MERGE=${MERGE:-true}
 TIMES="$RUN_DIR/times.tsv"
 SERVER_PID="$RUN_DIR/.server.pid"
-trap 'python -m mcr_swift.pipeline.serve stop --pid-file "$SERVER_PID" || true' EXIT
+trap 'python -m mcr_swift.cli serve stop --pid-file "$SERVER_PID" || true' EXIT
 
 log() { echo "[full $(date +%H:%M:%S)] $*"; }
 # stage NAME OUTPUT FUNCTION: run FUNCTION unless OUTPUT exists; record its wall time
@@ -170,12 +170,12 @@ stop_after() {  # STOP_AFTER=STAGE: end the run (with its report so far) after t
     log "stopping after $1 (STOP_AFTER)"; python -m mcr_swift.cli report "$RUN_DIR" > /dev/null; exit 0; fi
 }
 serve() {  # serve MODEL [ADAPTERS]: background swift deploy; sets BASE_URL
-  BASE_URL=$(python -m mcr_swift.pipeline.serve start --log "$RUN_DIR/logs/deploy_$(date +%s).log" --pid-file "$SERVER_PID" -- \
+  BASE_URL=$(python -m mcr_swift.cli serve start --log "$RUN_DIR/logs/deploy_$(date +%s).log" --pid-file "$SERVER_PID" -- \
     --model "$1" ${2:+--adapters "$2"} --template "$TEMPLATE" --infer_backend "$INFER_BACKEND" \
     --served_model_name policy --max_new_tokens "${SERVE_MAX_NEW_TOKENS:-2048}" ${SERVE_EXTRA_ARGS:-})
   log "server up at $BASE_URL ($(resize_env))"
 }
-unserve() { python -m mcr_swift.pipeline.serve stop --pid-file "$SERVER_PID"; }
+unserve() { python -m mcr_swift.cli serve stop --pid-file "$SERVER_PID"; }
 mkdir -p "$RUN_DIR/logs"
 
 do_tiny() { python -m mcr_swift.cli tiny-model "$MODEL"; }

@@ -16,5 +16,5 @@ echo "[merge_lora] model=$MODEL adapters=$ADAPTERS template=$TEMPLATE -> $MERGED
 $SWIFT export --model "$MODEL" --adapters "$ADAPTERS" --template "$TEMPLATE" --merge_lora true \
   --output_dir "$MERGED_DIR" ${EXTRA_ARGS:-}
 if [ "$(basename "${SWIFT%% *}")" = swift ]; then
-  python -m mcr_swift.pipeline.recipe_args last-checkpoint "$OUTPUT_DIR" --checkpoint "$MERGED_DIR"
+  python -m mcr_swift.cli recipe-args last-checkpoint "$OUTPUT_DIR" --checkpoint "$MERGED_DIR"
 fi

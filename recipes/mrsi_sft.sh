@@ -8,7 +8,7 @@
 # DATASET defaults to D1 (mcr-mrsi:d1, written by `mcr-swift split`); when $MCR_DATA_DIR/mrsi/d1.jsonl
 # does not exist it falls back to the prepared Twitter-GMNER train split (mcr-gmner:train) and says so.
 # Every value is an environment variable; EXTRA_ARGS is appended verbatim. SWIFT=echo prints the
-# command; SWIFT="python tools/swift_args.py" resolves it into args.json without training.
+# command; SWIFT="python -m mcr_swift.cli swift-args" resolves it into args.json without training.
 # Writes the newest checkpoint folder to $OUTPUT_DIR/last_checkpoint.txt (real swift only).
 set -euo pipefail
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
@@ -25,7 +25,7 @@ if [ "$TEMPLATE" = mimo_vl ]; then NUM_EPOCHS=${NUM_EPOCHS:-5}; else NUM_EPOCHS=
 LEARNING_RATE=${LEARNING_RATE:-1e-4}        # App. E.4
 LR_SCHEDULER=${LR_SCHEDULER:-cosine}        # App. E.4
 BATCH_SIZE=${BATCH_SIZE:-16}                # App. E.4, effective (global) batch
-SPLIT=$(python -m mcr_swift.pipeline.recipe_args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" --nnodes "${NNODES:-}" \
+SPLIT=$(python -m mcr_swift.cli recipe-args batch --batch "$BATCH_SIZE" --nproc "${NPROC_PER_NODE:-}" --nnodes "${NNODES:-}" \
         --per-device "${PER_DEVICE_BATCH_SIZE:-}" --max-per-device 2) || exit $?
 eval "$SPLIT"                               # GPUS, NPROC_PER_NODE (default: GPUS), NNODES, WORLD_PROCS, PER_DEVICE_BATCH_SIZE, GRAD_ACC
 MAX_STEPS=${MAX_STEPS:--1}                  # -1: train NUM_EPOCHS epochs
@@ -54,4 +54,4 @@ $SWIFT sft \
   --save_total_limit "${SAVE_TOTAL_LIMIT:-2}" --dataloader_num_workers "${DATALOADER_WORKERS:-4}" \
   --report_to "${REPORT_TO:-tensorboard}" --output_dir "$OUTPUT_DIR" \
   ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} ${EXTRA_ARGS:-}
-if [ "$(basename "${SWIFT%% *}")" = swift ]; then python -m mcr_swift.pipeline.recipe_args last-checkpoint "$OUTPUT_DIR"; fi
+if [ "$(basename "${SWIFT%% *}")" = swift ]; then python -m mcr_swift.cli recipe-args last-checkpoint "$OUTPUT_DIR"; fi

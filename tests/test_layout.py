@@ -41,6 +41,30 @@ def test_plugin_folder_holds_only_the_plugin_file():
 def test_every_command_module_has_a_main():
     import importlib
     from mcr_swift.cli import COMMANDS
-    for name, (module, _) in COMMANDS.items():
-        if module is not None:
-            assert callable(importlib.import_module(module).main), name
+    for name, (target, _) in COMMANDS.items():
+        if target is not None:
+            module, _, func = target.partition(":")
+            assert callable(getattr(importlib.import_module(module), func or "main")), name
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mcr_swift.cli", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_recipe_helpers_are_commands():
+    # the recipes call these through the one entry point
+    p = _cli("recipe-args", "batch", "--batch", "16", "--nproc", "4", "--nnodes", "1", "--max-per-device", "2")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[1:] == ["NPROC_PER_NODE=4", "NNODES=1", "WORLD_PROCS=4", "PER_DEVICE_BATCH_SIZE=2",
+                                    "GRAD_ACC=2"]
+    p = _cli("recipe-args", "batch", "--batch", "6", "--nproc", "4", "--nnodes", "1")
+    assert p.returncode == 2 and p.stdout == ""
+    p = _cli("serve", "stop", "--pid-file", str(REPO / "no-such-dir" / "server.pid"))  # nothing to stop
+    assert p.returncode == 0, p.stderr
+    p = _cli("swift-args", "infer")
+    assert p.returncode == 2 and "invalid choice: 'infer'" in p.stderr and "mcr-swift recipe-args dry-run" in p.stderr
+
+
+def test_tools_holds_no_command_wrappers():
+    assert sorted(p.name for p in (REPO / "tools").iterdir() if p.name != "__pycache__") == [
+        "bench_metrics.py", "bench_rewards.py", "gpu_check.sh", "setup.sh"]

@@ -1,6 +1,6 @@
 """The recipes: the CPU demo runs the very script the GPU run uses; the GPU defaults are the paper's
 (App. E.4), checked on the printed command (SWIFT=echo) and on the arguments ms-swift itself resolves
-from the recipe's real command line (args.json, built without training by tools/swift_args.py)."""
+from the recipe's real command line (args.json, built without training by `mcr-swift swift-args`)."""
 from __future__ import annotations
 
 import json
@@ -180,9 +180,9 @@ def test_merge_and_infer_commands(tmp_path):
 # --- args.json: ms-swift's own resolution of the recipes' GPU defaults (no training) --------------
 
 def swift_args_json(recipe: str, tmp_path: Path, model: Path, gpus: int, **env) -> dict:
-    """Run a recipe with SWIFT="python tools/swift_args.py" as on a machine with ``gpus`` GPUs and
+    """Run a recipe with SWIFT="python -m mcr_swift.cli swift-args" as on a machine with ``gpus`` GPUs and
     return the args.json ms-swift's argument classes resolved from its command line."""
-    out = run_recipe(recipe, fake_gpus(tmp_path / "bin", gpus), SWIFT=f"{sys.executable} tools/swift_args.py",
+    out = run_recipe(recipe, fake_gpus(tmp_path / "bin", gpus), SWIFT=f"{sys.executable} -m mcr_swift.cli swift-args",
                      MODEL=str(model), OUTPUT_DIR=str(tmp_path / "out"), **env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     files = list((tmp_path / "out").glob("v*-*/args.json"))

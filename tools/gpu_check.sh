@@ -7,7 +7,7 @@
 #   grpo-vllm-colocate    recipes/cvo_grpo.sh with USE_VLLM=true VLLM_MODE=colocate (vLLM engine in the
 #                         training process, sleeping between rollouts: --sleep_level 1), 2 steps
 #   infer-eval-vllm       recipes/infer_eval.sh with INFER_BACKEND=vllm, then mcr-swift evaluate
-#   filter-deploy-vllm    the App. D.3 filter's server: mcr_swift.pipeline.serve -> `swift deploy --infer_backend vllm`,
+#   filter-deploy-vllm    the App. D.3 filter's server: mcr-swift serve -> `swift deploy --infer_backend vllm`,
 #                         then mcr-swift cvo-filter against it (G = 4 samples per query)
 #
 # It prints one line per path, `PASS <path>` or `FAIL <path>: <error line>` (full logs under
@@ -80,11 +80,11 @@ run_path() {
       fi
       mkdir -p "$out"
       local url rc
-      url=$(python -m mcr_swift.pipeline.serve start --log "$out/deploy.log" --pid-file "$out/server.pid" --timeout 300 \
+      url=$(python -m mcr_swift.cli serve start --log "$out/deploy.log" --pid-file "$out/server.pid" --timeout 300 \
             -- "${deploy[@]}") || { tail -n 40 "$out/deploy.log"; return 1; }
       echo "server up at $url"
       python -m mcr_swift.cli cvo-filter "${filter[@]}" --base-url "$url"; rc=$?
-      python -m mcr_swift.pipeline.serve stop --pid-file "$out/server.pid"
+      python -m mcr_swift.cli serve stop --pid-file "$out/server.pid"
       [ "$rc" = 0 ] || return 1
       python - "$out/d2_filtered.jsonl.summary.json" <<'PY' || return 1
 import json, sys
@@ -137,7 +137,7 @@ export TINY="$WORK/tiny-qwen2_5_vl" WORK DRY
 export DTYPE_ARGS=${DTYPE_ARGS:---torch_dtype bfloat16} VLLM_ARGS=${VLLM_ARGS:---vllm_enforce_eager true}
 # the check uses one GPU (CUDA_VISIBLE_DEVICES); recipes that count GPUs with nvidia-smi get told so
 ONE_PROC_IF_MULTI_GPU=""
-[ "$(python -m mcr_swift.pipeline.recipe_args gpus 2>/dev/null || echo 0)" -gt 1 ] && ONE_PROC_IF_MULTI_GPU="NPROC_PER_NODE=1"
+[ "$(python -m mcr_swift.cli recipe-args gpus 2>/dev/null || echo 0)" -gt 1 ] && ONE_PROC_IF_MULTI_GPU="NPROC_PER_NODE=1"
 export ONE_PROC_IF_MULTI_GPU
 [ "$DRY" = 1 ] && export SWIFT=echo
 PATH_TIMEOUT=${PATH_TIMEOUT:-200}

@@ -1,7 +1,7 @@
 """Helpers of the stage recipes (``recipes/*.sh``): batch arithmetic, checkpoint discovery, and a dry
 parse of a recipe's ``swift`` command into ms-swift's own argument objects (args.json, no training).
 
-``python -m mcr_swift.pipeline.recipe_args batch --batch 16 --nproc "" --nnodes "" --max-per-device 2``
+``mcr-swift recipe-args batch --batch 16 --nproc "" --nnodes "" --max-per-device 2``
     prints ``GPUS=8 NPROC_PER_NODE=8 NNODES=1 WORLD_PROCS=8 PER_DEVICE_BATCH_SIZE=2 GRAD_ACC=1`` for
     ``eval``: the effective (global) batch of App. E.4 is kept for any GPU and node count
     (``BATCH = NNODES × NPROC_PER_NODE × PER_DEVICE × GRAD_ACC``; the world size is NNODES ×
@@ -11,16 +11,16 @@ parse of a recipe's ``swift`` command into ms-swift's own argument objects (args
     ``PER_DEVICE × WORLD × GRAD_ACC`` completions per optimizer step (``steps_per_generation`` =
     GRAD_ACC), which must be a multiple of G. A batch that cannot be split exits 2 with the reason.
     (``WORLD_PROCS``, not ``WORLD_SIZE``: that name would make torch/accelerate start a process group.)
-``python -m mcr_swift.pipeline.recipe_args gpus``
+``mcr-swift recipe-args gpus``
     prints the GPU count alone (`count_gpus`), for scripts that split no batch.
-``python -m mcr_swift.pipeline.recipe_args last-checkpoint OUTPUT_DIR``
+``mcr-swift recipe-args last-checkpoint OUTPUT_DIR``
     writes the absolute path of the newest ``v*-*/checkpoint-*`` folder ms-swift wrote under
     OUTPUT_DIR to ``OUTPUT_DIR/last_checkpoint.txt`` (what the full pipeline chains stages with).
-``python tools/swift_args.py sft|rlhf ARGS...`` (`dry_run`)
+``mcr-swift swift-args sft|rlhf ARGS...`` (= ``mcr-swift recipe-args dry-run sft|rlhf ARGS...``, `dry_run`)
     a stand-in for ``swift``: parses ARGS with ms-swift's ``SftArguments`` / ``RLHFArguments``
     (their ``__post_init__`` resolves every default exactly as ``swift sft|rlhf`` does) and saves
     args.json where ms-swift would (``<output_dir>/v<N>-<time>/args.json``), without loading weights
-    or training. Run a recipe with ``SWIFT="python tools/swift_args.py"`` to see what it resolves to.
+    or training. Run a recipe with ``SWIFT="python -m mcr_swift.cli swift-args"`` to see what it resolves to.
     The world size of the launch (``NPROC_PER_NODE × NNODES``) is simulated in one process; see
     `simulated_world_size`.
 """
@@ -239,7 +239,7 @@ def _main_batch(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mcr_swift.pipeline.recipe_args", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="mcr-swift recipe-args", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("batch", help="split an effective batch over processes (shell assignments)")
     b.add_argument("--batch", type=int, required=True)
@@ -270,6 +270,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     dry_run(ns.command, ns.swift_args)
     return 0
+
+
+def swift_args_main(argv: Optional[List[str]] = None) -> int:
+    """``mcr-swift swift-args sft|rlhf ARGS...``: the ``swift`` stand-in (``recipe-args dry-run``)."""
+    return main(["dry-run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Run ``swift deploy`` in the background for a pipeline stage that needs an OpenAI-compatible server
 (synthesis against a local model, the CVO filter's sampling from the MRSI checkpoint).
 
-    python -m mcr_swift.pipeline.serve start --log LOG --pid-file PID -- <swift deploy arguments>
+    mcr-swift serve start --log LOG --pid-file PID -- <swift deploy arguments>
         starts the server on a free port, waits until ``/v1/models`` answers, prints the base URL
-    python -m mcr_swift.pipeline.serve stop --pid-file PID
+    mcr-swift serve stop --pid-file PID
         stops it (the whole process group)
 
 ms-swift moves to the next free port when the one asked for cannot be bound; the port it really
@@ -45,7 +45,7 @@ def start(deploy_args: List[str], log: Path, pid_file: Path, timeout: float = 90
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         # the resize settings the server's image processor reads (README "One resolution everywhere")
-        f.write("[mcr_swift.pipeline.serve] " + " ".join(f"{k}={os.environ[k]}" for k in RESIZE_VARS if os.environ.get(k))
+        f.write("[mcr-swift serve] " + " ".join(f"{k}={os.environ[k]}" for k in RESIZE_VARS if os.environ.get(k))
                 + "\n")
         f.flush()
         proc = subprocess.Popen([swift, "deploy", *deploy_args, "--host", "127.0.0.1", "--port", str(port)],
@@ -89,7 +89,7 @@ def stop(pid_file: Path) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mcr_swift.pipeline.serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="mcr-swift serve", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start")
     s.add_argument("--log", required=True)
@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         print(start(args, Path(a.log), Path(a.pid_file), a.timeout, a.swift))
     except RuntimeError as e:
-        print(f"mcr_swift.pipeline.serve: {e}", file=sys.stderr)
+        print(f"mcr-swift serve: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -74,7 +74,7 @@ def test_pickle_variant_reads_the_same_and_refuses_code(tmp_path):
     # a pickle that refers to any class is refused before anything runs
     evil = d / "evil.p"
     evil.write_bytes(pickle.dumps([{"ref_id": 1, "x": Entity("a", "PER")}]))
-    with pytest.raises(GRECFormatError, match=r"evil\.p: unreadable refs file: .*mcr_swift\.types\.Entity"):
+    with pytest.raises(GRECFormatError, match=r"evil\.p: unreadable refs file: .*mcr_swift\.entities\.Entity"):
         GRefCOCO.load(d, refs_file=evil)
     (d / "broken.json").write_text('[{"ref_id": 1,')
     with pytest.raises(GRECFormatError, match=r"broken\.json: unreadable refs file"):

@@ -67,7 +67,7 @@ def _check_one_resolution(run: Path, calls, expected: CoordinateSpace):
     assert deploy_logs
     for f in deploy_logs:  # mcr-swift serve writes the resize environment of the server first
         first = f.read_text().splitlines()[0]
-        assert first.startswith("[mcr-swift serve] ")
+        assert first.startswith("[mcr_swift.pipeline.serve] ")
         env = dict(kv.split("=", 1) for kv in first.split()[1:])
         assert _space(CoordinateSpace.from_env(env=env).__dict__) == want
 

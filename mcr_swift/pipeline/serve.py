@@ -45,7 +45,7 @@ def start(deploy_args: List[str], log: Path, pid_file: Path, timeout: float = 90
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         # the resize settings the server's image processor reads (README "One resolution everywhere")
-        f.write("[mcr-swift serve] " + " ".join(f"{k}={os.environ[k]}" for k in RESIZE_VARS if os.environ.get(k))
+        f.write("[mcr_swift.pipeline.serve] " + " ".join(f"{k}={os.environ[k]}" for k in RESIZE_VARS if os.environ.get(k))
                 + "\n")
         f.flush()
         proc = subprocess.Popen([swift, "deploy", *deploy_args, "--host", "127.0.0.1", "--port", str(port)],

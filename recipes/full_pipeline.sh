@@ -150,6 +150,21 @@ do_grpo() {
   NUM_GENERATIONS=${NUM_GENERATIONS:-8} MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-1024} \
   SAVE_STEPS=${GRPO_MAX_STEPS:-500} bash recipes/cvo_grpo.sh
 }
+# --- trained-posts memorisation check (issue 16): after MRSI, infer + evaluate on the GMNER posts of D1
+# (one row per post, other tasks left out; python -m mcr_swift.trained_posts), exactly like the test
+# split. On by default in the tiny profile only (TRAINED_EVAL=true|false).
+do_trained_eval() {
+  read -r pm pa <<< "$(policy)"
+  python -m mcr_swift.trained_posts "$MCR_DATA_DIR/mrsi/d1.jsonl" "$RUN_DIR/trained_eval/posts.jsonl"
+  MODEL="$pm" ADAPTERS="${pa:-}" TEMPLATE="$TEMPLATE" DATASET="$RUN_DIR/trained_eval/posts.jsonl" \
+  GOLD="$RUN_DIR/trained_eval/posts.jsonl" INFER_BACKEND="$INFER_BACKEND" MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-2048} \
+  OUTPUT_DIR="$RUN_DIR/trained_eval" bash recipes/infer_eval.sh
+}
+# the run's training curves (reward, its terms, F1 when logged, loss) for the report (mcr-swift curves)
+do_curves() {
+  python -m mcr_swift.cli curves "$RUN_DIR/mrsi_sft" "$RUN_DIR/cvo_grpo" --labels mrsi-sft cvo-grpo --out "$RUN_DIR/curves"
+}
+# --- end trained-posts check
 do_eval() {
   read -r pm _ <<< "$(policy)"
   MODEL="$pm" ADAPTERS="$(cat "$RUN_DIR/cvo_grpo/last_checkpoint.txt")" TEMPLATE="$TEMPLATE" \
@@ -164,7 +179,9 @@ stage synth "$MCR_DATA_DIR/mrsi/d_r.jsonl" do_synth
 stage split "$MCR_DATA_DIR/mrsi/d2.jsonl" do_split
 stage mrsi-sft "$RUN_DIR/mrsi_sft/last_checkpoint.txt" do_sft
 [ "$MERGE" = true ] && stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
+[ "${TRAINED_EVAL:-false}" = true ] && stage trained-eval "$RUN_DIR/trained_eval/metrics.json" do_trained_eval
 stage cvo-filter "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" do_filter
 stage cvo-grpo "$RUN_DIR/cvo_grpo/last_checkpoint.txt" do_grpo
 stage infer-eval "$RUN_DIR/eval/metrics.json" do_eval
+stage curves "$RUN_DIR/curves/reward.png" do_curves
 python -m mcr_swift.cli report "$RUN_DIR"

@@ -36,10 +36,16 @@ case "$PROFILE" in
     export MAX_PIXELS=${MAX_PIXELS:-50176}
     LIMIT=${LIMIT:-8}; STANDIN=${STANDIN:-1}
     export NPROC_PER_NODE=1 DEEPSPEED="" DATALOADER_WORKERS=0 REPORT_TO=none LOGGING_STEPS=1
-    SFT_MAX_STEPS=${SFT_MAX_STEPS:-5}; SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}
+    # issue 16, a run that learns: MRSI memorises its D1 posts (full fine-tuning of the tiny model, a high
+    # learning rate with warmup, 40 passes over D1), checked by the trained-eval stage;
+    # generation lengths cover a whole D_R chain (<think>...</think><answer>[...]</answer>, <= ~270 tokens)
+    SFT_TUNER=${SFT_TUNER:-full}; SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-1e-2}
+    SFT_EXTRA_ARGS=${SFT_EXTRA_ARGS:---warmup_ratio 0.1}; TRAINED_EVAL=${TRAINED_EVAL:-true}
+    export LOG_REWARD_TERMS=${LOG_REWARD_TERMS:-true}   # the reward terms and per-completion F1 curves (weight 0)
+    SFT_EPOCHS=${SFT_EPOCHS:-40}; SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}   # 8 D1 rows today: 160 steps
     GRPO_MAX_STEPS=${GRPO_MAX_STEPS:-2}; GRPO_BATCH_SIZE=${GRPO_BATCH_SIZE:-4}; NUM_GENERATIONS=${NUM_GENERATIONS:-4}
     USE_VLLM=${USE_VLLM:-false}; INFER_BACKEND=${INFER_BACKEND:-transformers}
-    MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-48}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48}
+    MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-160}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-320}   # GRPO rollouts: cut at 160 (time)
     SYNTH_TEMPERATURE=${SYNTH_TEMPERATURE:-0}; SYNTH_MAX_TOKENS=${SYNTH_MAX_TOKENS:-32}; SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-2}
     FILTER_G=${FILTER_G:-4}; FILTER_MAX_TOKENS=${FILTER_MAX_TOKENS:-32}
     FILTER_MIN_STD=${FILTER_MIN_STD:-0}; FILTER_MIN_MAX=${FILTER_MIN_MAX:-0}
@@ -122,16 +128,25 @@ do_split() {
   mv "$MCR_DATA_DIR/mrsi.tmp/d1.jsonl" "$MCR_DATA_DIR/mrsi/d1.jsonl"; rmdir "$MCR_DATA_DIR/mrsi.tmp"
 }
 do_sft() {
+  # SFT_TUNER=full (tiny profile, issue 16): full fine-tuning, the checkpoint is the MRSI policy (no merge)
+  local extra=${SFT_EXTRA_ARGS:-}
+  [ "${SFT_TUNER:-lora}" = full ] && extra="--tuner_type full --save_only_model true $extra"
+  local steps=${SFT_MAX_STEPS:-}
+  if [ -z "$steps" ] && [ -n "${SFT_EPOCHS:-}" ]; then   # tiny profile: SFT_EPOCHS passes over D1, whatever its size
+    steps=$(( ($(grep -c . "$MCR_DATA_DIR/mrsi/d1.jsonl") * SFT_EPOCHS + SFT_BATCH_SIZE - 1) / SFT_BATCH_SIZE ))
+  fi
+  LEARNING_RATE=${SFT_LEARNING_RATE:-${LEARNING_RATE:-}} EXTRA_ARGS="$extra" \
   MODEL="$MODEL" TEMPLATE="$TEMPLATE" DATASET=mcr-mrsi:d1 OUTPUT_DIR="$RUN_DIR/mrsi_sft" \
-  MAX_STEPS=${SFT_MAX_STEPS:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${SFT_MAX_STEPS:-500} \
+  MAX_STEPS=${steps:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${steps:-500} \
   ${SFT_PER_DEVICE_BATCH_SIZE:+PER_DEVICE_BATCH_SIZE=$SFT_PER_DEVICE_BATCH_SIZE} bash recipes/mrsi_sft.sh
 }
 do_merge() {
   MODEL="$MODEL" TEMPLATE="$TEMPLATE" ADAPTERS="$(cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt")" \
   OUTPUT_DIR="$RUN_DIR/mrsi_merged" bash recipes/merge_lora.sh
 }
-policy() {  # the MRSI policy: "MODEL ADAPTERS" (merged model, or base + the MRSI adapter)
-  if [ "$MERGE" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")"; else
+policy() {  # the MRSI policy: "MODEL ADAPTERS" (merged model, or base + the MRSI adapter, or the full-FT checkpoint)
+  if [ "${SFT_TUNER:-lora}" = full ]; then cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt"
+  elif [ "$MERGE" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")"; else
     echo "$MODEL $(cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt")"; fi
 }
 do_filter() {
@@ -178,7 +193,7 @@ stage prepare "$MCR_DATA_DIR/twitter_gmner/summary.json" do_prepare
 stage synth "$MCR_DATA_DIR/mrsi/d_r.jsonl" do_synth
 stage split "$MCR_DATA_DIR/mrsi/d2.jsonl" do_split
 stage mrsi-sft "$RUN_DIR/mrsi_sft/last_checkpoint.txt" do_sft
-[ "$MERGE" = true ] && stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
+[ "$MERGE" = true ] && [ "${SFT_TUNER:-lora}" != full ] && stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
 [ "${TRAINED_EVAL:-false}" = true ] && stage trained-eval "$RUN_DIR/trained_eval/metrics.json" do_trained_eval
 stage cvo-filter "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" do_filter
 stage cvo-grpo "$RUN_DIR/cvo_grpo/last_checkpoint.txt" do_grpo

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole MCR pipeline (paper Sec. 4, App. D.3, App. E.4), one stage after the other, all outputs
 # under RUN_DIR; a stage whose output exists is skipped, so re-running after a failure resumes:
-#   prepare -> synthesise D_R -> split D1/D2 -> MRSI SFT -> merge -> sample & filter D2 -> CVO GRPO
-#   -> infer on test -> evaluate -> report (RUN_DIR/report.md, report.json)
+#   prepare -> synthesise D_R -> split D1/D2 -> MRSI SFT -> merge -> [trained-posts check] -> sample &
+#   filter D2 -> CVO GRPO -> infer on test -> evaluate -> curves -> report (RUN_DIR/report.md, report.json)
 # Called by the model wrappers (recipes/qwen25vl_7b_full.sh, recipes/mimovl_7b_full.sh).
 #
 # PROFILE=paper (default): the paper's values on the GPUs found (recipes/mrsi_sft.sh, cvo_grpo.sh,
@@ -11,8 +11,9 @@
 #   SYNTH_MLLM_BASE_URL/SYNTH_MLLM_MODEL (the paper: Qwen2.5-VL-72B), or OPENAI_BASE_URL/OPENAI_MODEL
 #   for both, or SYNTH_STYLES=formatted_a,formatted_b for the offline template styles only.
 # PROFILE=tiny: the same stages on a CPU with the tiny random Qwen2.5-VL built offline, a handful of
-#   posts with stand-in images, 2-5 steps, no vLLM, and a local `swift deploy` of the tiny model as
-#   the synthesis endpoint. A random model earns reward 0 everywhere, so the tiny profile opens the
+#   posts with stand-in images, no vLLM, and a local `swift deploy` of the tiny model as the synthesis
+#   endpoint. MRSI fully fine-tunes the tiny model until it memorises its D1 posts (checked by the
+#   trained-eval stage, issue 16); it earns ~nothing on unseen D2 posts, so the tiny profile opens the
 #   App. D.3 filter thresholds (else D2 would be empty); everything else is the paper's code path.
 set -euo pipefail
 cd "$(dirname "$0")/.."

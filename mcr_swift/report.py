@@ -129,7 +129,10 @@ def render_trained_posts(r: Dict[str, Any]) -> List[str]:
             f"The {m.get('posts')} GMNER posts of D1 that MRSI SFT trained on, inferred and evaluated like the "
             "test split after the SFT stage. It checks that training reaches the model and that the answer, "
             "boxes included, survives the prompt, template and coordinate round trip; it says nothing about "
-            "generalisation (the test row above does).", "", "```", format_table([m]), "```", ""]
+            "generalisation (the test row above does).", "", "```", format_table([m]), "```", ""] + (
+        [f"D1 rows: {sel.get('rows_in')}; evaluated {sel.get('posts')} GMNER posts (one row each), left out "
+         f"{sel.get('duplicates')} further style rows of those posts and rows of other tasks "
+         f"{sel.get('skipped_by_task') or 'none'}.", ""] if (sel := r.get("trained_posts_selection")) else [])
 
 
 def render_curves(r: Dict[str, Any]) -> List[str]:
@@ -170,6 +173,7 @@ def collect_report(run_dir) -> Dict[str, Any]:
         "cvo_grpo_args": _args(run / "cvo_grpo", GRPO_KEYS),
         "metrics": metrics,
         "trained_posts": trained_posts_metrics(run),
+        "trained_posts_selection": _json(run / "trained_eval" / "posts.jsonl.summary.json"),
         "grpo_steps": grpo_steps(run),
         "curves": curve_files(run),
     }

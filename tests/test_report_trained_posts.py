@@ -19,6 +19,8 @@ def test_report_trained_posts_grpo_steps_and_curves(tmp_path):
     (run / "eval" / "metrics.json").write_text(json.dumps(_metrics(0.0)))
     (run / "trained_eval").mkdir()
     (run / "trained_eval" / "metrics.json").write_text(json.dumps([_metrics(0.9)]))
+    (run / "trained_eval" / "posts.jsonl.summary.json").write_text(json.dumps(
+        {"rows_in": 7, "posts": 2, "duplicates": 2, "skipped_by_task": {"grec": 2, "mner_mi": 1}}))
     old, new = run / "cvo_grpo" / "v0-20260101-000000", run / "cvo_grpo" / "v1-20260101-000100"
     old.mkdir(parents=True)
     new.mkdir()
@@ -38,11 +40,13 @@ def test_report_trained_posts_grpo_steps_and_curves(tmp_path):
     assert r["curves"] == ["curves/loss.png", "curves/reward.png"]
     md = render_markdown(r)
     assert md.index("## Test metrics") < md.index("## Trained posts (memorisation check")
+    assert "D1 rows: 7; evaluated 2 GMNER posts (one row each), left out 2 further style rows" in md
+    assert "{'grec': 2, 'mner_mi': 1}" in md
     assert "| 2 | 0.5 | 0.125 | 0.5 |" in md and "![reward](curves/reward.png)" in md
 
 
 def test_report_without_the_new_stages(tmp_path):
     r = collect_report(tmp_path)
-    assert r["trained_posts"] is None and r["grpo_steps"] is None and r["curves"] == []
+    assert r["trained_posts"] is None and r["trained_posts_selection"] is None and r["grpo_steps"] is None and r["curves"] == []
     md = render_markdown(r)
     assert "Trained posts" not in md and "Curves" not in md

@@ -38,15 +38,15 @@ case "$PROFILE" in
     LIMIT=${LIMIT:-8}; STANDIN=${STANDIN:-1}
     export NPROC_PER_NODE=1 DEEPSPEED="" DATALOADER_WORKERS=0 REPORT_TO=none LOGGING_STEPS=1
     # issue 16, a run that learns: MRSI memorises its D1 posts (full fine-tuning of the tiny model, a high
-    # learning rate with warmup, 40 passes over D1), checked by the trained-eval stage;
+    # learning rate with warmup, 50 passes over D1), checked by the trained-eval stage;
     # generation lengths cover a whole D_R chain (<think>...</think><answer>[...]</answer>, <= ~270 tokens)
     SFT_TUNER=${SFT_TUNER:-full}; SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-1e-2}
     SFT_EXTRA_ARGS=${SFT_EXTRA_ARGS:---warmup_ratio 0.1}; TRAINED_EVAL=${TRAINED_EVAL:-true}
     export LOG_REWARD_TERMS=${LOG_REWARD_TERMS:-true}   # the reward terms and per-completion F1 curves (weight 0)
-    SFT_EPOCHS=${SFT_EPOCHS:-40}; SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}   # 8 D1 rows today: 160 steps
+    SFT_EPOCHS=${SFT_EPOCHS:-50}; SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}   # 8 D1 rows today: 200 steps (160 memorised 1 of 5)
     GRPO_MAX_STEPS=${GRPO_MAX_STEPS:-2}; GRPO_BATCH_SIZE=${GRPO_BATCH_SIZE:-4}; NUM_GENERATIONS=${NUM_GENERATIONS:-4}
     USE_VLLM=${USE_VLLM:-false}; INFER_BACKEND=${INFER_BACKEND:-transformers}
-    MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-160}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-320}   # GRPO rollouts: cut at 160 (time)
+    MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-320}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-320}
     SYNTH_TEMPERATURE=${SYNTH_TEMPERATURE:-0}; SYNTH_MAX_TOKENS=${SYNTH_MAX_TOKENS:-32}; SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-2}
     FILTER_G=${FILTER_G:-4}; FILTER_MAX_TOKENS=${FILTER_MAX_TOKENS:-32}
     FILTER_MIN_STD=${FILTER_MIN_STD:-0}; FILTER_MIN_MAX=${FILTER_MIN_MAX:-0}

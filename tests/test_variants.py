@@ -173,7 +173,7 @@ def pipeline(variant, run_dir, stub, tiny_model, wrapper="qwen25vl_7b_full", **e
          "SWIFT": str(stub), "SWIFT_STUB_LOG": str(log), "MODEL": str(tiny_model),
          # the paper profile's MRSI path (LoRA, merge), without the tiny profile's memorisation extras
          # (full fine-tuning, trained-posts check, curves), which tests/test_full_pipeline.py covers
-         "SFT_TUNER": "lora", "TRAINED_EVAL": "false", "CURVES": "false", **env}
+         "TINY_MEMORISE": "false", **env}
     if variant is not None:
         e["VARIANT"] = variant
     p = subprocess.run(["bash", f"recipes/{wrapper}.sh"], cwd=REPO, env=e, capture_output=True, text=True,

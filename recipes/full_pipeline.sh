@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole MCR pipeline (paper Sec. 4, App. D.3, App. E.4), one stage after the other, all outputs
 # under RUN_DIR; a stage whose output exists is skipped, so re-running after a failure resumes:
-#   prepare -> synthesise D_R -> split D1/D2 -> MRSI SFT -> merge -> sample & filter D2 -> CVO GRPO
-#   -> infer on test -> evaluate -> report (RUN_DIR/report.md, report.json)
+#   prepare -> synthesise D_R -> split D1/D2 -> MRSI SFT -> merge -> [trained-posts check] -> sample &
+#   filter D2 -> CVO GRPO -> infer on test -> evaluate -> curves -> report (RUN_DIR/report.md, report.json)
 # Called by the model wrappers (recipes/qwen25vl_7b_full.sh, recipes/mimovl_7b_full.sh).
 #
 # PROFILE=paper (default): the paper's values on the GPUs found (recipes/mrsi_sft.sh, cvo_grpo.sh,
@@ -15,10 +15,11 @@
 #   train2014), SYNTH_PER_POST=2 styles per sample (2 x 27,856 = 55,712). A missing MNER-MI or GREC
 #   release is reported once and left out; SOURCES=gmner,mner_mi,grec picks the sources.
 # PROFILE=tiny: the same stages on a CPU with the tiny random Qwen2.5-VL built offline, a handful of
-#   posts with stand-in images, 2-5 steps, no vLLM, and a local `swift deploy` of the tiny model as
-#   the synthesis endpoint; MNER-MI and GREC come from the package's sample files (mcr_swift/data/samples).
-#   A random model earns reward 0 everywhere, so the tiny profile opens the App. D.3 filter thresholds
-#   (else D2 would be empty); everything else is the paper's code path.
+#   posts with stand-in images, no vLLM, and a local `swift deploy` of the tiny model as the synthesis
+#   endpoint; MNER-MI and GREC come from the package's sample files (mcr_swift/data/samples). MRSI fully
+#   fine-tunes the tiny model until it memorises its D1 posts (checked by the trained-eval stage,
+#   issue 16); it earns ~nothing on unseen D2 posts, so the tiny profile opens the App. D.3 filter
+#   thresholds (else D2 would be empty); everything else is the paper's code path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -76,10 +77,11 @@ write_jsonl_atomic(d / "d2_kept.jsonl", rows)
 print(f"[cvo-data] {len(rows)} D2 rows of {len(kept)} kept queries -> {d / 'd2_kept.jsonl'}")
 PY
 }
-do_cvo_sft() {  # VARIANT=no_cvo: continue MRSI by SFT on the CVO data, from the merged MRSI model
-  MODEL="$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")" TEMPLATE="$TEMPLATE" DATASET="$MCR_DATA_DIR/mrsi/d2_kept.jsonl" \
+do_cvo_sft() {  # VARIANT=no_cvo: continue MRSI by SFT on the CVO data, from the MRSI policy (merged)
+  local pm; read -r pm _ <<< "$(policy)"
+  MODEL="$pm" TEMPLATE="$TEMPLATE" DATASET="$MCR_DATA_DIR/mrsi/d2_kept.jsonl" \
   OUTPUT_DIR="$RUN_DIR/cvo_sft" MAX_STEPS=${SFT_MAX_STEPS:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${SFT_MAX_STEPS:-500} \
-  ${SFT_PER_DEVICE_BATCH_SIZE:+PER_DEVICE_BATCH_SIZE=$SFT_PER_DEVICE_BATCH_SIZE} bash recipes/mrsi_sft.sh
+  PER_DEVICE_BATCH_SIZE=${SFT_PER_DEVICE_BATCH_SIZE:-${PER_DEVICE_BATCH_SIZE:-}} bash recipes/mrsi_sft.sh
 }
 # ---- end VARIANT ----
 RUN_DIR=${RUN_DIR:-runs/full_${PROFILE}${VARIANT_SUFFIX}}
@@ -113,10 +115,23 @@ case "$PROFILE" in
     export MAX_PIXELS=${MAX_PIXELS:-50176}
     LIMIT=${LIMIT:-8}; STANDIN=${STANDIN:-1}
     export NPROC_PER_NODE=1 DEEPSPEED="" DATALOADER_WORKERS=0 REPORT_TO=none LOGGING_STEPS=1
-    SFT_MAX_STEPS=${SFT_MAX_STEPS:-5}; SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}
+    # issue 16, a run that learns (TINY_MEMORISE=true, the default): MRSI memorises its D1 posts (full
+    # fine-tuning of the tiny model, a high learning rate with warmup, 50 passes over D1), checked by the
+    # trained-eval stage, with the curves of the run; TINY_MEMORISE=false keeps the paper's MRSI path
+    # (LoRA, lr 1e-4, merge) for 5 steps, for tests of the wiring
+    if [ "${TINY_MEMORISE:-true}" = true ]; then
+      SFT_TUNER=${SFT_TUNER:-full}; SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-1e-2}
+      SFT_EXTRA_ARGS=${SFT_EXTRA_ARGS:---warmup_ratio 0.1}; TRAINED_EVAL=${TRAINED_EVAL:-true}; CURVES=${CURVES:-true}
+      export LOG_REWARD_TERMS=${LOG_REWARD_TERMS:-true}   # the reward terms and per-completion F1 curves (weight 0)
+      SFT_EPOCHS=${SFT_EPOCHS:-50}   # 50 passes over D1 (40 memorised too little: 1 of 5 entities)
+    else
+      SFT_MAX_STEPS=${SFT_MAX_STEPS:-5}
+    fi
+    SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}
+    # generation lengths cover a whole D_R chain (<think>...</think><answer>[...]</answer>, <= ~270 tokens)
     GRPO_MAX_STEPS=${GRPO_MAX_STEPS:-2}; GRPO_BATCH_SIZE=${GRPO_BATCH_SIZE:-4}; NUM_GENERATIONS=${NUM_GENERATIONS:-4}
     USE_VLLM=${USE_VLLM:-false}; INFER_BACKEND=${INFER_BACKEND:-transformers}
-    MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-48}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48}
+    MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-320}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-320}
     SYNTH_TEMPERATURE=${SYNTH_TEMPERATURE:-0}; SYNTH_MAX_TOKENS=${SYNTH_MAX_TOKENS:-32}; SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-2}
     FILTER_G=${FILTER_G:-4}; FILTER_MAX_TOKENS=${FILTER_MAX_TOKENS:-32}
     FILTER_MIN_STD=${FILTER_MIN_STD:-0}; FILTER_MIN_MAX=${FILTER_MIN_MAX:-0}
@@ -250,18 +265,34 @@ do_split() {
   mv "$MCR_DATA_DIR/mrsi.tmp/d2.jsonl" "$MCR_DATA_DIR/mrsi/d2.jsonl"
   mv "$MCR_DATA_DIR/mrsi.tmp/d1.jsonl" "$MCR_DATA_DIR/mrsi/d1.jsonl"; rmdir "$MCR_DATA_DIR/mrsi.tmp"
 }
+sft_data_file() {  # the rows the SFT stage trains on (for SFT_EPOCHS)
+  if [ "$VARIANT" = sft ]; then echo "$MCR_DATA_DIR/twitter_gmner/train.jsonl"; else echo "$MCR_DATA_DIR/mrsi/d1.jsonl"; fi
+}
 do_sft() {
+  # SFT_TUNER=full (tiny profile, issue 16): full fine-tuning, the checkpoint is the MRSI policy (no merge)
+  local extra=${SFT_EXTRA_ARGS:-}
+  [ "${SFT_TUNER:-lora}" = full ] && extra="--tuner_type full --save_only_model true $extra"
+  local steps=${SFT_MAX_STEPS:-}
+  if [ -z "$steps" ] && [ -n "${SFT_EPOCHS:-}" ]; then   # tiny profile: SFT_EPOCHS passes over the data, whatever its size
+    steps=$(( ($(grep -c . "$(sft_data_file)") * SFT_EPOCHS + SFT_BATCH_SIZE - 1) / SFT_BATCH_SIZE ))
+  fi
+  LEARNING_RATE=${SFT_LEARNING_RATE:-${LEARNING_RATE:-}} EXTRA_ARGS="$extra" \
   MODEL="$MODEL" TEMPLATE="$TEMPLATE" DATASET="$SFT_DATASET" OUTPUT_DIR="$RUN_DIR/$SFT_DIR" \
-  MAX_STEPS=${SFT_MAX_STEPS:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${SFT_MAX_STEPS:-500} \
-  ${SFT_PER_DEVICE_BATCH_SIZE:+PER_DEVICE_BATCH_SIZE=$SFT_PER_DEVICE_BATCH_SIZE} bash recipes/mrsi_sft.sh
+  MAX_STEPS=${steps:--1} BATCH_SIZE=${SFT_BATCH_SIZE:-16} SAVE_STEPS=${steps:-500} \
+  PER_DEVICE_BATCH_SIZE=${SFT_PER_DEVICE_BATCH_SIZE:-${PER_DEVICE_BATCH_SIZE:-}} bash recipes/mrsi_sft.sh
 }
 do_merge() {
   MODEL="$MODEL" TEMPLATE="$TEMPLATE" ADAPTERS="$(cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt")" \
   OUTPUT_DIR="$RUN_DIR/mrsi_merged" bash recipes/merge_lora.sh
 }
-policy() {  # the MRSI policy: "MODEL ADAPTERS" (merged model, or base + the MRSI adapter)
+sft_policy() {  # what the SFT stage trained: the full-FT checkpoint, or "base adapter"
+  if [ "${SFT_TUNER:-lora}" = full ]; then cat "$RUN_DIR/$SFT_DIR/last_checkpoint.txt"
+  else echo "$MODEL $(cat "$RUN_DIR/$SFT_DIR/last_checkpoint.txt")"; fi
+}
+policy() {  # the MRSI policy CVO starts from: "MODEL ADAPTERS" (merged model, base + the MRSI adapter, or the full-FT checkpoint)
   if [ "$RUN_MRSI" = false ]; then echo "$MODEL"; return; fi   # VARIANT=cvo_only: the base model
-  if [ "$MERGE" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")"; else
+  if [ "${SFT_TUNER:-lora}" = full ]; then cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt"
+  elif [ "$MERGE" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt")"; else
     echo "$MODEL $(cat "$RUN_DIR/mrsi_sft/last_checkpoint.txt")"; fi
 }
 do_filter() {
@@ -281,10 +312,30 @@ do_grpo() {
   SAVE_STEPS=${GRPO_MAX_STEPS:-500} bash recipes/cvo_grpo.sh
 }
 eval_policy() {  # what infer-eval runs, per VARIANT: "MODEL ADAPTERS"
-  if [ "$CVO_BY_SFT" = true ]; then echo "$(cat "$RUN_DIR/mrsi_merged/last_checkpoint.txt") $(cat "$RUN_DIR/cvo_sft/last_checkpoint.txt")"
+  local pm
+  if [ "$CVO_BY_SFT" = true ]; then read -r pm _ <<< "$(policy)"; echo "$pm $(cat "$RUN_DIR/cvo_sft/last_checkpoint.txt")"
   elif [ "$RUN_CVO" = true ]; then read -r pm _ <<< "$(policy)"; echo "$pm $(cat "$RUN_DIR/cvo_grpo/last_checkpoint.txt")"
-  else echo "$MODEL $(cat "$RUN_DIR/$SFT_DIR/last_checkpoint.txt")"; fi   # sft, mrsi_only: base + the SFT adapter
+  else sft_policy; fi   # sft, mrsi_only: what the SFT stage trained
 }
+# --- trained-posts memorisation check (issue 16): after MRSI, infer + evaluate on the GMNER posts of D1
+# (one row per post, other tasks left out; mcr-swift trained-posts), exactly like the test
+# split. On by default in the tiny profile only (TRAINED_EVAL=true|false).
+do_trained_eval() {
+  read -r pm pa <<< "$(sft_policy)"
+  python -m mcr_swift.cli trained-posts "$MCR_DATA_DIR/mrsi/d1.jsonl" "$RUN_DIR/trained_eval/posts.jsonl"
+  MODEL="$pm" ADAPTERS="${pa:-}" TEMPLATE="$TEMPLATE" DATASET="$RUN_DIR/trained_eval/posts.jsonl" \
+  GOLD="$RUN_DIR/trained_eval/posts.jsonl" INFER_BACKEND="$INFER_BACKEND" MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-2048} \
+  OUTPUT_DIR="$RUN_DIR/trained_eval" bash recipes/infer_eval.sh
+}
+# the run's training curves (reward, its terms, F1 when logged, loss) for the report (mcr-swift curves)
+do_curves() {  # the training stages this variant ran
+  local dirs=() labels=() d
+  for d in "$SFT_DIR" cvo_grpo cvo_sft; do
+    if [ -d "$RUN_DIR/$d" ]; then dirs+=("$RUN_DIR/$d"); labels+=("${d//_/-}"); fi
+  done
+  python -m mcr_swift.cli curves "${dirs[@]}" --labels "${labels[@]}" --out "$RUN_DIR/curves"
+}
+# --- end trained-posts check
 do_eval() {
   read -r pm pa <<< "$(eval_policy)"
   MODEL="$pm" ADAPTERS="$pa" TEMPLATE="$TEMPLATE" \
@@ -301,7 +352,10 @@ if [ "$RUN_SYNTH" = true ]; then
 fi
 if [ "$RUN_MRSI" = true ]; then
   stage "$([ "$VARIANT" = sft ] && echo sft || echo mrsi-sft)" "$RUN_DIR/$SFT_DIR/last_checkpoint.txt" do_sft
-  [ "$MERGE" = true ] && [ "$RUN_CVO" = true ] && stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
+  [ "$MERGE" = true ] && [ "$RUN_CVO" = true ] && [ "${SFT_TUNER:-lora}" != full ] &&
+    stage merge "$RUN_DIR/mrsi_merged/last_checkpoint.txt" do_merge
+  [ "${TRAINED_EVAL:-false}" = true ] && [ "$RUN_SYNTH" = true ] &&
+    stage trained-eval "$RUN_DIR/trained_eval/metrics.json" do_trained_eval
 fi
 if [ "$RUN_CVO" = true ]; then
   stage cvo-filter "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" do_filter
@@ -313,4 +367,5 @@ if [ "$RUN_CVO" = true ]; then
   fi
 fi
 stage infer-eval "$RUN_DIR/eval/metrics.json" do_eval
+[ "${CURVES:-false}" = true ] && stage curves "$RUN_DIR/curves/reward.png" do_curves
 python -m mcr_swift.cli report "$RUN_DIR"

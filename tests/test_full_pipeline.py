@@ -1,7 +1,8 @@
 """The project's main job: ``PROFILE=tiny bash recipes/qwen25vl_7b_full.sh`` runs every stage of the
 paper's pipeline on a CPU (tiny model, 8 posts per split, a local ``swift deploy`` as the synthesis
 endpoint), writes the final report, and a second run resumes: finished stages are skipped, a stage
-whose output is removed runs again."""
+whose output is removed runs again. The run learns (issue 16): MRSI memorises its trained posts (GMNER
+F1 >= 0.8 with boxes, a memorisation check) and a GRPO step sees reward variance."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ from tests.conftest import REPO, SHARED
 
 pytestmark = pytest.mark.swift
 
-STAGES = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo", "infer-eval"]
+# the tiny profile fine-tunes the whole tiny model (issue 16): its checkpoint is the policy, no merge stage
+STAGES = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "trained-eval", "cvo-filter", "cvo-grpo",
+          "infer-eval", "curves"]
 
 
 def _run(run_dir):
@@ -60,14 +63,35 @@ def test_full_pipeline_on_cpu_then_resume(tmp_path):
     assert r["filter"]["queries"] == len(d2) and r["filter"]["kept"] == len(d2)  # tiny profile opens the thresholds
     # the stages trained with the paper's values where the tiny profile does not shrink them
     sft, grpo = r["mrsi_sft_args"], r["cvo_grpo_args"]
-    assert (sft["learning_rate"], sft["lr_scheduler_type"], sft["tuner_type"]) == (1e-4, "cosine", "lora")
-    assert sft["max_steps"] == 5
+    # MRSI in the tiny profile (issue 16): full fine-tuning, lr 1e-2 with warmup, 50 passes over D1
+    d1_rows = (run / "data/mrsi/d1.jsonl").read_text().splitlines()
+    assert (sft["learning_rate"], sft["lr_scheduler_type"], sft["tuner_type"]) == (1e-2, "cosine", "full")
+    assert sft["max_steps"] == -(-len(d1_rows) * 50 // 2)
     assert (grpo["learning_rate"], grpo["warmup_ratio"], grpo["temperature"], grpo["top_k"], grpo["top_p"],
             grpo["beta"], grpo["epsilon"], grpo["epsilon_high"]) == (5e-6, 0.05, 1.5, 200, 0.95, 0.005, 0.15, 0.25)
-    assert grpo["reward_funcs"] == ["gmner_orm"] and grpo["max_steps"] == 2
+    # Eq. 10 trains; the terms and the per-completion F1 are logged with weight 0 (LOG_REWARD_TERMS, curves)
+    assert grpo["reward_funcs"][0] == "gmner_orm" and "gmner_f1" in grpo["reward_funcs"] and grpo["max_steps"] == 2
+    assert grpo["reward_weights"][0] == 1 and set(grpo["reward_weights"][1:]) == {0}
     m = r["metrics"]
     assert m["posts"] == 8 and set(m["metrics"]) >= {"gmner", "mner", "eeg", "n"}
+    # issue 16: the tiny run learns. MRSI memorises its trained posts (GMNER F1 with boxes, the test
+    # split's infer + evaluate stage on D1's GMNER posts) ...
+    tp = r["trained_posts"]
+    gmner_d1 = {json.loads(l)["mcr_id"] for l in (run / "data/mrsi/d1.jsonl").read_text().splitlines()
+                if json.loads(l).get("mcr_task", "gmner") == "gmner"}
+    assert tp["posts"] == len(gmner_d1) and tp["parse_failures"] == 0
+    assert tp["metrics"]["gmner"]["f1"] >= 0.8, tp["metrics"]
+    gold_boxes = sum(bool(e["boxes"]) for l in (run / "trained_eval/posts.jsonl").read_text().splitlines()
+                     for e in json.loads(json.loads(l)["mcr_gold"]))
+    assert gold_boxes > 0   # the check includes grounded entities: boxes are scored, not only spans
+    # ... and CVO sees a signal: GRPO starts from the merged MRSI model and a logged step has reward_std > 0
+    assert grpo["model"] == (run / "mrsi_sft/last_checkpoint.txt").read_text().strip()
+    steps = r["grpo_steps"]
+    assert len(steps) == 2 and max(s["reward_std"] for s in steps) > 0, steps
+    assert all("rewards/GMNERF1Reward/mean" in s for s in steps)
+    assert {"curves/reward.png", "curves/reward_terms.png", "curves/f1.png", "curves/loss.png"} <= set(r["curves"])
     md = (run / "report.md").read_text()
+    assert "## Trained posts (memorisation check" in md and "](curves/reward.png)" in md
     assert "GMNER Pre" in md and "| cvo-grpo |" in md and "| learning_rate | 5e-06 |" in md
     print(f"\n[full pipeline, tiny, CPU] wall {wall:.0f} s, peak RSS of one process {peak:.0f} MB; stages (s): "
           + ", ".join(f"{t['stage']} {t['seconds']}" for t in r["times"]))

@@ -73,7 +73,10 @@ def test_sft_variant_of_the_pipeline_on_cpu(tmp_path):
     answer-only prompts at inference join the answer-only gold rows, every test post is scored."""
     from tests.conftest import SHARED
     run = tmp_path / "run_sft"
-    env = {**os.environ, "PROFILE": "tiny", "VARIANT": "sft", "RUN_DIR": str(run), "MCR_SHARED_DIR": str(SHARED)}
+    # 5 steps (not the tiny profile's 50 memorising passes) and no curves: this checks the wiring; the tiny
+    # profile's full fine-tuning stays on, so inference runs the full-FT checkpoint itself (no adapter)
+    env = {**os.environ, "PROFILE": "tiny", "VARIANT": "sft", "RUN_DIR": str(run), "MCR_SHARED_DIR": str(SHARED),
+           "SFT_MAX_STEPS": "5", "CURVES": "false"}
     t = time.time()
     p = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1800)
@@ -81,6 +84,7 @@ def test_sft_variant_of_the_pipeline_on_cpu(tmp_path):
     r = json.loads((run / "report.json").read_text())
     assert [x["stage"] for x in r["times"]] == ["tiny-model", "prepare", "sft", "infer-eval"]
     assert r["sft_args"]["dataset"] == ["mcr-gmner:train_answer_only"] and r["sft_args"]["max_steps"] == 5
+    assert r["sft_args"]["tuner_type"] == "full"
     m = r["metrics"]
     assert (m["posts"], m["rows"], m["unmatched_rows"]) == (8, 8, 0)   # the random model's output may not parse
     infer = [json.loads(l) for l in (run / "eval" / "infer.jsonl").read_text().splitlines()]

@@ -170,7 +170,10 @@ def swift_stub(tmp_path_factory) -> Path:
 def pipeline(variant, run_dir, stub, tiny_model, wrapper="qwen25vl_7b_full", **env):
     log = Path(str(run_dir) + ".swift.jsonl")
     e = {**os.environ, "PROFILE": "tiny", "RUN_DIR": str(run_dir), "MCR_SHARED_DIR": str(SHARED),
-         "SWIFT": str(stub), "SWIFT_STUB_LOG": str(log), "MODEL": str(tiny_model), **env}
+         "SWIFT": str(stub), "SWIFT_STUB_LOG": str(log), "MODEL": str(tiny_model),
+         # the paper profile's MRSI path (LoRA, merge), without the tiny profile's memorisation extras
+         # (full fine-tuning, trained-posts check, curves), which tests/test_full_pipeline.py covers
+         "TINY_MEMORISE": "false", **env}
     if variant is not None:
         e["VARIANT"] = variant
     p = subprocess.run(["bash", f"recipes/{wrapper}.sh"], cwd=REPO, env=e, capture_output=True, text=True,

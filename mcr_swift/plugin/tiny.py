@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -115,10 +116,17 @@ def main(argv: Optional[list] = None) -> int:
                                 description="Build a tiny random Qwen2.5-VL checkpoint offline.")
     p.add_argument("out_dir", nargs="?", default="runs/tiny-qwen2_5_vl")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=64,
+                   help="text hidden size, a multiple of 16 (head size 16; default 64)")
+    p.add_argument("--layers", type=int, default=2, help="text decoder layers (default 2)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     t = time.time()
-    out = build_tiny_qwen25vl(a.out_dir, seed=a.seed, overwrite=a.overwrite)
+    if a.hidden < 32 or a.hidden % 16 or a.layers < 1:
+        print(f"mcr-swift tiny-model: --hidden must be a multiple of 16, at least 32, and --layers at least 1 "
+              f"(got --hidden {a.hidden} --layers {a.layers})", file=sys.stderr)
+        return 2
+    out = build_tiny_qwen25vl(a.out_dir, seed=a.seed, hidden=a.hidden, layers=a.layers, overwrite=a.overwrite)
     info = json.loads((out / "mcr_tiny.json").read_text())
     print(f"tiny Qwen2.5-VL at {out} ({info['parameters'] / 1e6:.1f} M parameters, {time.time() - t:.1f} s)")
     return 0

@@ -23,7 +23,8 @@ from ..jsonl import write_json_atomic, write_text_atomic
 from ..pipeline.recipe_args import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
-           "variant_row", "render_variant_table", "main"]
+           "variant_row", "render_variant_table", "main", "trained_posts_metrics", "grpo_steps", "curve_files",
+           "render_trained_posts", "render_curves"]
 
 #: args.json keys reported per stage (App. E.4's hyper-parameters and what fixes the effective batch)
 SFT_KEYS = ("model", "template", "tuner_type", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
@@ -148,6 +149,83 @@ def render_sources(src: Optional[Dict[str, Any]]) -> List[str]:
     return out + [""]
 
 
+# --- trained posts (memorisation check) and curves (issue 16) ---
+#: ms-swift's GRPO logging.jsonl keys reported per step (reward = weighted sum of --reward_funcs;
+#: reward_std = its std within the groups of one step; frac_reward_zero_std = share of groups with none)
+GRPO_STEP_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "rewards/GMNERF1Reward/mean",
+                  "completions/mean_length")
+
+
+def trained_posts_metrics(run: Path) -> Optional[Dict[str, Any]]:
+    """The metrics row of the trained-eval stage (RUN_DIR/trained_eval/metrics.json), same shape as
+    ``metrics``: infer + evaluate on the GMNER posts of D1, which MRSI trained on (a memorisation
+    check, not a test score). None when the stage did not run."""
+    m = _json(run / "trained_eval" / "metrics.json")
+    if isinstance(m, list):
+        m = m[0] if m else None
+    return m
+
+
+def grpo_steps(run: Path) -> Optional[List[Dict[str, Any]]]:
+    """Per logged GRPO step: the step and GRPO_STEP_KEYS found, from the newest cvo_grpo logging.jsonl."""
+    found = sorted((run / "cvo_grpo").glob("v*-*/logging.jsonl"), key=lambda p: version_number(p.parent))
+    if not found:
+        return None
+    out = []
+    for line in found[-1].read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue   # a partial last line of a running job
+        if not isinstance(row, dict) or "reward" not in row:
+            continue
+        step = str(row.get("global_step/max_steps", "")).split("/")[0]
+        out.append({"step": int(step) if step.isdigit() else len(out) + 1,
+                    **{k: row[k] for k in GRPO_STEP_KEYS if k in row}})
+    return out
+
+
+def curve_files(run: Path) -> List[str]:
+    """The PNGs `mcr-swift curves` wrote to RUN_DIR/curves, relative to RUN_DIR."""
+    return sorted(str(p.relative_to(run)) for p in (run / "curves").glob("*.png"))
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ("" if v is None else str(v))
+
+
+def render_trained_posts(r: Dict[str, Any]) -> List[str]:
+    from ..evaluation.evaluate import format_table
+    m = r.get("trained_posts")
+    if not m:
+        return []
+    return ["## Trained posts (memorisation check, percent)", "",
+            f"The {m.get('posts')} GMNER posts of D1 that MRSI SFT trained on, inferred and evaluated like the "
+            "test split after the SFT stage. It checks that training reaches the model and that the answer, "
+            "boxes included, survives the prompt, template and coordinate round trip; it says nothing about "
+            "generalisation (the test row above does).", "", "```", format_table([m]), "```", ""] + (
+        [f"D1 rows: {sel.get('rows_in')}; evaluated {sel.get('posts')} GMNER posts (one row each), left out "
+         f"{sel.get('duplicates')} further style rows of those posts and rows of other tasks "
+         f"{sel.get('skipped_by_task') or 'none'}.", ""] if (sel := r.get("trained_posts_selection")) else [])
+
+
+def render_curves(r: Dict[str, Any]) -> List[str]:
+    out = []
+    steps = r.get("grpo_steps")
+    if steps:
+        keys = [k for k in GRPO_STEP_KEYS if any(k in s for s in steps)]
+        out += ["## CVO GRPO per logged step (ms-swift logging.jsonl)", "",
+                "| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+        out += [f"| {s['step']} | " + " | ".join(_num(s.get(k)) for k in keys) + " |" for s in steps]
+        out.append("")
+    if r.get("curves"):
+        out += ["## Curves (`mcr-swift curves`)", ""]
+        out += [f"![{Path(p).stem}]({p})" for p in r["curves"]]
+        out.append("")
+    return out
+# --- end trained posts and curves
+
+
 def collect_report(run_dir) -> Dict[str, Any]:
     run = Path(run_dir)
     data = run / "data"
@@ -172,6 +250,10 @@ def collect_report(run_dir) -> Dict[str, Any]:
         "cvo_grpo_args": _args(run / "cvo_grpo", GRPO_KEYS),
         "metrics": metrics,
         "sources": sources_report(data, synth, filt),
+        "trained_posts": trained_posts_metrics(run),
+        "trained_posts_selection": _json(run / "trained_eval" / "posts.jsonl.summary.json"),
+        "grpo_steps": grpo_steps(run),
+        "curves": curve_files(run),
     }
 
 
@@ -182,6 +264,7 @@ def render_markdown(r: Dict[str, Any]) -> str:
         out += ["## Test metrics (percent)", "", "```", format_table([r["metrics"]]), "```", ""]
     else:
         out += ["## Test metrics", "", "not available (the infer-eval stage has not finished)", ""]
+    out += render_trained_posts(r)
     out += ["## Stages", "", "| stage | wall time (s) | last run |", "|---|---:|---|"]
     total = 0
     for t in r["times"]:
@@ -216,6 +299,7 @@ def render_markdown(r: Dict[str, Any]) -> str:
         out += ["| argument | value |", "|---|---|"]
         out += [f"| {k} | {json.dumps(v)} |" for k, v in a.items()]
         out.append("")
+    out += render_curves(r)
     return "\n".join(out)
 
 

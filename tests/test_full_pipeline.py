@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO, SHARED
 
-pytestmark = pytest.mark.swift
+pytestmark = [pytest.mark.swift, pytest.mark.shared]
 
 STAGES = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo", "infer-eval"]
 

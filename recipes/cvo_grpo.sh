@@ -92,7 +92,7 @@ echo "[cvo_grpo] model=$MODEL adapters=${ADAPTERS:-none} template=$TEMPLATE data
 # shellcheck disable=SC2086
 $SWIFT rlhf --rlhf_type grpo \
   --model "$MODEL" ${ADAPTERS:+--adapters "$ADAPTERS" --ref_adapters "$ADAPTERS"} \
-  --template "$TEMPLATE" --check_model false --custom_register_path "$PLUGIN" --dataset $DATASET "${EVAL[@]}" \
+  --template "$TEMPLATE" --check_model false --external_plugins "$PLUGIN" --dataset $DATASET "${EVAL[@]}" \
   --tuner_type lora --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA" --target_modules all-linear \
   --reward_funcs $REWARD_FUNCS ${REWARD_WEIGHTS:+--reward_weights $REWARD_WEIGHTS} \
   --num_generations "$NUM_GENERATIONS" --temperature "$TEMPERATURE" --top_k "$TOP_K" --top_p "$TOP_P" \

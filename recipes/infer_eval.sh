@@ -43,7 +43,7 @@ echo "[infer_eval] model=$MODEL adapters=${ADAPTERS:-none} template=$TEMPLATE da
      "backend=$INFER_BACKEND nproc=${NPROC_PER_NODE:-1} max_new_tokens=$MAX_NEW_TOKENS temperature=$TEMPERATURE gold=$GOLD output=$OUTPUT_DIR"
 # shellcheck disable=SC2086
 $SWIFT infer --model "$MODEL" ${ADAPTERS:+--adapters "$ADAPTERS"} --template "$TEMPLATE" \
-  --custom_register_path "$PLUGIN" --val_dataset $DATASET --result_path "$RESULT" "${BACKEND[@]}" \
+  --external_plugins "$PLUGIN" --val_dataset $DATASET --result_path "$RESULT" "${BACKEND[@]}" \
   --max_new_tokens "$MAX_NEW_TOKENS" --temperature "$TEMPERATURE" --stream false ${EXTRA_ARGS:-}
 if [ "$REAL" = true ]; then
   # the resize settings come from the environment swift infer saw (MAX_PIXELS, MIN_PIXELS, IMAGE_*_TOKEN_NUM,

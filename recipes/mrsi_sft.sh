@@ -45,7 +45,7 @@ echo "[mrsi_sft] model=$MODEL template=$TEMPLATE dataset=$DATASET epochs=$NUM_EP
 # shellcheck disable=SC2086
 $SWIFT sft \
   --model "$MODEL" --template "$TEMPLATE" --check_model false \
-  --custom_register_path "$PLUGIN" --dataset $DATASET \
+  --external_plugins "$PLUGIN" --dataset $DATASET \
   --tuner_type lora --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA" --target_modules all-linear \
   --num_train_epochs "$NUM_EPOCHS" --max_steps "$MAX_STEPS" \
   --learning_rate "$LEARNING_RATE" --lr_scheduler_type "$LR_SCHEDULER" \

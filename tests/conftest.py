@@ -15,6 +15,37 @@ DATA_V1 = SHARED / "data" / "twitter_gmner_v1"
 TINY_MAX_PIXELS = 28 * 28 * 64
 
 
+#: Fixtures that read the shared data: a test using one (directly or through another fixture) is marked
+#: ``shared`` at collection, so a missing folder gives one message instead of a FileNotFoundError.
+SHARED_FIXTURES = {"data_v2", "prepared"}
+
+
+def shared_missing(path: Path = DATA_V2) -> str | None:
+    """None when ``path`` (inside the shared folder) exists, else the one message naming what to do."""
+    if Path(path).is_dir():
+        return None
+    where = (f"MCR_SHARED_DIR={SHARED}" if os.environ.get("MCR_SHARED_DIR")
+             else f"expected ../shared beside the checkout, {SHARED}; or set MCR_SHARED_DIR to where it is")
+    return f"needs the shared data: {path} not found ({where})"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("shared"):
+            item.add_marker(pytest.mark.shared)
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``shared`` (optionally ``shared(path)``) without the shared data: skipped with the
+    reason, or failed under CI=true, where missing data is a broken setup that must not pass green."""
+    for mark in item.iter_markers("shared"):
+        reason = shared_missing(*mark.args[:1])
+        if reason:
+            if os.environ.get("CI", "").lower() in ("true", "1"):
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+
+
 def swift_bin() -> str:
     """The `swift` console script of the interpreter running the tests."""
     return str(Path(sys.executable).with_name("swift"))
@@ -32,9 +63,9 @@ def _environ_is_restored():
 
 @pytest.fixture(scope="session")
 def data_v2() -> Path:
-    if not DATA_V2.is_dir():
-        pytest.fail(f"{DATA_V2} not found: the shared data must sit beside the checkout "
-                    f"(or set MCR_SHARED_DIR)")
+    reason = shared_missing(DATA_V2)   # normally caught before (the test is marked shared at collection)
+    if reason:
+        pytest.fail(reason, pytrace=False)
     return DATA_V2
 
 

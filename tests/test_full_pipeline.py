@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO, SHARED
 
-pytestmark = pytest.mark.swift
+pytestmark = [pytest.mark.swift, pytest.mark.shared]
 
 # the tiny profile fine-tunes the whole tiny model (issue 16): its checkpoint is the policy, no merge stage
 STAGES = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "trained-eval", "cvo-filter", "cvo-grpo",

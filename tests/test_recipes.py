@@ -59,7 +59,7 @@ def test_mrsi_defaults_are_the_papers(gpus, per_device, accum):
     assert a["num_train_epochs"] == "2" and a["max_steps"] == "-1"
     assert int(gpus) * int(a["per_device_train_batch_size"]) * int(a["gradient_accumulation_steps"]) == 16
     assert (a["per_device_train_batch_size"], a["gradient_accumulation_steps"]) == (per_device, accum)
-    assert a["custom_register_path"].endswith("mcr_swift_plugin.py")
+    assert a["external_plugins"].endswith("mcr_swift_plugin.py")
     assert ("deepspeed" in a) == (gpus != "1")
 
 

@@ -11,8 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mcr_swift.coords import CoordinateSpace
 from tests.conftest import REPO, SHARED
+
+#: the full pipeline recipe (paper profile, swift stubbed) on the shared data: an integration test
+pytestmark = [pytest.mark.swift, pytest.mark.shared]
 
 #: the stages that see an image and the swift sub-command each one runs
 IMAGE_STAGES = {"sft", "deploy", "rlhf", "infer"}

@@ -84,6 +84,9 @@ def test_sft_trains_on_the_fallback_dataset_and_records_its_checkpoint(sft):
     assert args["dataset"] == ["mcr-gmner:train"] and args["max_steps"] == 2
     assert (args["learning_rate"], args["lr_scheduler_type"], args["tuner_type"]) == (1e-4, "cosine", "lora")
     assert len([l for l in logs(ckpt) if "loss" in l]) == 2
+    # the plugin came in through --external_plugins (ms-swift 4.6's flag), not --custom_register_path
+    assert [Path(f).name for f in args["external_plugins"]] == ["mcr_swift_plugin.py"]
+    assert not args["custom_register_path"] and "Successfully imported external_plugins" in p.stdout + p.stderr
 
 
 def test_merge_writes_a_model_that_differs_from_the_base(tiny_model, merged):

@@ -68,6 +68,7 @@ def test_sft_baseline_trains_on_answer_only_rows(tiny_model, prepared, tmp_path)
                 assert tuple(a["bbox"]) == space.to_model(next(boxes), size)
 
 
+@pytest.mark.shared
 def test_sft_variant_of_the_pipeline_on_cpu(tmp_path):
     """`VARIANT=sft PROFILE=tiny bash recipes/qwen25vl_7b_full.sh` through the real swift sft / infer: the
     answer-only prompts at inference join the answer-only gold rows, every test post is scored."""

@@ -17,7 +17,7 @@ from mcr_swift import CoordinateSpace, Entity
 from mcr_swift.plugin.registry import plugin_path
 from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
 
-pytestmark = pytest.mark.swift
+#: every test here but test_plugin_file_and_cli runs ms-swift (marked swift one by one)
 
 
 def run_swift(args, env_extra, cwd, timeout=600):
@@ -43,6 +43,7 @@ def test_plugin_file_and_cli():
     assert out == str(path)
 
 
+@pytest.mark.swift
 def test_swift_sft_trains_on_registered_gmner(tiny_model, prepared, tmp_path):
     out_dir = tmp_path / "sft"
     proc, wall, peak_mb = run_swift(
@@ -67,6 +68,7 @@ def test_swift_sft_trains_on_registered_gmner(tiny_model, prepared, tmp_path):
     assert "QWENVL_BBOX_FORMAT: plain" in text
 
 
+@pytest.mark.swift
 def test_swift_sft_stops_on_a_missing_image_of_a_registered_dataset(tiny_model, prepared, tmp_path):
     """ms-swift alone logs a missing image and trains on another row (exit 0); the registered loader
     stops before training with file:line: missing image <path>, and swift exits non-zero."""
@@ -93,6 +95,7 @@ def test_swift_sft_stops_on_a_missing_image_of_a_registered_dataset(tiny_model, 
 ANSWER = re.compile(r"<answer>\s*(\[.*\])\s*</answer>", re.S)
 
 
+@pytest.mark.swift
 @pytest.mark.parametrize("max_pixels", [TINY_MAX_PIXELS, 1003520])
 def test_label_boxes_are_the_converted_original_boxes(tiny_model, data_v2, tmp_path, max_pixels):
     """The bug every grounding project hits: label space vs reward/eval space. ms-swift's template

@@ -313,6 +313,8 @@ def _by_task_style(path):
     return {t: dict(v) for t, v in c.items()}
 
 
+@pytest.mark.swift    # the full pipeline recipe up to split (integration)
+@pytest.mark.shared
 def test_pipeline_three_sources_then_a_missing_one(tmp_path):
     run = tmp_path / "run"
     p = _pipeline(run)

@@ -53,6 +53,7 @@ def test_xml_boxes_and_size(data_v2):
 EXPECTED_V1 = {"train": (11782, 4), "dev": (2453, 3), "test": (2543, 1)}
 
 
+@pytest.mark.shared(DATA_V1)
 @pytest.mark.parametrize("split", ["train", "dev", "test"])
 def test_v1_loads_by_default_conlleval(split):
     with warnings.catch_warnings():
@@ -68,6 +69,7 @@ def test_v1_loads_by_default_conlleval(split):
         assert samples.report.messages[0].endswith("train.txt:79054: tag I-OTHER after O read as B-OTHER")
 
 
+@pytest.mark.shared(DATA_V1)
 def test_v1_unmatched_names_reported_and_orphan_tags_strict(tmp_path):
     # v1 has xml <name>s matching no entity (never an error) and I- tags with no B- (an error in
     # strict mode unless skipped).

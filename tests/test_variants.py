@@ -186,6 +186,8 @@ def _user(row):
     return next(m["content"] for m in row["messages"] if m["role"] == "user")
 
 
+@pytest.mark.swift    # every stage of the full pipeline recipe, swift stubbed (integration)
+@pytest.mark.shared
 @pytest.mark.parametrize("variant", list(PLANS))
 def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path, swift_stub, tiny_model):
     stages, commands, paper_row = PLANS[variant]
@@ -270,6 +272,7 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
             assert all(STEPWISE not in _user(x) and REASONING in _user(x) for x in kept)
 
 
+@pytest.mark.swift    # the pipeline recipe itself (it stops at its checks), with the tiny model
 @pytest.mark.parametrize("marker", ["variant.txt", "times.tsv"])   # times.tsv alone: a run made before VARIANT
 def test_a_run_folder_belongs_to_one_variant(tmp_path, swift_stub, tiny_model, marker):
     run = tmp_path / "run"
@@ -286,6 +289,7 @@ def test_a_run_folder_belongs_to_one_variant(tmp_path, swift_stub, tiny_model, m
     ({"VARIANT": "no_dr", "NO_DR_STYLE": "formatted_a,llm_qa"}, "NO_DR_STYLE must name one style, got 'formatted_a,llm_qa'"),
     ({"VARIANT": "cvo_only", "CVO_QUERIES": "d1"}, "CVO_QUERIES must be d2 or d_r, got 'd1'"),
 ])
+@pytest.mark.swift    # the pipeline recipe itself (it stops at its checks), with the tiny model
 def test_bad_variant_settings_stop_with_one_line(tmp_path, swift_stub, tiny_model, env, message):
     p, calls = pipeline(None, tmp_path / "run", swift_stub, tiny_model, **env)
     assert p.returncode == 2 and p.stderr.strip() == message and calls == []

@@ -1,26 +1,13 @@
 """mcr-swift: MCR (Modality-aware Consistency Reasoning, arXiv 2602.04486) for grounded multimodal
 NER as an ms-swift plugin.
 
-Public API (imported lazily, so ``import mcr_swift`` stays cheap):
+Public API (imported lazily, so ``import mcr_swift`` stays cheap): `Entity`, `Sample`, `ENTITY_TYPES`,
+`load_twitter_gmner`, `CoordinateSpace`, `iou`, `smart_resize`, `render_answer`, `parse_answer`, rewards
+(Eq. 6-10, 13-18) `reward_terms`, `gmner_reward`, metrics (Eq. 19-31) `gmner_metrics`.
 
-* data model: `Entity`, `Sample`, `ENTITY_TYPES`
-* data: `load_twitter_gmner`
-* coordinates: `CoordinateSpace`, `iou`, `smart_resize`
-* answers: `render_answer`, `parse_answer`
-* rewards (Eq. 6-10, 13-18): `reward_terms`, `gmner_reward`
-* metrics (Eq. 19-31): `gmner_metrics`
-
-Layout: the pure core (`entities`, `coords`, `answer`, `rewards`) sits at the top and imports nothing
-from ms-swift; the pipeline stages are subpackages: `data` (readers, rows, prepare), `synth` (MRSI
-styles, synthesis, split, CVO filter, endpoint client), `plugin` (ms-swift registration, reward ORMs,
-plugin file, tiny model), `evaluation` (parser, metrics, evaluate, baselines, predict), `reports`
-(pictures, bias report, curves, run report) and `pipeline` (serve, recipe args). Every command runs
-under ``mcr-swift <command>`` (`mcr_swift.cli`).
-
-ms-swift registration: when ms-swift is already imported in the process (as it is when ms-swift
-loads the plugin file ``mcr_swift/plugin/_file/mcr_swift_plugin.py``, printed by ``mcr-swift plugin``
-and given to ``--custom_register_path`` / ``--external_plugins``), importing this package registers
-the datasets and rewards; otherwise call `mcr_swift.register()`.
+When ms-swift is already imported (as when it loads the plugin file printed by ``mcr-swift plugin`` and
+given to ``--external_plugins``), importing this package registers the datasets and rewards; otherwise
+call `mcr_swift.register()`. Layout and equation -> file: README.md; reference: docs/.
 """
 from __future__ import annotations
 

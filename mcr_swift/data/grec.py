@@ -1,32 +1,9 @@
 """Reader for gRefCOCO, the data of GREC (generalized referring expression comprehension, He et al.
 2023), used by the paper for visual grounding (Sec. 5.3, Table 2; App. E.1, E.3 "VG").
 
-Layout (the GRES/ReLA release, github.com/henghuiding/gRefCOCO) under ``root``::
-
-    grefs(unc).json   (or grefs(unc).p, the same list pickled)
-    instances.json    COCO-style: images [{id, file_name, width, height}],
-                      annotations [{id, image_id, bbox: [x, y, w, h], category_id, iscrowd, ...}]
-
-and the COCO train2014 images (``COCO_train2014_<12 digits>.jpg``) in a separate folder. Each ref::
-
-    {"ref_id": 7, "image_id": 72, "ann_id": [5] | 5 | [-1], "no_target": false, "split": "testA",
-     "category_id": [1], "sentences": [{"sent": "man in red", "raw": "Man in red", "tokens": [...],
-     "sent_id": 12}, ...], ...}
-
-Splits: train, val, testA, testB. Every referring sentence is one sample, id ``<ref_id>_<sent_id>``,
-whose single entity is the expression (type `DEFAULT_TYPE`, configurable) with the target box, or no
-box for a no-target ref (``ann_id`` ``[-1]``, location None). COCO ``[x, y, w, h]`` boxes become
-``(x1, y1, x2, y2)`` in original-image pixels. Refs with several target boxes are removed
-(App. E.1: "we exclude samples in which a single textual description corresponds to multiple image
-regions") and counted in the report; that count is a filter, not an error.
-
-Malformed input raises `GRECFormatError` naming the file, the ref id and the field; with
-``on_error="skip"`` the ref (or the sentence) is skipped and counted instead. Never an error, always
-counted: boxes reaching outside the image (clamped), an image whose real size differs from
-instances.json (boxes rescaled).
-
-The pickle is read with an unpickler that refuses every class (only lists, dicts, strings and
-numbers load), so a pickle cannot run code; when both files exist the JSON is read.
+One sample per referring sentence; its one entity is the expression with the target box or None;
+multi-target refs removed (App. E.1); the pickle is read by an unpickler that refuses every class.
+Release layout and errors: docs/data.md.
 """
 from __future__ import annotations
 

@@ -1,40 +1,8 @@
 """Reader for the MNER-MI release (Huang et al., LREC-COLING 2024), the multi-image MNER data of
 paper Sec. 5.3 / Table 2 / App. E.1 (Table 5: 6856 / 860 / 860 posts).
 
-Layout of the release (github.com/JinFish/MNER-MI, data on Baidu Netdisk) under ``root``::
-
-    text/MNER-MI_{train,val,test}.txt     MNER-MI, one post per line
-    text/MNER-UNI_{train,val,test}.txt    MNER-MI-Plus: MNER-MI + Twitter-2017 posts
-    images/                               images.zip unpacked: <id>_<k>.jpg
-    twitter2017_images/                   twitter2017_images.zip unpacked (MNER-MI-Plus only)
-
-(``root`` may also be the ``text`` folder itself.) One line is one post::
-
-    {"id": 5302, "text": ["i", "have", ...], "images": ["5302_0.jpg", "5302_1.jpg"],
-     "label": ["O", ..., "B-PER"], "url": "https://twitter.com/i/web/status/..."}
-
-The Twitter-2017 posts of MNER-MI-Plus have string ids (``"twitter2017-O_26"``), one image
-(``"twitter2017-O_26.jpg"``, stored as ``O_26.jpg`` in the Twitter-2017 image folder) and may be
-written as Python dict literals (single quotes), as the release's README shows and its own loader
-(``eval``) accepts; they are read with `ast.literal_eval` (never ``eval``). Tags are BIO over
-PER / LOC / ORG / MIS (MNER-MI) or MISC (Twitter-2017); MIS and MISC become the project's OTHER.
-
-A post becomes a `Sample` whose entities carry no box (MNER only: no location is asked) and whose
-``images`` are all of the post's images, in order. Malformed input raises `MNERMIFormatError` naming
-``file:line`` and the field; with ``on_error="skip"`` the unit is skipped and counted instead:
-
-=============================================  ===================
-problem                                        skipped unit
-=============================================  ===================
-line that is neither JSON nor a dict literal   the post
-missing/ill-typed id, text, images or label    the post
-label list not as long as text                 the post
-unknown tag (not O, B-/I- of a known type)     the token (as O)
-I- tag with no B- of its type before it        the token (as O)
-missing or unreadable image (with image_dir)   the post
-=============================================  ===================
-
-Duplicate ids are kept and counted (``report.repaired``).
+Entities carry no box; a row holds all of the post's images; MIS and MISC become OTHER; dict-literal lines
+are read with `ast.literal_eval` (never ``eval``). Release layout and errors: docs/data.md.
 """
 from __future__ import annotations
 

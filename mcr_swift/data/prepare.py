@@ -1,22 +1,7 @@
 """``mcr-swift prepare``: a raw release -> the JSONL files the registered datasets read.
 
-``--dataset`` picks the release (default ``twitter_gmner``):
-
-==================  ==============================================  =================================
-``--dataset``       writes                                          ``--root``
-==================  ==============================================  =================================
-``twitter_gmner``   ``<out>/twitter_gmner/{train,dev,test}.jsonl``  Twitter-GMNER (txt/, xml/)
-``mner_mi``         ``<out>/mner_mi/{train,dev,test}.jsonl``        MNER-MI release (text/*.txt)
-``grec``            ``<out>/grec/{train,val,testA,testB}.jsonl``    gRefCOCO (grefs(unc).json, instances.json)
-==================  ==============================================  =================================
-
-plus ``<out>/<dataset>/summary.json`` (counts, skips, repairs per split). Rows are those of
-`mcr_swift.data.rows` (MNER-MI: `mner_mi.mner_mi_row`, GREC: `grec.grec_row`). Images come from
-``--image-dir`` (MNER-MI images / COCO train2014) or are drawn as stand-ins (``--standin-images``;
-MNER-MI images get `standin.DEFAULT_SIZE`, COCO images their instances.json size). GREC's train
-split is reduced to ``--train-size`` sentences (14000, App. E.1) by a seeded sample. Each file is
-written to a temporary name and renamed when complete, so an interrupted run leaves no half file;
-a re-run rewrites (preparing is seconds) and existing stand-in images are kept.
+``--dataset`` twitter_gmner (default), mner_mi or grec; writes ``<out>/<dataset>/<split>.jsonl`` and
+``summary.json``, atomically. Flags and outputs: docs/data.md.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Stand-in images for posts whose tweet image is not at hand (tests, CPU demo).
-
-The Twitter-GMNER images are distributed separately; tests and the CPU recipe instead draw a JPEG
-of the size the xml gives (``default_size`` for posts without xml), with each gold box outlined so
-that boxes have something to point at. Existing files are kept (re-runs resume).
+"""Stand-in images for posts whose tweet image is not at hand (tests, CPU demo): a JPEG of the xml's
+size with each gold box outlined; existing files are kept. See docs/data.md (prepare).
 """
 from __future__ import annotations
 

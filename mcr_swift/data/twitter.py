@@ -1,41 +1,8 @@
 """Reader for the Twitter-GMNER release (Twitter10000 v2.0, Yu et al. 2023; also the v1 release).
 
-Layout under ``root``::
-
-    txt/{train,dev,test}.txt   CoNLL: "IMGID:<id>", then "token<TAB>BIO-tag" lines, blank line between posts
-    xml/<id>.xml               Pascal-VOC boxes; <name> is the entity string; one <object> per box
-    <image_dir>/<id>.jpg       the tweet images (distributed separately)
-
-Entity text is the span's tokens joined by single spaces; an entity's boxes are every xml object
-whose ``<name>`` equals that text (so two mentions of the same text share the boxes). Posts with no
-groundable entity have no xml.
-
-Malformed input raises `GMNERFormatError` naming the file and line (or xml object). With
-``on_error="skip"`` the offending unit is skipped instead and counted in the `ReadReport`:
-
-=====================  =======================================================  ===============
-problem                raise message names                                       skipped unit
-=====================  =======================================================  ===============
-line without a tab     file:line                                                 the token
-unknown tag            file:line                                                 token (as O)
-I- tag with no B-      file:line (only with ``tags="strict"``)                   token (as O)
-post without IMGID     file:line                                                 the post
-IMGID not a plain name file:line (e.g. ``../../x``: would leave the xml/image     the post
-                       folders)
-unreadable xml         xml file                                                  the post
-box with x2<=x1/y2<=y1 xml file, object index                                    that box
-missing image          image path (only when ``image_dir`` is given)             the post
-unreadable image       image path (header; every pixel with ``verify_images``)   the post
-=====================  =======================================================  ===============
-
-BIO tags are read the conlleval way by default (``tags="conlleval"``): an I- tag after O, or after
-an entity of another type, begins a new entity (its label is rewritten to B-), counted in the
-report's ``repaired["I- tags beginning an entity (conlleval)"]``. The original v1 release has such
-tags (e.g. train.txt line 79054); ``tags="strict"`` treats them as the malformed input above.
-
-Never an error, always counted: xml ``<name>``s that match no entity of the post (the v1 release has
-such), boxes reaching outside the image (clamped), xml size differing from the real image (boxes
-rescaled to the real image).
+`load_twitter_gmner` reads ``txt/<split>.txt`` (CoNLL) and ``xml/<IMGID>.xml`` (Pascal VOC) into `Sample`s with
+a `ReadReport`; malformed input raises `GMNERFormatError` naming file and line (``on_error="skip"``: skipped and
+counted). Release layout, BIO handling, errors and counts: docs/data.md.
 """
 from __future__ import annotations
 

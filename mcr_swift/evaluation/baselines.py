@@ -1,40 +1,7 @@
 """``mcr-swift baselines``: the training-free end-to-end rows of Table 1 on an OpenAI-compatible endpoint.
 
-An MLLM prompted directly, with chain-of-thought, and with chain-of-thought plus 3 demonstrations
-(Sec. 5.1, App. E.2 "End-to-end Methods"; Table 4 gives their N-Count / N-Rate) through any
-OpenAI-compatible vision endpoint (``vllm serve``, ``swift deploy``, a hosted API).
-
-=============  ===================================  =============================================
-``--method``   prompt                               turns
-=============  ===================================  =============================================
-``direct``     ``prompts/baseline_direct.txt``      the post only ("a concise task instruction",
-                                                    Table 4); the answer is the JSON list
-``cot``        ``prompts/baseline_cot.txt``         the post only; reasoning in <think>, then the list
-``cot_3shot``  ``prompts/baseline_cot.txt``         3 demonstrations as earlier user/assistant turns,
-                                                    each with its image, then the post
-=============  ===================================  =============================================
-
-Every user turn is laid out like a training row (`mcr_swift.data.rows.user_content`: the image, the
-instruction, ``Sentence: ...``). The baseline prompts state the task plainly; they do not carry the
-MCR instruction's stepwise cross-modal verification and cautionary guidelines (what Table 3's
-"w/o Inst" removes), which belong to the method, not to the baselines.
-
-Demonstrations (the paper gives no selection rule): ``--shots`` posts of the train split drawn with
-``random.Random(--seed)``, the same ones for every query of the run, preferring a set that holds at
-least one located and one unlocated entity, skipping posts with no entity and posts that are also
-queries. Their answers are the gold triples rendered canonically (`mcr_swift.answer.render_answer`,
-one box per entity by ``--multi-box``), after the short constraint-ordered reasoning of
-`mcr_swift.answer.default_reasoning` for CoT; boxes are written in the endpoint model's coordinate
-space for each demonstration image (`CoordinateSpace.to_model`: ``--family``, ``--max-pixels``), or in
-original pixels with ``--box-space original`` (hosted models that answer in the pixels of the image as
-sent; the prompt then gives each image's size).
-
-Output: one row per post with the gold columns (``mcr_gold``, ``mcr_image_sizes``, ...), the parsed
-``entities`` with boxes already in **original pixels** (so ``mcr-swift evaluate OUT`` scores it with no
-``--gold`` and no resize flags), the model's text in ``raw``, ``parse_ok``, and ``mcr_baseline`` (method,
-model, demonstrations, box space). Requests run ``--concurrency`` at a time with retries; finished ones
-are cached on disk (``<out>.cache.jsonl``), so a re-run resumes; the output is written (atomically)
-only when every post has an answer, else the command exits 3 and says to re-run.
+Direct, CoT and CoT + 3-shot prompting (Sec. 5.1, App. E.2; Table 4's N-Count / N-Rate); methods,
+demonstrations, output rows and resuming: docs/metrics.md.
 """
 from __future__ import annotations
 

@@ -1,47 +1,7 @@
 """``mcr-swift evaluate``: the paper's metrics over ``swift infer`` output or a predictions file.
 
-Inputs (JSON lines), each result file scored against its gold:
-
-* ``swift infer --result_path`` output: rows with ``response``, ``messages`` and ``images``. ms-swift
-  drops unknown columns at inference, so the gold comes from the prepared dataset given with
-  ``--gold`` (e.g. ``mcr_data/twitter_gmner/test.jsonl``); rows are joined on (image paths, user prompt).
-* rows that carry ``mcr_gold`` themselves (prepared rows plus a ``response``; what the mcr-swift tools
-  write), optionally with ``mcr_image_sizes``.
-* plain predictions ``{"id": "<IMGID>", "response": "..."}`` or ``{"id": ..., "entities": [{"entity",
-  "type", "bbox"}, ...]}`` joined to ``--gold`` by ``mcr_id``.
-
-Rows are scored by their task (``mcr_task`` of the gold row; ``gmner`` when absent):
-
-* ``gmner``: Table 1 -- GMNER / MNER / EEG precision, recall, F1 and the bias metrics.
-* ``mner_mi``: Table 2 -- MNER-MI precision, recall, F1 on (span, type) (`metrics.mner_mi_metrics`).
-* ``grec``: Table 2 -- GREC N-acc and Precision per split (``mcr_split``: testA, testB, val, ...;
-  `metrics.grec_metrics`); the answer's location is the list of its boxes (`grec.answer_boxes`).
-
-A file with GMNER rows gets a Table 1 row; a file with MNER-MI or GREC rows gets a Table 2 row
-(MNER-MI Pre Rec F1 | GREC-testA N-acc Pre | GREC-testB N-acc Pre), "-" where it has no such rows.
-One ``swift infer`` over ``mcr-mner-mi:test mcr-grec:testA mcr-grec:testB`` writes one file: one row.
-``--gold`` may be given several times (one prepared file per dataset).
-
-A ``response`` is parsed with `mcr_swift.evaluation.parser.parse_answer`; its boxes are in the model's
-coordinate space and are mapped back to original pixels with `mcr_swift.coords.CoordinateSpace`
-(``--family``, ``--max-pixels``, ``--min-pixels``, ``--template-max-pixels``: the resize settings the
-run used; defaults from the environment like ms-swift) and each post's real image size. ``entities``
-given directly are in original pixels unless ``--entities-space model``. Metrics compare in original
-pixels (App. E.3). Responses that yield no structured answer are counted as parse failures and score
-as no prediction.
-
-Every gold post is scored. With ``--gold``, each gold file that at least one row of a result file
-joins to (every gold file when no row joins) is that result's gold set: a gold post with no row is
-scored as all-missed (its gold triples count in recall; a GREC sample counts as wrong) and counted
-in ``missing_posts``. Without ``--gold`` the rows carrying ``mcr_gold`` are the gold set. A post may
-have one row only: a second row joined to the same gold row (or, without ``--gold``, a second row
-with the same task, id and prompt) is an error naming both lines (`DuplicateRows`; the same rule in
-``pictures`` and ``bias-report``). Rows that join no gold row are not scored and are counted in
-``unmatched_rows``.
-
-``--protocol`` (`mcr_swift.evaluation.metrics.PROTOCOLS`): ``mcr`` (default, the paper's) or ``hindex`` (the
-dataset authors' evaluator: IoU > 0.5, repeated predictions of a text replace each other); it
-applies to the GMNER metrics (Table 1) and is recorded in the report.
+Rows are joined to their gold and scored by task (GMNER: Table 1; MNER-MI, GREC: Table 2); every gold
+post is scored, one row per post. Inputs, joins, coordinate spaces and the report: docs/metrics.md.
 """
 from __future__ import annotations
 

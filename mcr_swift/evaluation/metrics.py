@@ -1,85 +1,8 @@
 """The paper's evaluation metrics (App. E.3, Eq. 19-31; Sec. 5.1 and 5.5), separate from any file I/O.
 
-`gmner_metrics(preds, golds, sentences)` scores one prediction list per post against the gold list
-of that post. Every box must be in ONE coordinate space (original-image pixels normally; see
-`mcr_swift.coords`). It reports:
-
-* ``gmner`` -- Eq. 19: a predicted triple is correct when span (C_e), type (C_t) and location (C_l)
-  are all right; precision / recall / F1 by Eq. 23-24.
-* ``mner``  -- C_e and C_t (the location is ignored).
-* ``eeg``   -- C_e and C_l (the type is ignored).
-* ``n``     -- textual bias, Eq. 26-29 (N-Pre, N-Rec, N-F1 of the paper's Fig. 3).
-* ``n_count``, ``n_rate`` -- visual bias, Eq. 30-31 (Table 4), only when ``sentences`` is given.
-
-Each of ``gmner``/``mner``/``eeg``/``n`` is ``{"precision", "recall", "f1"}`` (fractions in [0, 1])
-plus the raw counts ``{"correct", "predicted", "gold"}``.
-
-Conventions (where the paper is silent, the choice made here):
-
-* **Span equality (C_e, Eq. 20)** is exact string equality after whitespace normalisation:
-  ``" ".join(text.split())`` -- leading/trailing whitespace removed, internal runs of whitespace
-  collapsed to one space. It is case-sensitive and nothing else is normalised (no punctuation or
-  Unicode folding): Twitter-GMNER spans are the sentence's tokens joined by single spaces, and
-  the model is asked to copy them.
-* **Type equality (C_t)** is exact, case-sensitive string equality (``"PER" != "per"``);
-  canonicalising type names is the answer parser's job.
-* **Location (C_l, Eq. 21)**: right when both locations are None, or when both have a box and
-  IoU >= 0.5 (inclusive; `mcr_swift.coords.iou`, Eq. 22, no tolerance). A prediction carries at
-  most one box: its first (`Entity.box`); further boxes are ignored. A gold entity may carry
-  several boxes (an entity shown several times in the image): the prediction is right when it
-  overlaps ANY of them with IoU >= 0.5 (best IoU). A box on one side and None on the other is wrong.
-* **One-to-one matching within a post.** The paper counts "#correct" triples without saying how
-  duplicates are handled. Here each gold triple is credited at most once and each prediction
-  matches at most one gold: #correct is the size of a MAXIMUM bipartite matching between the
-  post's predictions and gold triples under the metric's correctness relation (an optimal
-  assignment, not first-come greedy -- greedy can credit fewer golds when a prediction is
-  compatible with several). Duplicate predictions all count in #predict but only as many can be
-  correct as there are compatible golds. The matching is computed separately for GMNER, MNER,
-  EEG and N, each with its own relation. Because every relation requires C_e, the matching
-  splits into independent sub-problems, one per span text; a 1x1 sub-problem is decided
-  directly, one where every pair is compatible pairs them off, small ones use augmenting paths
-  (Kuhn), large ones (> `_SCIPY_MIN_PAIRS` compatible pairs) use
-  ``scipy.optimize.linear_sum_assignment`` on the 0/1 compatibility matrix (all exact maxima).
-* **Degenerate ratios:** precision = 0 when nothing is predicted, recall = 0 when there is no
-  gold triple, F1 = 0 when precision + recall = 0 (so empty predictions against empty gold give
-  0, not 1).
-* **Textual bias (Eq. 26-29, key ``n``):** #n-predict = predicted triples with no box, #n-gold =
-  gold triples with no box, and a predicted unlocated triple is n-correct when it matches an
-  unlocated gold triple with the same span (C_e and C_n only: Eq. 26 does NOT require the type),
-  again one-to-one with a maximum matching.
-* **Visual bias (Eq. 30-31):** N-Count is the number of predicted triples whose span does not
-  occur in the post's sentence, over the whole set; N-Rate = N-Count / #predicted triples (0 when
-  nothing is predicted). "Occurs" is a case-sensitive substring test of the whitespace-normalised
-  span in the whitespace-normalised sentence (no token-boundary requirement, so "Apple" occurs in
-  "#AppleEvent"); an empty span counts as absent. The paper's Eq. 30 writes N-Count with a
-  1/k_2 factor, which together with Eq. 31 would make N-Rate = count / k_2^2; that factor is a
-  typo (Sec. 5.5 defines N-Count as "the number of recalled entities that are absent from the
-  sentence") and N-Count is implemented as a plain count. (Eq. 31's gloss of the indicator --
-  "returns 1 if the predicted entity is mentioned" -- is inverted too; the formula's ``not in``
-  is what is implemented.) A post whose sentence is None is left out of both N-Count and the
-  N-Rate denominator (``n_count_predicted`` reports that denominator).
-
-**Protocols** (``protocol=``): ``"mcr"`` (default) is everything above, the paper's definitions.
-``"hindex"`` reproduces the two places where the dataset authors' evaluator (H-Index, NUSTM/GMNER
-``model/metrics.py``, which published Twitter-GMNER numbers use) differs; everything else stays as
-above:
-
-* location is right only when IoU > 0.5 (strict), so a box at exactly IoU 0.5 is wrong;
-* that evaluator keys predictions by span position, so a later prediction at the same position
-  replaces the earlier one. Here predictions are texts: when a text occurring c >= 1 times in the
-  sentence is predicted n > c times in a post, only its first c - 1 and its last predictions count
-  (the others are dropped before counting, from #predict too); a text absent from the sentence keeps
-  every prediction. "Occurs c times" = the number of positions where the span's whitespace tokens
-  appear as consecutive tokens of the sentence (`hindex_kept`); a post without a sentence keeps
-  every prediction.
-
-Table 2 (Sec. 5.3): `mner_mi_metrics` (MNER-MI precision / recall / F1 on span and type) and
-`grec_metrics` (GREC N-acc, Eq. 25, and Precision on one-target samples, App. E.3 "VG").
-
-Other public helpers: `normalize_text`, `location_correct`, `prf`, `post_counts` (one post's
-counts, with the matched index pairs, for error analysis; ``gmner_metrics(..., per_post=True)``
-adds the list of them under ``"per_post"``), `metrics_table` (plain-text table), and `perturb`
-(a documented, seeded perturbation of gold triples, for tests and benchmarks).
+`gmner_metrics` (Table 1: GMNER, MNER, EEG; textual bias Eq. 26-29; visual bias Eq. 30-31),
+`mner_mi_metrics` and `grec_metrics` (Table 2, Eq. 25), the ``mcr`` and ``hindex`` protocols. Every box in
+ONE coordinate space (original pixels normally). Definitions, conventions and protocols: docs/metrics.md.
 """
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
 """Run ``swift deploy`` in the background for a pipeline stage that needs an OpenAI-compatible server
 (synthesis against a local model, the CVO filter's sampling from the MRSI checkpoint).
 
-    mcr-swift serve start --log LOG --pid-file PID -- <swift deploy arguments>
-        starts the server on a free port, waits until ``/v1/models`` answers, prints the base URL
-    mcr-swift serve stop --pid-file PID
-        stops it (the whole process group)
-
-ms-swift moves to the next free port when the one asked for cannot be bound; the port it really
-uses is read from its log.
+``mcr-swift serve start --log LOG --pid-file PID -- <swift deploy args>`` / ``mcr-swift serve stop --pid-file PID``;
+see docs/pipeline.md (run report and background server).
 """
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Reports: pictures of gold/predicted boxes, the modality-bias report (Eq. 30-31, Sec. 4.4), training curves and the full-pipeline run report."""
+"""Reports: pictures of gold/predicted boxes, the modality-bias report (Eq. 26-31, Sec. 5.5), training curves and the full-pipeline run report. See docs/metrics.md.
+"""

@@ -1,20 +1,8 @@
 """``mcr-swift bias-report``: the modality-bias report of one result file (Sec. 5.5, Table 4, Fig. 3,
 App. E.3) -- the numbers as JSON and one self-contained HTML page.
 
-It reports, over the same posts and with the same metrics as ``mcr-swift evaluate``:
-
-* GMNER / MNER / EEG precision, recall, F1 (Eq. 19-24), for context;
-* textual bias: N-Pre, N-Rec, N-F1 (Eq. 26-29) and the four kinds of N errors (see
-  `mcr_swift.reports.pictures`: ``box_for_text_only``, ``text_only_missed``, ``no_box_for_located``,
-  ``unlocated_not_gold``);
-* visual bias: N-Count and N-Rate (Eq. 30-31; N-Count is a plain count, see `mcr_swift.evaluation.metrics`);
-* the confusion of located vs unlocated entities: predictions and gold triples paired one-to-one by
-  span (`mcr_swift.reports.pictures.span_pairs`, type ignored), a 2x2 table gold located/unlocated x
-  predicted located/unlocated over the pairs, how many located-located pairs have IoU >= 0.5, and
-  the unpaired gold triples and predictions by location state;
-* the ``--top`` worst posts of each bias with their pictures (`mcr_swift.reports.pictures`): textual, ranked
-  by boxes given to text-only entities, then by all N errors; visual, ranked by predictions not in
-  the sentence, then by their share of the post's predictions; ties in file order.
+Textual bias (Eq. 26-29), visual bias (Eq. 30-31), located/unlocated confusion and the worst posts;
+see docs/metrics.md.
 """
 from __future__ import annotations
 

@@ -1,17 +1,7 @@
 """``mcr-swift curves RUN_DIR... [--out DIR]``: training curves of ms-swift runs, in the style of the
-paper's Figures 4-5 (Sec. 5.5): reward and its terms, F1 when logged, mean completion length, entropy
-and KL over steps, plus loss / learning rate (also for SFT runs). Several runs are overlaid (e.g.
-single-style vs multi-style MRSI data, as in Figs. 4-5).
+paper's Figures 4-5 (Sec. 5.5), several runs overlaid.
 
-Reads ms-swift's ``logging.jsonl`` (one JSON object per logging step). A RUN_DIR may be the file
-itself, a ``v<N>-<time>`` folder, an ``--output_dir`` (its newest version is read) or any folder above
-(every output dir found below it is a run, e.g. a full-pipeline run folder). Keys as ms-swift 4.6
-logs them for GRPO: ``reward``, ``rewards/<RewardClass>/mean`` (one per ``--reward_funcs`` entry;
-``LOG_REWARD_TERMS=true`` in recipes/cvo_grpo.sh adds the five terms with weight 0),
-``completions/mean_length``, ``entropy/mean`` (``--log_entropy true``), ``kl``, ``loss``,
-``learning_rate``, ``eval_*`` for evaluation on a validation set, and ``global_step/max_steps``
-(``"12/500"``) for the step. A series absent from every run is skipped with a printed note; lines that
-are not JSON objects (e.g. the partial last line of a running job) are counted, reported and skipped.
+Reads ms-swift's ``logging.jsonl``; what is plotted and which keys are read: docs/metrics.md.
 """
 from __future__ import annotations
 

@@ -1,24 +1,7 @@
 """Split the multi-style CoT set D_R into D1 (MRSI SFT) and D2 = D_R \\ D1 (CVO), App. D.3 / Sec. 4.2.2.
 
-The split is made **by sample** (``mcr_task``, ``mcr_id``; a row without ``mcr_task`` is GMNER): all
-rows of one sample (its several styles) go to the same side, so CVO never optimizes a sample whose
-reasoning was injected by SFT, and samples of different sources never merge. It is stratified by
-task and by the sample's style mix: samples are grouped by (task, sorted tuple of their rows'
-``mcr_style`` values; a row without one counts as style ``""``), each group is shuffled with its own
-seeded RNG, and the groups are laid end to end (task by task) and cut systematically: the k-th
-sample goes to D1 iff ``floor((k + 1) * r + 1/2) > floor(k * r + 1/2)``. So every group, every
-task, and the whole set are within one sample of ``d1_ratio`` of their size (the remainders of
-small groups carry over instead of all rounding the same way), and both sides keep the task and
-style mix of D_R (the three-source mixture of App. E.1).
-
-The paper does not give the D1/D2 ratio; the default is 0.5. The D2 sampling-based filtering of
-App. D.3 (reward std / max / median thresholds) needs model rollouts and is not done here.
-
-CLI::
-
-    python -m mcr_swift.synth.split --input D_R.jsonl --out-dir DIR [--d1-ratio 0.5] [--seed 0]
-
-writes ``DIR/d1.jsonl`` and ``DIR/d2.jsonl`` (rows in input order) and prints per-style counts.
+By sample (``mcr_task``, ``mcr_id``), stratified by task and style mix with a systematic cut; D1 ratio 0.5 by
+default (the paper is silent). Details: docs/pipeline.md (D1/D2 split).
 """
 from __future__ import annotations
 

@@ -1,35 +1,8 @@
 """Template reasoning styles for MRSI (paper Sec. 4.1, Eq. 4 with Gamma = a template extractor).
 
-App. C.1 builds a "formatted style constrained by fixed tags" along two distinct reasoning routes;
-this module writes both offline from the gold labels, deterministically per (post id, style, seed):
-
-``formatted_a`` -- constraint by constraint
-    ``<recognition>`` (C_s, from the text), ``<typing>`` (C_t, text semantics / knowledge),
-    ``<entailment>`` (C_e, image), ``<grounding>`` (C_u, image). C_s always comes first and C_u
-    always after C_e (it grounds only the entailed entities); the position of C_t is free, so the
-    step order is one of ``s,t,e,u`` / ``s,e,t,u`` / ``s,e,u,t`` (seeded). Entities are walked in a
-    seeded order inside every step; the final answer is the canonical JSON list, triples in a
-    seeded order, fields in the canonical order (entity, type, bbox).
-``formatted_b`` -- entity by entity
-    ``<mentions>`` lists the candidate spans (C_s), then one ``<entity>`` block per entity (seeded
-    entity order) that walks ``<category>`` (C_t) and ``<visual_check>`` (C_e) in a seeded order,
-    then ``<location>`` (C_u); a ``<summary>`` closes the reasoning. The final answer is a JSON list
-    whose triple order *and* key order inside the objects are seeded (App. C.2: "the ordering of
-    entity triples as well as the ordering of the entity, type, and location within each triple
-    can vary"); `mcr_swift.evaluation.parser.parse_answer` reads any key order.
-
-Boxes are never written as numbers: every box (in the reasoning and in the answer) is ms-swift's
-``<bbox>`` placeholder, and `template_chain` returns the original-pixel boxes in the order the
-placeholders occur, so a box named in the grounding step and in the answer is listed twice. A gold
-entity with several boxes is reduced to one with `mcr_swift.answer.pick_box` (``multi_box``).
-
-MNER-MI rows (several images, no location) and GREC rows (one referring expression, one box or
-none, no entity type) get their own wording of both routes (``task=``, the row's ``mcr_task``):
-MNER-MI walks recognition, typing and the post's images as supporting evidence, every bbox null;
-GREC walks the expression, visual entailment and grounding. Every chain's answer is its gold answer.
-
-The instruction texts of every MRSI style (these two template routes included, as descriptions)
-live in ``prompts/style_*.txt``.
+``formatted_a`` (constraint by constraint) and ``formatted_b`` (entity by entity), App. C.1-C.2, written
+offline from the gold labels, deterministic per (post id, style, seed), with a wording per task (GMNER,
+MNER-MI, GREC); boxes are always ``<bbox>`` placeholders. Details: docs/pipeline.md (MRSI synthesis).
 """
 from __future__ import annotations
 

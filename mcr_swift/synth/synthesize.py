@@ -1,41 +1,8 @@
 """``mcr-swift synth``: build the multi-style CoT set D_R (paper Sec. 4.1, Eq. 4; App. B, C; App. E.4).
 
-For every sample of the prepared datasets (Twitter-GMNER, MNER-MI and GREC train files, mixed) and
-``--per-post`` of the requested styles (default 2, balanced and seeded: App. E.1's 55,712 =
-2 x (7000 + 6856 + 14000); 0 = every style), Gamma_phi turns (sentence, image,
-constraints C, gold triples) into a reasoning chain z that ends in the gold answer:
-
-=====================  =========================================================================
-style                  Gamma_phi
-=====================  =========================================================================
-``formatted_a``        template extractor, constraint by constraint (offline, `mcr_swift.synth.styles`)
-``formatted_b``        template extractor, entity by entity (offline)
-``llm_qa``             an LLM, text only, question-answer style (``prompts/style_llm_qa.txt``)
-``llm_conclusions``    an LLM, text only, few-conclusion style (``prompts/style_llm_conclusions.txt``)
-``mllm_distill``       an MLLM, image inline, distilled style (``prompts/style_mllm_distill.txt``)
-=====================  =========================================================================
-
-Each task has its own wording: the template routes of `mcr_swift.synth.styles` and the prompt files
-``prompts/style_<style>_mner_mi.txt`` (several images, no location) and ``_grec.txt`` (one
-expression, one box or none, no entity type); `check_chain` checks a chain per task.
-
-The paper used DeepSeek for the LLM styles and Qwen2.5-VL-72B / Qwen3-VL-30B-A3B for the MLLM one
-(App. E.4); any OpenAI-compatible endpoint works (``--llm-base-url``, ``--mllm-base-url``, or the
-OPENAI_* variables for both).
-
-Every generated chain is checked against the gold labels (`check_chain`): its answer, parsed, must
-hold exactly the gold (span, type, located-or-not) triples, else it is rejected; a chain whose
-reasoning closed but whose answer is missing is repaired by appending the gold answer
-(``--no-repair`` rejects it instead). Boxes never stay as numbers: each ``<bbox>`` placeholder in
-the reasoning takes the box of the located entity named last before it, a literal box equal to a
-gold box becomes a placeholder, any other literal box rejects the chain; the answer is re-written
-in canonical form, in the model's entity order, with placeholders. ms-swift then renders every box
-in the trained model's own space (`mcr_swift.data.rows`).
-
-Requests run ``--concurrency`` at a time with retries and exponential backoff; finished requests go
-to an on-disk cache keyed by (post, style, prompt, model, sampling), so a re-run after a crash or
-Ctrl-C resumes without paying twice or writing a record twice. D_R is written (atomically) only
-when every request has an answer; otherwise the command exits 3 and tells to re-run.
+For every sample and ``--per-post`` (2) of the five styles, Gamma_phi turns (sentence, image, constraints C,
+gold triples) into a reasoning chain that ends in the gold answer; every chain is checked against the gold
+(`check_chain`); requests are cached and resumable. Styles, endpoints, outputs: docs/pipeline.md.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 #: command -> (module, help)
 COMMANDS = {
-    "plugin": (None, "print the plugin file to pass to swift --custom_register_path"),
+    "plugin": (None, "print the plugin file to pass to swift --external_plugins"),
     "prepare": ("mcr_swift.data.prepare", "raw Twitter-GMNER / MNER-MI / gRefCOCO -> ms-swift JSONL datasets"),
     "tiny-model": ("mcr_swift.plugin.tiny", "build the tiny random Qwen2.5-VL checkpoint offline"),
     "evaluate": ("mcr_swift.evaluation.evaluate", "GMNER/MNER/EEG and bias metrics over swift infer output"),

@@ -256,7 +256,7 @@ def test_pictures_of_real_swift_infer_output(tiny_model, prepared, tmp_path):
     result = tmp_path / "infer.jsonl"
     env = {**os.environ, "MCR_DATA_DIR": str(prepared), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
     proc = subprocess.run([swift_bin(), "infer", "--model", str(tiny_model), "--template", "qwen2_5_vl",
-                           "--custom_register_path", plugin_path(), "--val_dataset", "mcr-gmner:test#3",
+                           "--external_plugins", plugin_path(), "--val_dataset", "mcr-gmner:test#3",
                            "--infer_backend", "transformers", "--max_new_tokens", "16", "--max_batch_size", "3",
                            "--result_path", str(result)], env=env, capture_output=True, text=True, cwd=tmp_path,
                           timeout=600)

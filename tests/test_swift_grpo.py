@@ -34,7 +34,7 @@ def grpo(tiny_model, prepared, out_dir, reward_args, steps, log_path):
     t = time.time()
     proc = subprocess.run(
         [swift_bin(), "rlhf", "--rlhf_type", "grpo", "--model", str(tiny_model), "--template", "qwen2_5_vl",
-         "--check_model", "false", "--custom_register_path", plugin_path(), "--dataset", "mcr-gmner:train#8",
+         "--check_model", "false", "--external_plugins", plugin_path(), "--dataset", "mcr-gmner:train#8",
          "--tuner_type", "lora", *reward_args, *PAPER_GRPO, "--max_steps", str(steps),
          "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
          "--max_completion_length", "48", "--learning_rate", "5e-6", "--warmup_ratio", "0.05",

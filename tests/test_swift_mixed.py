@@ -124,7 +124,7 @@ def test_swift_sft_on_mixed_gmner_mner_mi_grec(tiny_model, mixed, tmp_path):
     # cannot encode (multi-image MNER-MI, GREC boxes) fails the run instead of being dropped
     proc = subprocess.run(
         [swift_bin(), "sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
-         "--custom_register_path", plugin_path(),
+         "--external_plugins", plugin_path(),
          "--dataset", "mcr-gmner:train#4", "mcr-mner-mi:train", "mcr-grec:train",
          "--lazy_tokenize", "false", "--strict", "true", "--dataset_shuffle", "false",
          "--tuner_type", "lora", "--max_steps", "3", "--per_device_train_batch_size", "1",
@@ -146,7 +146,7 @@ def test_swift_infer_on_table2_sets_then_evaluate(tiny_model, mixed, tmp_path):
     result = tmp_path / "infer.jsonl"
     env = {**os.environ, "MCR_DATA_DIR": str(mixed), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
     proc = subprocess.run([swift_bin(), "infer", "--model", str(tiny_model), "--template", "qwen2_5_vl",
-                           "--custom_register_path", plugin_path(),
+                           "--external_plugins", plugin_path(),
                            "--val_dataset", "mcr-mner-mi:test", "mcr-grec:testA", "mcr-grec:testB",
                            "--infer_backend", "transformers", "--max_new_tokens", "16", "--max_batch_size", "4",
                            "--result_path", str(result)], env=env, capture_output=True, text=True, cwd=tmp_path,

@@ -48,7 +48,7 @@ def test_swift_sft_trains_on_registered_gmner(tiny_model, prepared, tmp_path):
     out_dir = tmp_path / "sft"
     proc, wall, peak_mb = run_swift(
         ["sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
-         "--custom_register_path", plugin_path(), "--dataset", "mcr-gmner:train#16",
+         "--external_plugins", plugin_path(), "--dataset", "mcr-gmner:train#16",
          "--tuner_type", "lora", "--max_steps", "5", "--per_device_train_batch_size", "1",
          "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4", "--lr_scheduler_type", "cosine",
          "--save_steps", "5", "--logging_steps", "1", "--dataloader_num_workers", "0",
@@ -83,7 +83,7 @@ def test_swift_sft_stops_on_a_missing_image_of_a_registered_dataset(tiny_model, 
     env = {**os.environ, "MCR_DATA_DIR": str(tmp_path / "data"), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
     proc = subprocess.run(
         [swift_bin(), "sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
-         "--custom_register_path", plugin_path(), "--dataset", "mcr-gmner:train", "--tuner_type", "lora",
+         "--external_plugins", plugin_path(), "--dataset", "mcr-gmner:train", "--tuner_type", "lora",
          "--max_steps", "1", "--per_device_train_batch_size", "1", "--dataloader_num_workers", "0",
          "--report_to", "none", "--output_dir", str(tmp_path / "sft"), "--max_length", "4096"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -63,7 +63,7 @@ def data_dir() -> Path:
 
 
 def plugin_path() -> str:
-    """Absolute path of the plugin file to give ``--custom_register_path`` / ``--external_plugins``."""
+    """Absolute path of the plugin file to give ``--external_plugins``."""
     return str(Path(__file__).resolve().parent / "_file" / "mcr_swift_plugin.py")
 
 

@@ -1,4 +1,4 @@
-"""ms-swift plugin file: pass its path to ``--custom_register_path`` (or ``--external_plugins``).
+"""ms-swift plugin file: pass its path to ``--external_plugins`` (``mcr-swift plugin`` prints it).
 
 ms-swift 4.6 imports plugins from a .py file path (not a package name); print this file's path with
 ``mcr-swift plugin``. Importing it registers mcr-swift's datasets and rewards.

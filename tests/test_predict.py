@@ -280,7 +280,7 @@ class _BatchFake:
 
 
 def test_batches_keep_input_order_and_account_for_every_post(tmp_path):
-    a = _img(tmp_path / "a.jpg")
+    _img(tmp_path / "a.jpg")
     texts = ["p0", "p1", "fail p2", "p3", "p4", "p5", "fail p6"]
     posts = [Post(f"id{k}", t, ["a.jpg"], f"in:{k + 1}") for k, t in enumerate(texts)]
     posts.insert(3, Post("noimg", "x", ["gone.jpg"], "in:9"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
 
@@ -86,9 +87,18 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: Optional
                  max_pixels: Optional[int] = None) -> Tuple[int, int]:
     """(height, width) of the image the Qwen-VL vision tower sees.
 
-    Same arithmetic as qwen-vl-utils (what ms-swift and vLLM feed the model) and transformers'
-    Qwen2-VL image processor: round each side to a multiple of ``factor``; if the pixel count
-    leaves [min_pixels, max_pixels], scale by beta = sqrt(HW / max) (floor) or sqrt(min / HW) (ceil).
+    Round each side to a multiple of ``factor``; if the pixel count leaves [min_pixels, max_pixels],
+    scale by beta = sqrt(HW / max) (floor) or sqrt(min / HW) (ceil) -- qwen-vl-utils' ``smart_resize``,
+    what ms-swift and vLLM feed the model. Bad sizes raise ValueError (qwen-vl-utils: an ``assert``
+    or a ZeroDivisionError).
+
+    The answer is qwen-vl-utils' own when that package is already loaded in this process (every
+    ms-swift process: training, rewards, the local engine), so the two cannot drift. Otherwise it is
+    `_smart_resize` below, the same arithmetic (tests/test_coords.py: equal on every image size of
+    Twitter-GMNER under four resize settings): importing qwen-vl-utils loads torch and torchvision
+    (4-8 s here), which the pure core never does for a box conversion. Ours is also kept for the
+    extreme ratios where qwen-vl-utils fails: near the 200:1 limit under a small ``max_pixels`` its
+    floor gives a side of 0 (28x5600 under 50176 px -> (0, 3164)); ours keeps one ``factor``.
     """
     max_pixels = DEFAULT_MAX_TOKENS * factor ** 2 if max_pixels is None else max_pixels
     min_pixels = DEFAULT_MIN_TOKENS * factor ** 2 if min_pixels is None else min_pixels
@@ -98,6 +108,16 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: Optional
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if max(height, width) / min(height, width) > MAX_RATIO:
         raise ValueError(f"aspect ratio of a {width}x{height} image exceeds {MAX_RATIO}")
+    qvu = sys.modules.get("qwen_vl_utils")
+    if qvu is not None and hasattr(qvu, "smart_resize"):
+        h_bar, w_bar = qvu.smart_resize(height, width, factor, min_pixels, max_pixels)
+        if h_bar >= factor and w_bar >= factor:
+            return h_bar, w_bar
+    return _smart_resize(height, width, factor, min_pixels, max_pixels)
+
+
+def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> Tuple[int, int]:
+    """`smart_resize`'s arithmetic on checked arguments; a side never drops below ``factor``."""
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:

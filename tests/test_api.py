@@ -176,3 +176,25 @@ def test_messages_with_inline_images(tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.bin: not a readable image"):
         image_data_url(str(tmp_path / "bad.bin"))
+
+
+def test_why_the_openai_clients_own_retries_are_not_used():
+    """Pins the reason `chat` keeps its own loop (see `Endpoint.client`): the openai client with its own
+    ``max_retries`` hands back a 200 without choices as an answer after one request (no retry, nothing
+    to count), where `chat` retries it as a failure."""
+    import openai
+    with FakeOpenAI(lambda b: {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model"}) as fake:
+        client = openai.OpenAI(base_url=fake.base_url, api_key="EMPTY", max_retries=5)
+        resp = client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "q"}])
+        assert not resp.choices and len(fake.requests) == 1
+        seen = []
+        with pytest.raises(EndpointError, match="gave up after 3 attempts.*EmptyAnswer"):
+            chat(Endpoint(fake.base_url, "fake-model"), [{"role": "user", "content": "q"}],
+                 retry=RetryPolicy(2, 0.01, 0.01), on_retry=lambda e, k, w: seen.append(type(e).__name__))
+        assert seen == ["EmptyAnswer", "EmptyAnswer"] and len(fake.requests) == 4
+    # the same transient statuses are retried by both; only ours can be counted and tuned
+    with FakeOpenAI(lambda b: ["fine"], fail_first=2) as fake:
+        seen = []
+        r = chat(Endpoint(fake.base_url, "fake-model"), [{"role": "user", "content": "q"}],
+                 retry=RetryPolicy(3, 0.01, 0.01), on_retry=lambda e, k, w: seen.append(k))
+        assert r.texts == ["fine"] and r.retries == 2 and seen == [0, 1] and fake.failed == 2 and len(fake.requests) == 1

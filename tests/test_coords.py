@@ -58,13 +58,15 @@ def test_smart_resize_hand_computed():
 @pytest.mark.parametrize("min_px,max_px", [(3136, 12845056), (3136, 1003520), (3136, 50176), (200704, 1003520)])
 def test_smart_resize_equals_reference_arithmetic(xml_data, min_px, max_px):
     """Same (h, w) as qwen-vl-utils (what ms-swift feeds the model) and transformers, on every xml size."""
+    from mcr_swift.coords import _smart_resize
     from qwen_vl_utils.vision_process import smart_resize as qvu_resize
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_resize
     sizes, _ = xml_data
     assert len(sizes) > 500
     for w, h in sizes:
-        ours = smart_resize(h, w, 28, min_px, max_px)
-        assert ours == qvu_resize(h, w, 28, min_px, max_px) == hf_resize(h, w, 28, min_px, max_px), (w, h)
+        ours = _smart_resize(h, w, 28, min_px, max_px)  # our arithmetic, what runs without qwen-vl-utils loaded
+        assert ours == smart_resize(h, w, 28, min_px, max_px) == qvu_resize(h, w, 28, min_px, max_px) \
+            == hf_resize(h, w, 28, min_px, max_px), (w, h)
 
 
 def test_resize_matches_real_image_processor_grid(xml_data):
@@ -136,3 +138,33 @@ def test_template_rescale_and_env():
         CoordinateSpace.from_env(env={"MAX_PIXELS": "lots"})
     with pytest.raises(ValueError, match="unknown model family"):
         CoordinateSpace("llava")
+
+
+def test_smart_resize_uses_qwen_vl_utils_when_loaded_and_ours_at_extreme_ratios(monkeypatch):
+    """With qwen-vl-utils loaded (any ms-swift process) its function answers; where it returns a zero
+    side (near the 200:1 limit under a small max_pixels) ours keeps one factor; bad input is our
+    ValueError, not its assert / ZeroDivisionError."""
+    import qwen_vl_utils
+    from mcr_swift.coords import _smart_resize
+    assert qwen_vl_utils.smart_resize(28, 5600, 28, 3136, 50176) == (0, 3164)      # its floor hits 0
+    assert smart_resize(28, 5600, 28, 3136, 50176) == _smart_resize(28, 5600, 28, 3136, 50176) == (28, 3164)
+    assert smart_resize(30, 5900, 28, 3136, 50176) == (28, 3136)
+    calls = []
+    real = qwen_vl_utils.smart_resize
+    monkeypatch.setattr(qwen_vl_utils, "smart_resize", lambda *a: calls.append(a) or real(*a))
+    assert smart_resize(706, 500, 28, None, 50176) == (252, 168) and calls == [(706, 500, 28, 3136, 50176)]
+    for bad in [(0, 500, 28, None, None), (706, 500, 28, 3136, 100)]:
+        with pytest.raises(ValueError):
+            smart_resize(*bad)
+    assert len(calls) == 1
+
+
+def test_coordinate_space_does_not_load_torch():
+    """Outside ms-swift processes the box conversion stays cheap: no qwen-vl-utils, no torch."""
+    import subprocess
+    import sys
+    code = ("import sys; from mcr_swift.coords import CoordinateSpace; "
+            "print(CoordinateSpace('qwen2_5_vl', max_pixels=50176).resized_size(500, 706), "
+            "sorted({'torch', 'qwen_vl_utils'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(168, 252) []"

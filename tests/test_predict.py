@@ -261,3 +261,61 @@ def test_predict_on_swift_deploy_matches_the_local_engine(server, local, prepare
     assert got == want
     assert "3 posts, 3 answered (3 unparseable, raw text kept)" in r.stderr
     print(f"\n[predict on swift deploy] 3 posts: {wall:.1f} s")
+
+
+# --------------------------------------------------------------------------- batching (local engine path)
+class _BatchFake:
+    """A local-engine stand-in: answers from the post text, fails the posts whose text says so."""
+    info = {"engine": "fake"}
+
+    def __init__(self, batch_size):
+        self.batch_size, self.calls = batch_size, []
+
+    def complete_many(self, items):
+        from mcr_swift.synth.client import ChatResult
+        self.calls.append([m[0]["content"].rsplit("Sentence: ", 1)[1] for m, _ in items])
+        return [RuntimeError("engine broke") if "fail" in m[0]["content"] else
+                ChatResult([f'[{{"entity": "{m[0]["content"].rsplit(" ", 1)[1]}", "type": "PER", "bbox": null}}]'],
+                           ["stop"]) for m, _ in items]
+
+
+def test_batches_keep_input_order_and_account_for_every_post(tmp_path):
+    _img(tmp_path / "a.jpg")
+    texts = ["p0", "p1", "fail p2", "p3", "p4", "p5", "fail p6"]
+    posts = [Post(f"id{k}", t, ["a.jpg"], f"in:{k + 1}") for k, t in enumerate(texts)]
+    posts.insert(3, Post("noimg", "x", ["gone.jpg"], "in:9"))
+    from mcr_swift.evaluation.predict import _check_images
+    for p in posts:
+        _check_images(p, tmp_path)
+    cache = tmp_path / "c.jsonl"
+    fake = _BatchFake(3)
+    recs, counts = predict_posts(posts, fake, "I", SPACE, cache_path=cache, progress=False)
+    assert fake.calls == [["p0", "p1", "fail p2"], ["p3", "p4", "p5"], ["fail p6"]]   # 7 readable posts, 3 a call
+    assert [r["id"] for r in recs] == [p.id for p in posts]                           # input order
+    assert [r["entities"][0]["entity"] if r["entities"] else None for r in recs] == \
+        ["p0", "p1", None, None, "p3", "p4", "p5", None]
+    assert recs[2]["error"] == "in:3: RuntimeError: engine broke" and recs[7]["error"].startswith("in:7: ")
+    assert "gone.jpg: image not found" in recs[3]["error"]
+    assert counts["posts"] == 8 and counts["answered"] == 5 and counts["request_errors"] == 2
+    assert counts["image_errors"] == 1 and counts["requests"]["failed"] == 2 and counts["requests"]["done"] == 5
+    # resume: only the two failed posts are sent again, in one batch; answers are identical
+    fake2 = _BatchFake(8)
+    recs2, counts2 = predict_posts(posts, fake2, "I", SPACE, cache_path=cache, progress=False)
+    assert fake2.calls == [["fail p2", "fail p6"]] and counts2["requests"]["cached"] == 5
+    assert recs2 == recs
+
+
+@pytest.mark.swift
+def test_batched_equals_unbatched_on_the_tiny_model(local, prepared):
+    """Greedy decoding: 8 posts in batches of 8 (left-padded) answer exactly what one at a time does."""
+    posts = _prepared_posts(prepared, 8)
+    old = local.batch_size
+    try:
+        local.batch_size = 1
+        one, c1 = predict_posts(posts, local, task_instruction(), SPACE, progress=False)
+        local.batch_size = local.engine.max_batch_size = 8
+        eight, c8 = predict_posts(posts, local, task_instruction(), SPACE, progress=False)
+    finally:
+        local.batch_size = local.engine.max_batch_size = old
+    assert [r["id"] for r in eight] == [p.id for p in posts]
+    assert eight == one and c8["answered"] == c1["answered"] == 8 and c8["request_errors"] == 0

@@ -12,7 +12,8 @@ task instruction (``prompts/task_instruction.txt`` with the family's box-format 
 ``Sentence: <text>`` (several images are numbered ``Image 1: <image>`` ...; see `mcr_swift.data.rows`).
 
 Backends: ``--engine local`` runs ms-swift's in-process ``TransformersEngine`` on ``--model DIR``
-(``--adapters DIR`` for a LoRA checkpoint, ``--template`` for a bare Qwen2.5-VL folder); otherwise
+(``--adapters DIR`` for a LoRA checkpoint, ``--template`` for a bare Qwen2.5-VL folder), posts sent
+``--batch-size`` at a time (``--infer-backend vllm``: its ``VllmEngine``, on a GPU); otherwise
 (``--base-url`` or ``OPENAI_BASE_URL``) any OpenAI-compatible endpoint -- ``swift deploy``,
 ``vllm serve`` -- through `mcr_swift.synth.client` (retries, bounded concurrency, on-disk cache: a JSONL run
 resumes).
@@ -42,13 +43,16 @@ from ..coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
-           "LocalBackend", "ApiBackend", "predict_posts", "describe_space",
+           "LocalBackend", "ApiBackend", "DEFAULT_BATCH_SIZE", "predict_posts", "describe_space",
            "main"]
 
 #: Decoding for predictions: the paper is silent (App. E.4 gives only CVO's rollout sampling); greedy
 #: answers are reproducible, and the reasoning needs room.
 DEFAULT_TEMPERATURE = 0.0
 DEFAULT_MAX_TOKENS = 2048
+#: Posts per engine call of the local engine (``--batch-size``); the paper is silent.
+DEFAULT_BATCH_SIZE = 8
+INFER_BACKENDS = ("transformers", "vllm")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -160,39 +164,87 @@ def post_messages(text: str, n_images: int, instruction: str) -> List[Dict[str, 
 
 
 class LocalBackend:
-    """ms-swift's in-process ``TransformersEngine`` (one request at a time)."""
+    """ms-swift's in-process engine, posts sent ``batch_size`` at a time.
+
+    ``infer_backend``: ``transformers`` (ms-swift's ``TransformersEngine``, CPU or GPU, padded batches
+    of ``max_batch_size``) or ``vllm`` (``VllmEngine``, GPU only, ``max_num_seqs`` = ``batch_size``).
+    """
 
     concurrency = 1
 
     def __init__(self, model: str, adapters: Sequence[str] = (), template: Optional[str] = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 infer_backend: str = "transformers"):
         for what, d in [("--model", model)] + [("--adapters", a) for a in adapters]:
             if not Path(d).is_dir():  # never let ms-swift try a hub download
                 raise RuntimeError(f"{what} {d}: not a directory (give the folder of a trained model, or use "
                                    f"--base-url for a served one)")
-        from swift.infer_engine import RequestConfig, TransformersEngine
+        if batch_size < 1:
+            raise RuntimeError(f"--batch-size must be at least 1, got {batch_size}")
+        if infer_backend not in INFER_BACKENDS:
+            raise RuntimeError(f"--infer-backend {infer_backend}: choose one of {', '.join(INFER_BACKENDS)}")
+        from swift.infer_engine import RequestConfig
+        self.batch_size = int(batch_size)
         try:
-            self.engine = TransformersEngine(model, adapters=list(adapters) or None, template_type=template)
+            if infer_backend == "vllm":  # GPU only; not exercised by the CPU tests
+                from swift.infer_engine import VllmEngine
+                self.engine = VllmEngine(model, adapters=list(adapters) or None, template_type=template,
+                                         max_num_seqs=self.batch_size, seed=seed)
+            else:
+                from swift.infer_engine import TransformersEngine
+                self.engine = TransformersEngine(model, adapters=list(adapters) or None, template_type=template,
+                                                 max_batch_size=self.batch_size)
         except Exception as e:
             hint = "" if template else " (a bare Qwen2.5-VL folder needs --template qwen2_5_vl)"
             raise RuntimeError(f"cannot load the local model {model}: {type(e).__name__}: {e}{hint}") from None
         self.config = RequestConfig(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        # batch_size is not in ``info`` (it keys the cache): greedy answers do not depend on it, so a
+        # run resumed with another batch size reuses what is cached
         self.info = {"engine": "local", "model": str(Path(model).resolve()),
                      "adapters": [str(Path(a).resolve()) for a in adapters], "template": template,
                      "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        self.infer_backend = infer_backend
 
-    def complete(self, messages: List[Dict[str, Any]], images: Sequence[str], on_retry=None):
-        from swift.infer_engine import InferRequest
-
+    @staticmethod
+    def _result(resp):
         from ..synth.client import ChatResult
-        resp = self.engine.infer([InferRequest(messages=messages, images=list(images))], self.config,
-                                 use_tqdm=False)[0]
-        if isinstance(resp, Exception):
-            raise resp
+        if isinstance(resp, BaseException):
+            return resp
         u = resp.usage
         return ChatResult([c.message.content or "" for c in resp.choices], [c.finish_reason for c in resp.choices],
                           int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0))
+
+    def complete_many(self, items: Sequence[Tuple[List[Dict[str, Any]], Sequence[str]]]) -> List[Any]:
+        """One engine call for ``items`` (``(messages, images)`` pairs): a `ChatResult` or the exception
+        per item, in order. If the batch call itself fails, each item is retried alone, so one bad
+        post costs only its own answer."""
+        from swift.infer_engine import InferRequest
+        reqs = [InferRequest(messages=m, images=list(im)) for m, im in items]
+        try:
+            resps = self.engine.infer(reqs, self.config, use_tqdm=False)
+            if len(resps) != len(reqs):
+                raise RuntimeError(f"the engine answered {len(resps)} of {len(reqs)} requests")
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            if len(reqs) == 1:
+                return [e]
+            resps = []
+            for r in reqs:
+                try:
+                    resps.append(self.engine.infer([r], self.config, use_tqdm=False)[0])
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e1:
+                    resps.append(e1)
+        return [self._result(r) for r in resps]
+
+    def complete(self, messages: List[Dict[str, Any]], images: Sequence[str], on_retry=None):
+        res = self.complete_many([(messages, images)])[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
 
 
 class ApiBackend:
@@ -221,6 +273,46 @@ def _record(post: Post, text: Optional[str], space: Optional[CoordinateSpace],
         return {"id": post.id, "entities": [], "raw": None, "parse_ok": False, "error": error or post.error}
     entities, res = answer_entities(text, space, post.sizes[0] if post.sizes else None)
     return {"id": post.id, "entities": entities, "raw": text, "parse_ok": res.ok, "error": None}
+
+
+def _run_batches(posts: Sequence[Post], keys: Dict[int, str], backend, instruction: str, cache, st,
+                 errors: Dict[str, str], progress: bool) -> None:
+    """Send the uncached posts to ``backend.complete_many`` ``backend.batch_size`` at a time (input
+    order), caching each answer as its batch returns; a failed post is counted in ``st.failed`` with
+    its message in ``errors``. Ctrl-C keeps what finished and sets ``st.interrupted``."""
+    from tqdm import tqdm
+    todo, seen = [], set()
+    for i, key in keys.items():
+        if key in seen:
+            continue
+        seen.add(key)
+        st.total += 1
+        if key in cache:
+            st.cached += 1
+        else:
+            todo.append(i)
+    size = max(1, int(getattr(backend, "batch_size", 1)))
+    bar = tqdm(total=st.total, initial=st.cached, desc="predict", disable=not progress, unit="post")
+    try:
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            results = backend.complete_many([(post_messages(posts[i].text, len(posts[i].paths), instruction),
+                                              posts[i].paths) for i in batch])
+            for i, res in zip(batch, results):
+                if isinstance(res, BaseException):
+                    st.failed += 1
+                    msg = f"{type(res).__name__}: {res}"
+                    st.errors.append(msg)
+                    errors[keys[i]] = f"{posts[i].where}: {msg}"
+                else:
+                    cache.put(keys[i], res.to_json())
+                    st.done += 1
+            bar.update(len(batch))
+            bar.set_postfix(failed=st.failed, refresh=False)
+    except KeyboardInterrupt:
+        st.interrupted = True
+    finally:
+        bar.close()
 
 
 def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optional[CoordinateSpace], *,
@@ -260,8 +352,11 @@ def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optio
             errors[keys[i]] = f"{p.where}: {type(e).__name__}: {e}"
             raise
     try:
-        run_jobs(((keys[i], i) for i in keys), work, cache, concurrency=backend.concurrency, desc="predict",
-                 progress=progress, stats=st)
+        if hasattr(backend, "complete_many"):  # local engine: batches of posts, one engine call each
+            _run_batches(posts, keys, backend, instruction, cache, st, errors, progress)
+        else:  # endpoint: ``concurrency`` requests in flight
+            run_jobs(((keys[i], i) for i in keys), work, cache, concurrency=backend.concurrency, desc="predict",
+                     progress=progress, stats=st)
         records, failed = [], 0
         for i, p in enumerate(posts):
             value = cache.get(keys[i]) if i in keys else None
@@ -312,6 +407,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_endpoint_args(p, "", "the endpoint (api), or the model folder (local)")
     p.add_argument("--adapters", action="append", default=[], help="LoRA checkpoint folder (local engine)")
     p.add_argument("--template", default=None, help="ms-swift template (local engine), e.g. qwen2_5_vl")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"posts per engine call (local engine; default {DEFAULT_BATCH_SIZE}); endpoints use "
+                        "--concurrency")
+    p.add_argument("--infer-backend", choices=INFER_BACKENDS, default="transformers",
+                   help="local engine: ms-swift's TransformersEngine (CPU/GPU) or VllmEngine (GPU)")
     p.add_argument("--prompt", default="task_instruction",
                    help="instruction file in prompts/ (default: the MCR task instruction the model was trained on)")
     add_space_args(p)
@@ -350,7 +450,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if engine == "local":
             if not a.model:
                 p.error("--engine local needs --model DIR (or give --base-url for an endpoint)")
-            backend = LocalBackend(a.model, a.adapters, a.template, a.max_tokens, a.temperature, a.seed)
+            backend = LocalBackend(a.model, a.adapters, a.template, a.max_tokens, a.temperature, a.seed,
+                                   batch_size=a.batch_size, infer_backend=a.infer_backend)
         else:
             ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
             backend = ApiBackend(ep, concurrency=a.concurrency, retry=RetryPolicy.from_args(a),
@@ -377,7 +478,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("mcr-swift predict: the answer could not be parsed; the raw text is in 'raw'", file=sys.stderr)
         return 0
     write_jsonl_atomic(out, records)
-    summary = {**counts, "backend": backend.info, "space": describe_space(space), "prompt": a.prompt,
+    summary = {**counts, "backend": backend.info, "batch_size": getattr(backend, "batch_size", None), "space": describe_space(space), "prompt": a.prompt,
                "input": a.input, "out": str(out), "cache": str(cache)}
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     print(f"mcr-swift predict: {counts['posts']} posts, {counts['answered']} answered "

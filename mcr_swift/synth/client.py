@@ -4,7 +4,8 @@ CVO sampling filter (App. D.3), the prompting baselines and ``predict`` share.
 * `Endpoint`: base URL, model, key and timeout from flags or the usual ``OPENAI_BASE_URL`` /
   ``OPENAI_API_KEY`` / ``OPENAI_MODEL`` variables; with no model given, the server's only model
   (``GET /models``: ``swift deploy`` and ``vllm serve`` serve one) is used.
-* `chat`: one request through the official ``openai`` client, with our own retries: API errors that
+* `chat`: one request through the official ``openai`` client, with our own retries (why not the
+  client's own ``max_retries``: see `Endpoint.client`): API errors that
   can pass (connection refused or reset, timeouts, 408/409/429, 5xx) are retried with exponential
   backoff and jitter; the others (400 bad request, 401, 404 unknown model, ...) fail at once. A
   200 answer with no ``choices`` or a choice whose ``content`` is null is a failed request too
@@ -111,7 +112,14 @@ class Endpoint:
 
     def client(self):
         import openai
-        # Retries are ours (counted, with our backoff), so the client's own are off.
+        # Retries are ours, so the client's own are off (max_retries=0). The openai client retries the
+        # same failures (connection errors, timeouts, 408/409/429, 5xx) but cannot replace `chat`'s
+        # loop without losing tested behaviour: (1) a 200 answer with no choices or content null
+        # (`EmptyAnswer`) is not an error to it, so it would be returned and cached; (2) it has no
+        # retry hook, so retries and empty answers could not be counted (`RunStats`, the summaries,
+        # `ChatResult.retries`; tests/test_api.py, test_synth.py); (3) its backoff is fixed
+        # (0.5 s doubling, 8 s cap), so --backoff/--max-backoff (60 s default, for a busy shared
+        # server) would do nothing. Two retry layers would multiply attempts, so there is one.
         return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=0)
 
     def describe(self) -> Dict[str, Any]:

@@ -5,11 +5,11 @@ It reports, over the same posts and with the same metrics as ``mcr-swift evaluat
 
 * GMNER / MNER / EEG precision, recall, F1 (Eq. 19-24), for context;
 * textual bias: N-Pre, N-Rec, N-F1 (Eq. 26-29) and the four kinds of N errors (see
-  `mcr_swift.reports.pictures`: ``box_for_text_only``, ``text_only_missed``, ``no_box_for_located``,
+  `mcr_swift.reports.posts`: ``box_for_text_only``, ``text_only_missed``, ``no_box_for_located``,
   ``unlocated_not_gold``);
 * visual bias: N-Count and N-Rate (Eq. 30-31; N-Count is a plain count, see `mcr_swift.evaluation.metrics`);
 * the confusion of located vs unlocated entities: predictions and gold triples paired one-to-one by
-  span (`mcr_swift.reports.pictures.span_pairs`, type ignored), a 2x2 table gold located/unlocated x
+  span (`mcr_swift.reports.posts.span_pairs`, type ignored), a 2x2 table gold located/unlocated x
   predicted located/unlocated over the pairs, how many located-located pairs have IoU >= 0.5, and
   the unpaired gold triples and predictions by location state;
 * the ``--top`` worst posts of each bias with their pictures (`mcr_swift.reports.pictures`): textual, ranked
@@ -26,8 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..jsonl import write_json_atomic, write_text_atomic
 from ..evaluation.metrics import gmner_metrics
-from .pictures import (TEXTUAL_KINDS, Post, add_input_args, html_page, positive_int, post_card,
-                       read_and_analyse, render_pictures)
+from .page import html_page, post_card
+from .pictures import render_pictures
+from .posts import TEXTUAL_KINDS, Post, add_input_args, positive_int, read_and_analyse
 
 #: How many worst posts of each bias the report shows (the paper gives no number).
 DEFAULT_TOP = 5

@@ -90,12 +90,12 @@ def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,
     """
     from tqdm import tqdm
 
-    from ..evaluation.evaluate import GoldIndex, _image_paths, _read_jsonl, collect, missing_gold_rows
+    from ..evaluation.evaluate import GoldIndex, image_paths, read_rows, collect, missing_gold_rows
     from ..data.rows import GOLD_COLUMN, SIZES_COLUMN
     path = Path(path)
     space = space or CoordinateSpace.from_env()
-    gold = GoldIndex(_read_jsonl(Path(gold_path), progress), str(gold_path)) if gold_path else None
-    rows = _read_jsonl(path, progress)
+    gold = GoldIndex(read_rows(Path(gold_path), progress), str(gold_path)) if gold_path else None
+    rows = read_rows(path, progress)
     missing = missing_gold_rows(rows, gold, str(path))
     posts: List[Post] = []
     info = {"rows": len(rows), "unmatched_rows": 0, "parse_failures": 0, "dropped_items": 0,
@@ -109,7 +109,7 @@ def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,
         info["dropped_items"] += c["dropped_items"]
         grow = row if GOLD_COLUMN in row else gold.find(row)
         pid = str(grow.get("mcr_id", row.get("id", row.get("mcr_id", f"line{row['_line']}"))))
-        images = _image_paths(grow) or _image_paths(row)
+        images = image_paths(grow) or image_paths(row)
         image = images[0] if images else None
         if image_dir is not None:
             image = str(Path(image_dir) / (Path(image).name if image else f"{pid}.jpg"))

@@ -17,7 +17,7 @@ from mcr_swift.coords import CoordinateSpace
 from mcr_swift.evaluation.evaluate import evaluate_file
 from mcr_swift.jsonl import iter_jsonl
 from mcr_swift.data.rows import gold_from_row
-from mcr_swift.synth.synthesize import sample_from_row
+from mcr_swift.data.rows import sample_from_row
 from mcr_swift.entities import Entity, Sample
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text
 from tests.conftest import REPO, TINY_MAX_PIXELS

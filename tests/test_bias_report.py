@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mcr_swift.reports.bias_report import main
-from mcr_swift.evaluation.evaluate import GoldIndex, _read_jsonl, evaluate_file
+from mcr_swift.evaluation.evaluate import GoldIndex, read_rows, evaluate_file
 from mcr_swift.reports.pictures import GOLD_RGB, PRED_RGB
 from tests.test_pictures import colours, perturbed_prepared, write_hand_file
 
@@ -74,7 +74,7 @@ def test_agrees_with_evaluate_on_the_shared_split(prepared, tmp_path):
     path, rows, golds, preds = perturbed_prepared(prepared, tmp_path)
     gold = str(prepared / "twitter_gmner" / "test.jsonl")
     rep = report(str(path), "--gold", gold, "--out", str(tmp_path / "r"), "--top", "3")
-    ev = evaluate_file(path, GoldIndex(_read_jsonl(Path(gold), False), gold))
+    ev = evaluate_file(path, GoldIndex(read_rows(Path(gold), False), gold))
     m = ev["metrics"]
     assert rep["posts"] == ev["posts"] == len(rows) and rep["unmatched_rows"] == 0
     assert {k: m[k] for k in ("gmner", "mner", "eeg")} == rep["metrics"]

@@ -18,11 +18,11 @@ from mcr_swift.synth.cvo_filter import _query_rows
 from mcr_swift.jsonl import iter_jsonl
 from mcr_swift.evaluation.parser import parse_answer
 from mcr_swift.data.prepare import prepare_grec, prepare_mner_mi
-from mcr_swift.data.rows import gold_from_row, row_task
+from mcr_swift.data.rows import gold_from_row, row_task, sample_from_row
 from mcr_swift.synth.split import split_by_post
 from mcr_swift.synth.styles import TEMPLATE_STYLES, template_chain
 from mcr_swift.synth.synthesize import (ALL_STYLES, PAPER_D_R, PAPER_TRAIN_SAMPLES, check_chain, paper_count_line,
-                             plan_styles, sample_from_row, synthesize)
+                             plan_styles, synthesize)
 from mcr_swift.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 from tests.conftest import REPO, SHARED

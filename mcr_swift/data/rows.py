@@ -82,6 +82,14 @@ def gold_from_row(row: Mapping[str, Any]) -> List[Entity]:
     return parse_gold(raw)
 
 
+def sample_from_row(row: Mapping[str, Any]) -> Sample:
+    """The `Sample` behind a prepared row (gold in original pixels). Raises ValueError if malformed."""
+    images = [im.get("path") if isinstance(im, dict) else str(im) for im in row.get("images") or []]
+    sizes = row.get(SIZES_COLUMN) or []
+    return Sample(str(row["mcr_id"]), str(row.get("mcr_sentence", "")).split(" "), gold_from_row(row),
+                  images, [tuple(s) for s in sizes])
+
+
 def sample_to_row(sample: Sample, *, family: str = "qwen2_5_vl", instruction: Optional[str] = None,
                   reasoning: Optional[str] = None, assistant: Optional[str] = None,
                   with_answer: bool = True, multi_box: str = "largest", task: str = "gmner",

@@ -101,7 +101,7 @@ def _samples(rows: Sequence[Mapping[str, Any]], source: str, lines: Sequence[int
              check_images: bool = True) -> List[Sample]:
     """The posts of prepared GMNER rows; ValueError naming ``file:line`` for a bad row (or, with
     ``check_images``, a missing image file)."""
-    from ..synth.synthesize import sample_from_row
+    from ..data.rows import sample_from_row
     out = []
     for row, no in zip(rows, lines):
         where = f"{source}:{no}"

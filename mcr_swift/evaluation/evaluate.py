@@ -18,7 +18,8 @@ from ..data.rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, gold_from
 from ..entities import Entity
 
 
-def _read_jsonl(path: Path, progress: bool) -> List[Dict[str, Any]]:
+def read_rows(path: Path, progress: bool) -> List[Dict[str, Any]]:
+    """Every row of a JSONL file, each with its line number in ``_line`` (a progress bar by bytes)."""
     from tqdm import tqdm
     rows = []
     with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, disable=not progress,
@@ -30,7 +31,8 @@ def _read_jsonl(path: Path, progress: bool) -> List[Dict[str, Any]]:
     return rows
 
 
-def _image_paths(row: Dict[str, Any]) -> Tuple[str, ...]:
+def image_paths(row: Dict[str, Any]) -> Tuple[str, ...]:
+    """The absolute paths of a row's ``images`` (``""`` for an image with no path)."""
     out = []
     for im in row.get("images") or []:
         out.append(im.get("path") if isinstance(im, dict) else str(im))
@@ -46,7 +48,7 @@ def _user_text(row: Dict[str, Any]) -> str:
 
 
 def join_key(row: Dict[str, Any]) -> Tuple:
-    return (_image_paths(row), _user_text(row))
+    return (image_paths(row), _user_text(row))
 
 
 class DuplicateRows:
@@ -208,7 +210,7 @@ def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[Coordi
     from .metrics import gmner_metrics, grec_metrics, mner_mi_metrics
     path = Path(path)
     space = space or CoordinateSpace.from_env()
-    rows = _read_jsonl(path, progress)
+    rows = read_rows(path, progress)
     missing = missing_gold_rows(rows, gold, str(path))
     c = collect(rows + missing, gold, space, str(path), entities_space)
     m = gmner_metrics(c["preds"], c["golds"], c["sentences"], protocol=protocol)
@@ -302,7 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     space = space_from_args(a)
     gold = None
     for g in a.gold or []:
-        rows = _read_jsonl(Path(g), not a.no_progress)
+        rows = read_rows(Path(g), not a.no_progress)
         if gold is None:
             gold = GoldIndex(rows, g)
         else:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..jsonl import write_json_atomic, write_text_atomic
+from .runs import version_number
 
 #: swift sub-command -> ms-swift argument class that `swift <cmd>` parses (swift/pipelines).
 ARG_CLASSES = {"sft": "SftArguments", "rlhf": "RLHFArguments"}
@@ -87,12 +88,6 @@ def split_batch(batch: int, nproc: int, per_device: Optional[int] = None, max_pe
         raise BatchError(f"BATCH_SIZE={batch} completions per step is not a multiple of "
                          f"NUM_GENERATIONS={num_generations} (ms-swift's generation_batch_size constraint)")
     return per_device, batch // (world * per_device)
-
-
-def version_number(folder: Path) -> int:
-    """N of an ms-swift run folder ``v<N>-<time>`` (-1 for another name): newer runs have larger N."""
-    m = re.match(r"v(\d+)-", Path(folder).name)
-    return int(m.group(1)) if m else -1
 
 
 def _version_key(path: Path) -> Tuple[int, int]:

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..jsonl import write_json_atomic, write_text_atomic
 from ..evaluation.metrics import gmner_metrics
-from .pictures import (TEXTUAL_KINDS, Post, add_input_args, html_page, positive_int, post_card,
-                       read_and_analyse, render_pictures)
+from .page import html_page, post_card
+from .pictures import render_pictures
+from .posts import TEXTUAL_KINDS, Post, add_input_args, positive_int, read_and_analyse
 
 #: How many worst posts of each bias the report shows (the paper gives no number).
 DEFAULT_TOP = 5

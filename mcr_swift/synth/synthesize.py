@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from ..data.rows import GOLD_COLUMN, SIZES_COLUMN, gold_from_row, row_task
+from ..data.rows import GOLD_COLUMN, row_task, sample_from_row
 from .styles import TEMPLATE_STYLES, template_chain
 from ..entities import Box, Entity, Sample
 
-__all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt", "sample_from_row",
+__all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt",
            "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
 
 #: style -> (prompt file, sends the image)
@@ -53,14 +53,6 @@ _BOX_LITERAL = re.compile(
     rf"|\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 #: A literal box within this many pixels (each coordinate) of a gold box is that box.
 BOX_TOLERANCE = 2.0
-
-
-def sample_from_row(row: Mapping[str, Any]) -> Sample:
-    """The `Sample` behind a prepared row (gold in original pixels). Raises ValueError if malformed."""
-    images = [im.get("path") if isinstance(im, dict) else str(im) for im in row.get("images") or []]
-    sizes = row.get(SIZES_COLUMN) or []
-    return Sample(str(row["mcr_id"]), str(row.get("mcr_sentence", "")).split(" "), gold_from_row(row),
-                  images, [tuple(s) for s in sizes])
 
 
 def style_prompt(style: str, sample: Sample, gold_raw: str, task: str = "gmner") -> str:

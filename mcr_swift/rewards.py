@@ -52,6 +52,10 @@ Conventions where the paper is silent (each decided here once):
   entities are written in (App. C.2: MRSI styles change the order), e.g. when the same text occurs
   twice with different types.
 * Degenerate or non-finite boxes (which the parser never produces) have IoU 0 with everything.
+
+Rows of other tasks (`TASK_TERMS`): MNER-MI uses R_c, R_s, R_t; GREC uses R_u, R_e of its one
+expression (`grec_reward_terms`); Eq. 10's lambdas are rescaled per task (`task_weights`,
+`task_reward`). One completion against one dataset row (gold mapping, config, F1): `mcr_swift.scoring`.
 """
 from __future__ import annotations
 

@@ -334,7 +334,8 @@ def select_train(samples: Sequence[Sample], size: Optional[int] = DEFAULT_TRAIN_
     return [s for i, s in enumerate(samples) if i in keep]
 
 
-# --------------------------------------------------------------------------- answers, rewards
+# --------------------------------------------------------------------------- answers
+# (the GREC reward terms, R_u and R_e of Eq. 8-9: `mcr_swift.rewards.grec_reward_terms`)
 def answer_boxes(entities: Sequence[Entity]) -> List[Box]:
     """The boxes a parsed GREC answer gives (the first box of each item, in order)."""
     return [e.box for e in entities if e.boxes]

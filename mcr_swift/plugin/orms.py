@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 

@@ -2,7 +2,8 @@
 
 For each D2 query, G responses {o_1..o_G} are sampled from the current policy (the MRSI checkpoint
 served by ``swift deploy`` or ``vllm serve``: any OpenAI-compatible endpoint) and scored with the
-CVO reward R (Eq. 10: `mcr_swift.scoring.score_row`, the very function GRPO's ``gmner_orm`` calls). The query is kept only if
+CVO reward R (Eq. 10: `mcr_swift.scoring.score_row`, the very function GRPO's ``gmner_orm``
+calls). The query is kept only if
 
     std(r) >= 0.1,   max(r) >= 0.8,   0.08 <= median(r) <= 0.6          (App. D.3)
 

@@ -52,6 +52,10 @@ Conventions where the paper is silent (each decided here once):
   entities are written in (App. C.2: MRSI styles change the order), e.g. when the same text occurs
   twice with different types.
 * Degenerate or non-finite boxes (which the parser never produces) have IoU 0 with everything.
+
+Rows of other tasks (`TASK_TERMS`): MNER-MI uses R_c, R_s, R_t; GREC uses R_u, R_e of its one
+expression (`grec_reward_terms`); Eq. 10's lambdas are rescaled per task (`task_weights`,
+`task_reward`). One completion against one dataset row (gold mapping, config, F1): `mcr_swift.scoring`.
 """
 from __future__ import annotations
 
@@ -418,3 +422,52 @@ def gmner_reward(pred: Optional[Sequence[Entity]], gold: Sequence[Entity], weigh
     ``pred=None`` (no parseable answer) gives 0."""
     w = normalize_weights(weights)
     return weighted_sum(reward_terms(pred, gold, sigma, unmatched=unmatched), w)
+
+
+# --------------------------------------------------------------------------- per task (rows of mixed tasks)
+#: The reward terms each row task uses: GMNER all five (Eq. 6-10); MNER-MI span and type only (it asks
+#: for no location, Sec. 5.3); GREC the location only (`grec_reward_terms`).
+TASK_TERMS: Dict[str, Tuple[str, ...]] = {"gmner": TERMS, "mner_mi": ("count", "span", "type"),
+                                          "grec": ("iou", "entail")}
+
+
+def task_weights(weights: Tuple[float, ...], task: str) -> Dict[str, float]:
+    """The lambdas of Eq. 10 for ``task``: those of its terms (`TASK_TERMS`), rescaled to the total of
+    all five (so every task's R lies in the [0, sum lambda] range App. D.3's thresholds assume); all 0
+    when every term of the task weighs 0."""
+    active = TASK_TERMS[task]
+    if active == TERMS:
+        return dict(zip(TERMS, weights))
+    sub = {t: w for t, w in zip(TERMS, weights) if t in active}
+    part = math.fsum(sub.values())
+    if part == 0:
+        return {t: 0.0 for t in active}
+    total = math.fsum(weights)
+    return {t: w * total / part for t, w in sub.items()}
+
+
+def task_reward(terms: Mapping[str, float], weights: Tuple[float, ...], task: str) -> float:
+    """R (Eq. 10) of one row of ``task`` with the task-rescaled lambdas (`task_weights`)."""
+    if task == "gmner":
+        return weighted_sum(terms, weights)
+    w = task_weights(weights, task)
+    return min(max(math.fsum(w[t] * terms[t] for t in w), 0.0), math.fsum(w.values()))
+
+
+def grec_reward_terms(pred: Sequence[Entity], gold: Sequence[Entity], sigma: float = DEFAULT_SIGMA
+                      ) -> Dict[str, float]:
+    """R_u (Eq. 8) and R_e (Eq. 9) of a GREC answer against its one gold expression.
+
+    The answer is reduced to its location: no box -> None, one box -> that box; it is compared with
+    the gold location as one matched pair (both None -> R_u = 1; Eq. 8's IoU mapping otherwise).
+    An answer with several boxes localises nothing (GREC counts a one-target sample right only with
+    exactly one correct box): R_u = 0, and R_e = 1 iff the gold has a target.
+    """
+    if len(gold) != 1:
+        raise ValueError(f"a GREC row has exactly one gold expression, got {len(gold)}")
+    g = gold[0]
+    boxes = [e.box for e in pred if e.boxes]  # = data.grec.answer_boxes
+    if len(boxes) > 1:
+        return {"iou": 0.0, "entail": 1.0 if g.boxes else 0.0}
+    terms = reward_terms([Entity(g.text, g.type, tuple(boxes))], [g], sigma)
+    return {"iou": terms["iou"], "entail": terms["entail"]}

@@ -10,7 +10,8 @@ import pytest
 from mcr_swift.answer import render_answer
 from mcr_swift.synth.client import Endpoint
 from mcr_swift.coords import CoordinateSpace
-from mcr_swift.synth.cvo_filter import FilterThresholds, decide, distribution, filter_d2, group_stats, main as filter_main
+from mcr_swift.synth.cvo_filter import (FilterThresholds, decide, distribution, filter_d2, format_summary, group_stats,
+    main as filter_main)
 from mcr_swift.jsonl import iter_jsonl
 from mcr_swift.data.rows import gold_from_row
 from mcr_swift.entities import Entity
@@ -167,3 +168,19 @@ def test_filter_pays_nothing_for_junk_on_no_entity_posts(prepared, tmp_path, mon
     assert first["rewards"] == [1.0] * 4 + [0.0] * 4 and first["kept"] is True
     assert second["rewards"] == [0.0] * 8 and second["kept"] is False
     assert s["kept"] == 1
+    assert s["unscorable_rollouts"] == 0 and s["unscorable_reasons"] == {}
+
+
+def test_unscorable_rollouts_score_zero_and_are_counted(d2, tmp_path, monkeypatch):
+    """A query whose gold cannot be read scores 0.0 per rollout, as in GRPO, and the summary counts
+    those rollouts with the reason (`mcr_swift.scoring.score_row`)."""
+    monkeypatch.setenv("MAX_PIXELS", str(TINY_MAX_PIXELS))
+    rows = [{**r, "mcr_gold": "[1, 2]"} for r in d2[:2]]   # one post, two styles
+    with _server(d2[:2], CoordinateSpace.from_env()) as fake:
+        s = filter_d2(rows, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=4, concurrency=1,
+                      progress=False)
+    stats = [json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()]
+    assert stats[0]["rewards"] == [0.0] * 4 and s["kept"] == 0
+    assert s["unscorable_rollouts"] == 4
+    assert len(s["unscorable_reasons"]) == 1 and list(s["unscorable_reasons"])[0].startswith("unusable row (")
+    assert "unscorable rollouts (scored 0.0): 4" in format_summary(s)

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from mcr_swift.data.grec import (GRECFormatError, GRefCOCO, answer_boxes, grec_reward_terms, grec_row, load_grec,
+from mcr_swift.rewards import grec_reward_terms
+from mcr_swift.data.grec import (GRECFormatError, GRefCOCO, answer_boxes, grec_row, load_grec,
                             select_train)
 from mcr_swift.evaluation.metrics import grec_metrics
 from mcr_swift.evaluation.parser import parse_answer

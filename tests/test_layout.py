@@ -8,11 +8,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 #: The pure core: no ms-swift (the project's standard), checked in a fresh interpreter.
-CORE = ["mcr_swift.entities", "mcr_swift.coords", "mcr_swift.answer", "mcr_swift.rewards",
+CORE = ["mcr_swift.entities", "mcr_swift.coords", "mcr_swift.answer", "mcr_swift.rewards", "mcr_swift.scoring",
         "mcr_swift.evaluation.parser", "mcr_swift.evaluation.metrics"]
 #: Stage packages: importing one must stay cheap (no ms-swift, no torch).
 STAGES = ["mcr_swift", "mcr_swift.data", "mcr_swift.synth", "mcr_swift.plugin", "mcr_swift.evaluation",
-          "mcr_swift.reports", "mcr_swift.pipeline"]
+          "mcr_swift.reports", "mcr_swift.pipeline",
+          # the D2 filter scores rollouts with the pure scoring, not the ms-swift ORM (issue 17)
+          "mcr_swift.synth.cvo_filter"]
 
 
 def _loaded_after(modules):

@@ -306,3 +306,15 @@ def test_unmatched_reading_from_env(monkeypatch):
     monkeypatch.setenv("MCR_UNMATCHED", "nope")
     with pytest.raises(ValueError, match="MCR_UNMATCHED='nope'"):
         GMNERReward()
+
+
+def test_orm_reads_its_config_once(monkeypatch):
+    """The ORM reads `RewardConfig.from_env` when it is built; later changes of the environment do
+    not reach it (one config object per reward, issue 17)."""
+    good, _ = render_answer(in_model_space(GOLD), "r")
+    orm = GMNERReward()
+    monkeypatch.setenv("MCR_REWARD_WEIGHTS", "1,0,0,0,0")
+    monkeypatch.setenv("MAX_PIXELS", str(28 * 28 * 4096))
+    assert orm([good], **grpo_kwargs(1)) == [1.0]
+    assert orm.config.space.max_pixels == MAX_PIXELS
+    assert GMNERReward().config.weights == (1.0, 0.0, 0.0, 0.0, 0.0)

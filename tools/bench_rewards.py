@@ -11,8 +11,8 @@ junk (truncated, tuple format, prose). Rows:
 * ``parse_answer``    `mcr_swift.evaluation.parser.parse_answer` on the full completions,
 * ``parse+reward``    parse + `mcr_swift.rewards.reward_terms` + Eq. 10 against the gold,
 * ``gmner_orm``       the ms-swift ORM called as GRPO calls it (gold JSON column, image sizes,
-                      coordinate mapping; its caches are cleared before every timed call, as in a
-                      new step), skipped with ``--no-orm`` or when ms-swift is missing.
+                      coordinate mapping through `mcr_swift.scoring.score_row`; its caches are
+                      cleared before every timed call, as in a new step), skipped with ``--no-orm`` or when ms-swift is missing.
 
 Usage: ``python tools/bench_rewards.py [--data DIR] [--n 512] [--repeat 7] [--no-orm]``
 """
@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     if not args.no_orm:
         try:
             import swift.rewards  # noqa: F401  (slow: imports torch/transformers)
-            from mcr_swift.plugin.orms import GMNERReward, _decode_cached, _gold_cached, _terms_cached
+            from mcr_swift.plugin.orms import GMNERReward
+            from mcr_swift.scoring import clear_caches
         except ImportError as e:
             print(f"(gmner_orm row skipped: {e})")
         else:
@@ -144,9 +145,7 @@ def main(argv=None) -> None:
                       "trainer_state": None}
 
             def call():
-                _terms_cached.cache_clear()  # time real work, not the cache
-                _gold_cached.cache_clear()
-                _decode_cached.cache_clear()
+                clear_caches()  # time real work, not the cache
                 orm(comps, **kwargs)
             timings.append(("gmner_orm", best_of(call, args.repeat)))
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..prompts import task_instruction
-from ..rewards import DEFAULT_SIGMA, reward_terms
 from .rows import sample_to_row
 from .twitter import ON_ERROR, ReadReport, SampleList
 from ..entities import Box, Entity, Sample
@@ -312,29 +311,11 @@ def select_train(samples: Sequence[Sample], size: Optional[int] = DEFAULT_TRAIN_
     return [s for i, s in enumerate(samples) if i in keep]
 
 
-# --------------------------------------------------------------------------- answers, rewards
+# --------------------------------------------------------------------------- answers
+# (the GREC reward terms, R_u and R_e of Eq. 8-9: `mcr_swift.rewards.grec_reward_terms`)
 def answer_boxes(entities: Sequence[Entity]) -> List[Box]:
     """The boxes a parsed GREC answer gives (the first box of each item, in order)."""
     return [e.box for e in entities if e.boxes]
-
-
-def grec_reward_terms(pred: Sequence[Entity], gold: Sequence[Entity], sigma: float = DEFAULT_SIGMA
-                      ) -> Dict[str, float]:
-    """R_u (Eq. 8) and R_e (Eq. 9) of a GREC answer against its one gold expression.
-
-    The answer is reduced to its location: no box -> None, one box -> that box; it is compared with
-    the gold location as one matched pair (both None -> R_u = 1; Eq. 8's IoU mapping otherwise).
-    An answer with several boxes localises nothing (GREC counts a one-target sample right only with
-    exactly one correct box): R_u = 0, and R_e = 1 iff the gold has a target.
-    """
-    if len(gold) != 1:
-        raise ValueError(f"a GREC row has exactly one gold expression, got {len(gold)}")
-    g = gold[0]
-    boxes = answer_boxes(pred)
-    if len(boxes) > 1:
-        return {"iou": 0.0, "entail": 1.0 if g.boxes else 0.0}
-    terms = reward_terms([Entity(g.text, g.type, tuple(boxes))], [g], sigma)
-    return {"iou": terms["iou"], "entail": terms["entail"]}
 
 
 # --------------------------------------------------------------------------- rows

@@ -2,8 +2,8 @@
 
 For each D2 query, G responses {o_1..o_G} are sampled from the current policy (the MRSI checkpoint
 served by ``swift deploy`` or ``vllm serve``: any OpenAI-compatible endpoint) and scored with the
-CVO reward R (Eq. 10, ``gmner_orm``: `mcr_swift.plugin.orms.GMNERReward`, the very function GRPO
-uses). The query is kept only if
+CVO reward R (Eq. 10: `mcr_swift.scoring.score_row`, the very function GRPO's ``gmner_orm``
+calls). The query is kept only if
 
     std(r) >= 0.1,   max(r) >= 0.8,   0.08 <= median(r) <= 0.6          (App. D.3)
 
@@ -116,8 +116,17 @@ def _seed(seed: int, pid: str, k: int) -> int:
     return (zlib.crc32(f"{seed}:{pid}:{k}".encode()) & 0x7FFFFFFF)
 
 
-def _reward_columns(q: Mapping[str, Any], n: int) -> Dict[str, List[Any]]:
-    return {k: [v] * n for k, v in q.items() if k.startswith("mcr_")}
+def _score_group(texts: Sequence[str], q: Mapping[str, Any], config, skipped: Counter) -> List[float]:
+    """R (Eq. 10) of each rollout of query ``q`` (`mcr_swift.scoring.score_row`); a rollout whose row
+    cannot be scored gets 0.0, as in GRPO, and is counted in ``skipped`` by reason."""
+    from ..scoring import score_row
+    out = []
+    for t in texts:
+        s = score_row(t, q, config)
+        if s.skipped is not None:
+            skipped[s.skipped] += 1
+        out.append(float(s.reward))
+    return out
 
 
 def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int = DEFAULT_G,
@@ -127,7 +136,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
               cache_path: Optional[Path] = None, progress: bool = True, source: str = "input") -> Dict[str, Any]:
     """Sample, score, decide; writes ``out`` (kept queries), ``out.stats.jsonl`` and the summary."""
     from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
-    from ..plugin.orms import GMNERReward
+    from ..scoring import RewardConfig
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +179,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         return ChatResult(r.texts[:1] * g, r.finish_reasons[:1] * g, r.prompt_tokens, r.completion_tokens)
     run_jobs(jobs, work if temperature > 0 else work_greedy, cache, concurrency=concurrency, desc="cvo-filter", progress=progress, stats=st)
 
-    reward = GMNERReward()
+    reward = RewardConfig.from_env()
+    skipped: Counter = Counter()
     kept, records, fails = [], [], Counter()
     values: Dict[str, List[float]] = {"std": [], "max": [], "median": []}
     tokens = Counter()
@@ -184,7 +194,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         texts = res.texts[:g]
         tokens["prompt"] += res.prompt_tokens
         tokens["completion"] += res.completion_tokens
-        rewards = [float(x) for x in reward(texts, **_reward_columns(q, len(texts)))]
+        rewards = _score_group(texts, q, reward, skipped)
         s = group_stats(rewards, thresholds.std_ddof)
         why = decide(s, thresholds)
         for k in values:
@@ -212,6 +222,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         # the scoring GRPO will use: the reward's settings and the coordinate space it compares in
         "reward": {"weights": list(reward.weights), "sigma": reward.sigma, "unmatched": reward.unmatched,
                    "space_mode": reward.space_mode},
+        # rollouts of queries whose row could not be scored (scored 0.0, as in GRPO), by reason
+        "unscorable_rollouts": sum(skipped.values()), "unscorable_reasons": dict(skipped),
         "space": _space_dict(),
     }
     if complete:
@@ -239,6 +251,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
         if d.get("n"):
             lines.append(f"{k:<8}" + "".join(f"{d[x]:>7.3f}" for x in ("min", "p10", "p25", "p50", "p75", "p90",
                                                                         "max", "mean")))
+    if s.get("unscorable_rollouts"):
+        lines.append(f"unscorable rollouts (scored 0.0): {s['unscorable_rollouts']} "
+                     + "; ".join(f"{k}: {v}" for k, v in s["unscorable_reasons"].items()))
     r = s["requests"]
     lines.append(f"requests: {r['total']} ({r['cached']} cached, {r['done']} sent, {r['retries']} retried, "
                  f"{r['failed']} failed); tokens {s['tokens']}")

@@ -88,3 +88,21 @@ def test_cli(tmp_path, capsys):
     bad.write_text('{"mcr_id": 1}\nnot json\n', encoding="utf-8")
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         main(["--input", str(bad), "--out-dir", str(out)])
+
+
+def test_grounded_samples_are_a_stratum_of_their_own():
+    """Grounded samples (a box in the gold) are stratified like a style mix: two grounded posts of one
+    mix split one to each half, and a lone grounded sample of the first task goes to D1, so MRSI always
+    trains on a box when D_R has one (the tiny run's trained-posts check relies on it)."""
+    box = json.dumps([{"entity": "A", "type": "PER", "boxes": [[1, 2, 3, 4]]}])
+    nobox = json.dumps([{"entity": "B", "type": "LOC", "boxes": []}])
+    rows = [{"mcr_id": f"p{i}", "mcr_style": "formatted_a", "mcr_gold": box if i in (3, 6) else nobox}
+            for i in range(8)]
+    d1, d2 = split_by_post(rows, 0.5, seed=0)
+    grounded = lambda half: sorted(r["mcr_id"] for r in half if r["mcr_gold"] == box)
+    assert len(d1) == len(d2) == 4 and grounded(d1) and grounded(d2)
+    assert len(grounded(d1)) == len(grounded(d2)) == 1
+    for lone in range(8):   # one grounded sample, wherever it stands: it lands in D1
+        rows1 = [{**r, "mcr_gold": box if i == lone else nobox} for i, r in enumerate(rows)]
+        d1, _ = split_by_post(rows1, 0.5, seed=lone)
+        assert [r["mcr_id"] for r in d1 if r["mcr_gold"] == box] == [f"p{lone}"]

@@ -1,11 +1,13 @@
 """Split the multi-style CoT set D_R into D1 (MRSI SFT) and D2 = D_R \\ D1 (CVO), App. D.3 / Sec. 4.2.2.
 
-By sample (``mcr_task``, ``mcr_id``), stratified by task and style mix with a systematic cut; D1 ratio 0.5 by
+By sample (``mcr_task``, ``mcr_id``), stratified by task, grounding (a gold box or not) and style mix with a
+systematic cut; D1 ratio 0.5 by
 default (the paper is silent). Details: docs/pipeline.md (D1/D2 split).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 from collections import Counter, defaultdict
@@ -28,7 +30,8 @@ def _style(row: Mapping[str, Any]) -> str:
 
 def split_by_post(rows: Sequence[Mapping[str, Any]], d1_ratio: float = DEFAULT_D1_RATIO,
                   seed: int = 0) -> Tuple[List[Mapping[str, Any]], List[Mapping[str, Any]]]:
-    """``(d1, d2)``: the rows split by post, stratified by style mix, deterministic per ``seed``.
+    """``(d1, d2)``: the rows split by sample, stratified by task, grounding and style mix, deterministic
+    per ``seed``.
 
     Rows keep their input order on each side. Raises ValueError if ``d1_ratio`` is not strictly
     between 0 and 1 or a row has no ``mcr_id``.
@@ -40,17 +43,22 @@ def split_by_post(rows: Sequence[Mapping[str, Any]], d1_ratio: float = DEFAULT_D
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"d1_ratio must be strictly between 0 and 1, got {d1_ratio!r}")
     styles: Dict[Tuple[str, str], List[str]] = defaultdict(list)
+    located: Dict[Tuple[str, str], bool] = {}
     for i, row in enumerate(rows):
         pid = row.get("mcr_id")
         if pid is None:
             raise ValueError(f"row {i} has no 'mcr_id'")
         styles[_sample(row)].append(_style(row))
-    strata: Dict[Tuple[str, Tuple[str, ...]], List[Tuple[str, str]]] = defaultdict(list)
+        located[_sample(row)] = located.get(_sample(row), False) or _located(row)
+    # strata: task, then grounded samples first (a box in the gold), then style mix; the systematic cut
+    # below alternates over this order, so each half gets its share of every stratum, grounded samples
+    # included (the first grounded sample of the first task always goes to D1)
+    strata: Dict[Tuple[str, bool, Tuple[str, ...]], List[Tuple[str, str]]] = defaultdict(list)
     for key, ss in styles.items():
-        strata[(key[0], tuple(sorted(ss)))].append(key)
+        strata[(key[0], not located[key], tuple(sorted(ss)))].append(key)
     ordered: List[Tuple[str, str]] = []
-    for task, mix in sorted(strata):
-        samples = sorted(strata[(task, mix)])
+    for task, _ungrounded, mix in sorted(strata):
+        samples = sorted(strata[(task, _ungrounded, mix)])
         random.Random(f"{seed}:{'|'.join(mix)}" if task == "gmner" else f"{seed}:{task}:{'|'.join(mix)}"
                       ).shuffle(samples)
         ordered += samples
@@ -59,6 +67,15 @@ def split_by_post(rows: Sequence[Mapping[str, Any]], d1_ratio: float = DEFAULT_D
     d1 = [r for r in rows if _sample(r) in in_d1]
     d2 = [r for r in rows if _sample(r) not in in_d1]
     return d1, d2
+
+
+def _located(row: Mapping[str, Any]) -> bool:
+    """True when the row's gold (``mcr_gold``) has a box: a grounded sample."""
+    try:
+        gold = json.loads(row.get("mcr_gold") or "[]")
+        return any(isinstance(e, dict) and e.get("boxes") for e in gold)
+    except (TypeError, ValueError):
+        return False
 
 
 def _sample(row: Mapping[str, Any]) -> Tuple[str, str]:

@@ -66,49 +66,45 @@ CACHE_MAX_TEXT = 16384
 
 
 # --------------------------------------------------------------------------- configuration
+def _from_env(env, name: str, default, parse):
+    """The setting ``name`` of ``env`` (default os.environ) read by ``parse``; ``default`` when unset or
+    empty; a bad value raises ValueError naming ``name=value``."""
+    env = os.environ if env is None else env
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise ValueError(f"{name}={raw!r}: {e}") from None
+
+
+def _parse_weights(raw: str) -> Tuple[float, ...]:
+    parts = [p.strip() for p in raw.replace(";", ",").split(",") if p.strip()]
+    if any("=" in p for p in parts):
+        d = {}
+        for p in parts:
+            k, sep, v = p.partition("=")
+            if not sep:
+                raise ValueError(f"MCR_REWARD_WEIGHTS={raw!r}: mix of name=value and bare values")
+            d[k.strip()] = float(v)
+        return normalize_weights(d)
+    return normalize_weights([float(p) for p in parts])
+
+
 def weights_from_env(env=None) -> Tuple[float, ...]:
     """The lambdas from ``MCR_REWARD_WEIGHTS`` (module docstring); defaults when unset/empty."""
-    env = os.environ if env is None else env
-    raw = (env.get("MCR_REWARD_WEIGHTS") or "").strip()
-    if not raw:
-        return normalize_weights(None)
-    parts = [p.strip() for p in raw.replace(";", ",").split(",") if p.strip()]
-    try:
-        if any("=" in p for p in parts):
-            d = {}
-            for p in parts:
-                k, sep, v = p.partition("=")
-                if not sep:
-                    raise ValueError(f"MCR_REWARD_WEIGHTS={raw!r}: mix of name=value and bare values")
-                d[k.strip()] = float(v)
-            return normalize_weights(d)
-        return normalize_weights([float(p) for p in parts])
-    except ValueError as e:
-        raise ValueError(f"MCR_REWARD_WEIGHTS={raw!r}: {e}") from None
+    return _from_env(env, "MCR_REWARD_WEIGHTS", normalize_weights(None), _parse_weights)
 
 
 def sigma_from_env(env=None) -> float:
     """``MCR_IOU_SIGMA`` (sigma of Eq. 8; default 0.5)."""
-    env = os.environ if env is None else env
-    raw = (env.get("MCR_IOU_SIGMA") or "").strip()
-    if not raw:
-        return DEFAULT_SIGMA
-    try:
-        return _check_sigma(float(raw))
-    except ValueError as e:
-        raise ValueError(f"MCR_IOU_SIGMA={raw!r}: {e}") from None
+    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: _check_sigma(float(raw)))
 
 
 def unmatched_from_env(env=None) -> str:
     """``MCR_UNMATCHED`` (``drop`` or ``zero``; default ``drop``)."""
-    env = os.environ if env is None else env
-    raw = (env.get("MCR_UNMATCHED") or "").strip()
-    if not raw:
-        return DEFAULT_UNMATCHED
-    try:
-        return check_unmatched(raw)
-    except ValueError as e:
-        raise ValueError(f"MCR_UNMATCHED={raw!r}: {e}") from None
+    return _from_env(env, "MCR_UNMATCHED", DEFAULT_UNMATCHED, check_unmatched)
 
 
 def space_mode_from_env(env=None) -> str:

@@ -87,6 +87,24 @@ def _answer_json(w: _Writer, items: Sequence[Tuple[Entity, Optional[Box]]],
     return "[" + ", ".join(parts) + "]"
 
 
+def _recognise_and_type(sample: Sample, rng: random.Random, walk, steps: Dict[str, str]) -> None:
+    """Route A's recognition (C_s, from the text) and typing (C_t, text and knowledge) steps, shared by
+    the GMNER and MNER-MI chains: ``steps["s"]`` and ``steps["t"]``."""
+    names = ", ".join(_q(e.text) for e, _ in walk)
+    steps["s"] = rng.choice((
+        f"From the text alone, the named entities are {names}.",
+        f"Scanning the sentence for named entities gives {len(walk)} span(s): {names}.",
+        f"The sentence mentions the following entities: {names}.",
+    ))
+    lines = []
+    for e, _ in walk:
+        ctx = _context(sample, e.text)
+        where = f' (in "{ctx}")' if ctx else ""
+        lines.append(f"{_q(e.text)}{where} is {_gloss(rng, e.type)}, so its type is {e.type}.")
+    steps["t"] = rng.choice(("Using the wording of the sentence and world knowledge: ",
+                             "Judging from the text semantics: ", "")) + " ".join(lines)
+
+
 def _chain_a(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, Tuple[str, ...]]:
     w = _Writer()
     order = rng.choice(STEP_ORDERS_A)
@@ -102,19 +120,7 @@ def _chain_a(sample: Sample, rng: random.Random, items) -> Tuple[str, _Writer, T
         steps["e"] = "With no entity from the text, no image region has to be checked."
         steps["u"] = "Nothing is entailed by the image, so nothing is grounded."
     else:
-        names = ", ".join(_q(e.text) for e, _ in walk)
-        steps["s"] = rng.choice((
-            f"From the text alone, the named entities are {names}.",
-            f"Scanning the sentence for named entities gives {len(walk)} span(s): {names}.",
-            f"The sentence mentions the following entities: {names}.",
-        ))
-        lines = []
-        for e, _ in walk:
-            ctx = _context(sample, e.text)
-            where = f' (in "{ctx}")' if ctx else ""
-            lines.append(f"{_q(e.text)}{where} is {_gloss(rng, e.type)}, so its type is {e.type}.")
-        steps["t"] = rng.choice(("Using the wording of the sentence and world knowledge: ",
-                                 "Judging from the text semantics: ", "")) + " ".join(lines)
+        _recognise_and_type(sample, rng, walk, steps)
         ent = []
         for e, _ in seen:
             ent.append(rng.choice((f"{_q(e.text)} is depicted in the image.",
@@ -216,19 +222,7 @@ def _chain_a_mner_mi(sample: Sample, rng: random.Random, items) -> Tuple[str, _W
         steps["v"] = (f"Looking at {imgs}: an entity is never added from an image, so they change "
                       "nothing; this task asks for no location.")
     else:
-        names = ", ".join(_q(e.text) for e, _ in walk)
-        steps["s"] = rng.choice((
-            f"From the text alone, the named entities are {names}.",
-            f"Scanning the sentence for named entities gives {len(walk)} span(s): {names}.",
-            f"The sentence mentions the following entities: {names}.",
-        ))
-        lines = []
-        for e, _ in walk:
-            ctx = _context(sample, e.text)
-            where = f' (in "{ctx}")' if ctx else ""
-            lines.append(f"{_q(e.text)}{where} is {_gloss(rng, e.type)}, so its type is {e.type}.")
-        steps["t"] = rng.choice(("Using the wording of the sentence and world knowledge: ",
-                                 "Judging from the text semantics: ", "")) + " ".join(lines)
+        _recognise_and_type(sample, rng, walk, steps)
         steps["v"] = rng.choice((
             f"Checking {imgs}: they serve only as supporting evidence for the types and never add or "
             "remove an entity of the sentence.",

@@ -129,7 +129,9 @@ case "$PROFILE" in
     fi
     SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-2}
     # generation lengths cover a whole D_R chain (<think>...</think><answer>[...]</answer>, <= ~270 tokens)
-    GRPO_MAX_STEPS=${GRPO_MAX_STEPS:-2}; GRPO_BATCH_SIZE=${GRPO_BATCH_SIZE:-4}; NUM_GENERATIONS=${NUM_GENERATIONS:-4}
+    # GRPO: 3 steps of 2 prompts x 4 generations: 6 of D2's queries, so some are GMNER / MNER-MI rows,
+    # whose F1 the curves show (a GREC row has none), whatever the shuffle
+    GRPO_MAX_STEPS=${GRPO_MAX_STEPS:-3}; GRPO_BATCH_SIZE=${GRPO_BATCH_SIZE:-8}; NUM_GENERATIONS=${NUM_GENERATIONS:-4}
     USE_VLLM=${USE_VLLM:-false}; INFER_BACKEND=${INFER_BACKEND:-transformers}
     MAX_COMPLETION_LENGTH=${MAX_COMPLETION_LENGTH:-320}; MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-320}
     SYNTH_TEMPERATURE=${SYNTH_TEMPERATURE:-0}; SYNTH_MAX_TOKENS=${SYNTH_MAX_TOKENS:-32}; SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-2}

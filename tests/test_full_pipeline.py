@@ -70,7 +70,7 @@ def test_full_pipeline_on_cpu_then_resume(tmp_path):
     assert (grpo["learning_rate"], grpo["warmup_ratio"], grpo["temperature"], grpo["top_k"], grpo["top_p"],
             grpo["beta"], grpo["epsilon"], grpo["epsilon_high"]) == (5e-6, 0.05, 1.5, 200, 0.95, 0.005, 0.15, 0.25)
     # Eq. 10 trains; the terms and the per-completion F1 are logged with weight 0 (LOG_REWARD_TERMS, curves)
-    assert grpo["reward_funcs"][0] == "gmner_orm" and "gmner_f1" in grpo["reward_funcs"] and grpo["max_steps"] == 2
+    assert grpo["reward_funcs"][0] == "gmner_orm" and "gmner_f1" in grpo["reward_funcs"] and grpo["max_steps"] == 3
     assert grpo["reward_weights"][0] == 1 and set(grpo["reward_weights"][1:]) == {0}
     m = r["metrics"]
     assert m["posts"] == 8 and set(m["metrics"]) >= {"gmner", "mner", "eeg", "n"}
@@ -84,11 +84,12 @@ def test_full_pipeline_on_cpu_then_resume(tmp_path):
     gold_boxes = sum(bool(e["boxes"]) for l in (run / "trained_eval/posts.jsonl").read_text().splitlines()
                      for e in json.loads(json.loads(l)["mcr_gold"]))
     assert gold_boxes > 0   # the check includes grounded entities: boxes are scored, not only spans
-    # ... and CVO sees a signal: GRPO starts from the merged MRSI model and a logged step has reward_std > 0
+    # ... and CVO sees a signal: GRPO starts from the MRSI checkpoint and a logged step has reward_std > 0
     assert grpo["model"] == (run / "mrsi_sft/last_checkpoint.txt").read_text().strip()
     steps = r["grpo_steps"]
-    assert len(steps) == 2 and max(s["reward_std"] for s in steps) > 0, steps
-    assert all("rewards/GMNERF1Reward/mean" in s for s in steps)
+    assert len(steps) == 3 and max(s["reward_std"] for s in steps) > 0, steps
+    # the F1 of GMNER / MNER-MI rows (a step of GREC rows alone logs none): 6 of D2's 8 queries, at most 3 GREC
+    assert any("rewards/GMNERF1Reward/mean" in s for s in steps), steps
     assert {"curves/reward.png", "curves/reward_terms.png", "curves/f1.png", "curves/loss.png"} <= set(r["curves"])
     md = (run / "report.md").read_text()
     assert "## Trained posts (memorisation check" in md and "](curves/reward.png)" in md

@@ -20,15 +20,26 @@ from .rows import sample_to_row
 from .standin import DEFAULT_SIZE, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
 from ..entities import Box, Entity, Sample
+from ..coords import CoordinateSpace, apply_image_budget, budget_from_env
 
 #: ``--dataset`` -> (output sub-folder, default splits)
 DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", mner_mod.SPLITS),
             "grec": ("grec", grec_mod.SPLITS)}
 
 
-def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool) -> None:
-    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`)."""
+#: ``image_budget``: (the run's `CoordinateSpace`, tokens per post) or None (docs/decisions.md).
+ImageBudget = Optional[Tuple[CoordinateSpace, int]]
+
+
+def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool,
+                image_budget: ImageBudget = None) -> None:
+    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`); with ``image_budget`` every row whose
+    images exceed the post budget carries its per-image ``chat_template_kwargs.max_pixels``
+    (`coords.apply_image_budget`)."""
     from tqdm import tqdm
+    if image_budget is not None:
+        space, tokens = image_budget
+        rows = (apply_image_budget(r, space, tokens) for r in rows)
     write_jsonl_atomic(path, tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"))
 
 
@@ -53,7 +64,8 @@ def _summary(out: Path, summary: Dict[str, Dict]) -> Dict[str, Dict]:
 def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, image_dir=None,
                           standin_dir=None, limit: Optional[int] = None, on_error: str = "raise",
                           family: str = "qwen2_5_vl", multi_box: str = "largest", tags: str = "conlleval",
-                          verify_images: str = "full", progress: bool = True) -> Dict[str, Dict]:
+                          verify_images: str = "full", progress: bool = True,
+                          image_budget: ImageBudget = None) -> Dict[str, Dict]:
     """Prepare ``splits`` of the release at ``root``; returns the per-split summary.
 
     ``tags``: how BIO tags are read (`twitter.TAG_MODES`); ``verify_images``: "full" decodes every
@@ -82,7 +94,7 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
                                      tags=tags, verify_images=verify_images == "full")
         path = out / f"{split}.jsonl"
         _write_rows(path, (sample_to_row(s, family=family, multi_box=multi_box) for s in samples),
-                    len(samples), f"prepare {split}", progress)
+                    len(samples), f"prepare {split}", progress, image_budget)
         rep = samples.report
         summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
                           "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,
@@ -94,7 +106,8 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
 
 def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, image_dir=None,
                     twitter2017_dir=None, standin_dir=None, variant: str = "mi", limit: Optional[int] = None,
-                    on_error: str = "raise", progress: bool = True) -> Dict[str, Dict]:
+                    on_error: str = "raise", progress: bool = True, image_budget: ImageBudget = None
+                    ) -> Dict[str, Dict]:
     """Prepare MNER-MI (``variant="plus"``: MNER-MI-Plus) into ``<out_dir>/mner_mi/<split>.jsonl``
     (split names train, dev, test; the release's ``val`` is written as dev)."""
     if image_dir is None and standin_dir is None:
@@ -116,7 +129,7 @@ def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, i
                                         variant=variant, on_error=on_error, limit=limit)
         path = out / f"{name}.jsonl"
         _write_rows(path, (mner_mod.mner_mi_row(s, name) for s in samples), len(samples),
-                    f"prepare mner_mi {name}", progress)
+                    f"prepare mner_mi {name}", progress, image_budget)
         rep = samples.report
         summary[name] = {**rep.as_dict(), "rows": len(samples), "file": str(path), "variant": variant}
         print(f"[prepare] mner_mi {rep.summary()} -> {path}", file=sys.stderr)
@@ -127,7 +140,7 @@ def prepare_grec(root, out_dir, *, splits: Sequence[str] = grec_mod.SPLITS, imag
                  refs_file=None, instances_file=None, train_size: Optional[int] = grec_mod.DEFAULT_TRAIN_SIZE,
                  seed: int = 0, text_field: str = "sent", entity_type: str = grec_mod.DEFAULT_TYPE,
                  limit: Optional[int] = None, on_error: str = "raise", family: str = "qwen2_5_vl",
-                 progress: bool = True) -> Dict[str, Dict]:
+                 progress: bool = True, image_budget: ImageBudget = None) -> Dict[str, Dict]:
     """Prepare gRefCOCO as GREC into ``<out_dir>/grec/<split>.jsonl``: one row per referring
     sentence, multi-target refs removed (App. E.1), train reduced to ``train_size`` sentences
     (None: all)."""
@@ -152,7 +165,7 @@ def prepare_grec(root, out_dir, *, splits: Sequence[str] = grec_mod.SPLITS, imag
         chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
         path = out / f"{split}.jsonl"
         _write_rows(path, (grec_mod.grec_row(s, split, family=family) for s in chosen), len(chosen),
-                    f"prepare grec {split}", progress)
+                    f"prepare grec {split}", progress, image_budget)
         rep = samples.report
         summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path)}
         if split == "train":
@@ -205,13 +218,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="sentence field used as the expression")
     gr.add_argument("--grec-type", default=grec_mod.DEFAULT_TYPE,
                     help="the answer's type for an expression (default OTHER)")
+    bud = p.add_argument_group("per-post image budget (docs/decisions.md)")
+    bud.add_argument("--image-token-budget", type=int, default=None,
+                     help="image tokens one post's images may take together (default $MCR_IMAGE_TOKEN_BUDGET, "
+                          "else 2048; 0: off); a row over it gets its per-image chat_template_kwargs.max_pixels")
+    bud.add_argument("--max-pixels", type=int, default=None,
+                     help="the run's smart-resize max pixels the budget starts from (default $MAX_PIXELS or "
+                          "IMAGE_MAX_TOKEN_NUM, as ms-swift reads them)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     splits = a.splits or list(DATASETS[a.dataset][1])
     for split in splits:
         plain_name(split, "--splits value")  # each names <out>/<dataset>/<split>.jsonl
+    env_space = CoordinateSpace.from_env(a.family)
+    space = env_space if a.max_pixels is None else CoordinateSpace(
+        env_space.family, env_space.min_pixels, a.max_pixels, env_space.template_max_pixels)
+    tokens = budget_from_env() if a.image_token_budget is None else max(0, a.image_token_budget)
     common = dict(splits=splits, image_dir=a.image_dir, standin_dir=a.standin_images, limit=a.limit,
-                  on_error=a.on_error, progress=not a.no_progress)
+                  on_error=a.on_error, progress=not a.no_progress,
+                  image_budget=(space, tokens) if tokens else None)
     if a.dataset == "mner_mi":
         summary = prepare_mner_mi(a.root, a.out, twitter2017_dir=a.twitter2017_image_dir, variant=a.variant,
                                   **common)

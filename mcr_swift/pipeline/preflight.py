@@ -12,7 +12,7 @@ rows), without model weights:
   ``chat_template_kwargs.max_pixels`` (`mcr_swift.coords.CoordinateSpace.for_row`, the space the
   rewards use);
 * target tokens: the assistant turn with its ``<bbox>`` placeholders filled in model space as ms-swift
-  renders them (``[x1, y1, x2, y2]``), plus the closing ``<|im_end|>``;
+  renders them (``[x1, y1, x2, y2]``), plus the closing ``<|im_end|>`` and newline (ms-swift's labels);
 
 and compares them with ``max_length`` (prompt + target: SFT), ``max_completion_length`` (target: the
 GRPO / filter cap) and ``vllm_max_model_len`` (prompt + max_completion_length). It prints one table per
@@ -47,6 +47,9 @@ LIMITS = (("max_length", "--max-length", "MAX_LENGTH"),
 DEFAULT_MAX_LENGTH = 4096
 DEFAULT_MAX_COMPLETION = 1024
 SHOW_ROWS = 5
+#: ms-swift's Qwen template ends an assistant turn with ``<|im_end|>`` and a newline, both labels
+#: (measured: tests/test_swift_preflight.py).
+TARGET_END_TOKENS = 2
 
 
 # --------------------------------------------------------------------------- counting
@@ -68,6 +71,16 @@ class TokenCounter:
             except (OSError, ValueError) as e:
                 raise ValueError(f"unreadable image {path} ({type(e).__name__}: {e})") from None
         return self._sizes[path]
+
+    def target_tokens(self, content: str, row: Mapping[str, Any], space: Optional[CoordinateSpace] = None,
+                      sizes: Optional[Sequence[Tuple[int, int]]] = None) -> int:
+        """Tokens of an assistant turn as ms-swift trains it (`target_text`) plus the template's
+        ``<|im_end|>`` and newline (its labels); a GRPO rollout of that chain is one shorter. ``space``
+        defaults to the row's (`CoordinateSpace.for_row`), ``sizes`` to its ``mcr_image_sizes``."""
+        space = self.space.for_row(row) if space is None else space
+        sizes = [tuple(s) for s in row.get("mcr_image_sizes") or []] if sizes is None else sizes
+        text = target_text(content, row, space, sizes)
+        return len(self.tok(text, add_special_tokens=False)["input_ids"]) + TARGET_END_TOKENS
 
     def _render(self, text: str, images: int) -> str:
         return text.replace("<image>", VISION_START + VISION_END) if images else text
@@ -94,8 +107,7 @@ class TokenCounter:
         prompt = len(ids) + sum(img_tokens)
         target = 0
         if last_assistant is not None:
-            text = target_text(str(msgs[last_assistant].get("content", "")), row, space, sizes)
-            target = len(self.tok(text, add_special_tokens=False)["input_ids"]) + 1  # + <|im_end|>
+            target = self.target_tokens(str(msgs[last_assistant].get("content", "")), row, space, sizes)
         return {"prompt": prompt, "image": sum(img_tokens), "images": len(images), "target": target,
                 "has_target": last_assistant is not None, "sizes": sizes, "image_tokens": img_tokens}
 
@@ -242,8 +254,23 @@ def to_tsv(result: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- disk arithmetic
 def model_parameters(model_dir: Path, dtype_bytes: int) -> Optional[int]:
-    """Parameter count of a model folder from its weight files (safetensors index ``total_size``, else
-    the size of its ``*.safetensors``) divided by ``dtype_bytes``; None when it holds no weights."""
+    """Parameter count of a model folder: the tensor shapes in its ``*.safetensors`` headers (read
+    without loading a weight), else its safetensors index's ``total_size`` / ``dtype_bytes``; None when
+    it holds neither."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        n = 0
+        for f in files:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                try:
+                    header = json.loads(fh.read(size))
+                except ValueError:
+                    raise ValueError(f"{f}: not a safetensors file (bad header)") from None
+            for k, v in header.items():
+                if k != "__metadata__":
+                    n += math.prod(v.get("shape") or [1])
+        return n
     idx = model_dir / "model.safetensors.index.json"
     if idx.is_file():
         try:
@@ -252,8 +279,7 @@ def model_parameters(model_dir: Path, dtype_bytes: int) -> Optional[int]:
             total = None
         if total:
             return int(total) // dtype_bytes
-    files = list(model_dir.glob("*.safetensors"))
-    return sum(f.stat().st_size for f in files) // dtype_bytes if files else None
+    return None
 
 
 def lora_parameters(model_dir: Path, rank: int) -> Optional[int]:

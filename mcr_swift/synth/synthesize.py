@@ -300,8 +300,12 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
                cache_path: Optional[Path] = None, concurrency: int = 8, retry=None, temperature: float =
                DEFAULT_TEMPERATURE, top_p: Optional[float] = None, max_tokens: int = DEFAULT_MAX_TOKENS,
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
-               progress: bool = True, source: str = "input") -> Dict[str, Any]:
-    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`."""
+               progress: bool = True, source: str = "input", length_counter=None,
+               max_completion: Optional[int] = None) -> Dict[str, Any]:
+    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`.
+    With ``length_counter`` (a `mcr_swift.pipeline.preflight.TokenCounter`) and ``max_completion``, a
+    chain (template or API) longer than ``max_completion`` tokens is rejected (``too_long``): GRPO's
+    rollouts and the filter's samples are capped there, so such a chain could never be written whole."""
     from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
     retry = retry or RetryPolicy()
     out = Path(out)
@@ -341,6 +345,13 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
             break
     produced: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
+
+    def too_long(out_row: Mapping[str, Any]) -> Optional[int]:
+        """The chain's tokens when they exceed ``max_completion`` (GRPO's completion cap), else None."""
+        if length_counter is None or not max_completion:
+            return None
+        n = length_counter.target_tokens(out_row["messages"][-1]["content"], out_row)
+        return n if n > max_completion else None
     per: Dict[str, Counter] = defaultdict(Counter)
     by_task: Dict[str, Counter] = defaultdict(Counter)  # task -> style -> produced rows
     for i, style in plan:
@@ -349,7 +360,15 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         if style in TEMPLATE_STYLES:
             text, boxes = template_chain(smp, style, seed, multi_box, tasks[i])
             refs = [_ref_for(smp.entities, b) for b in boxes]
-            produced.append(chain_row(row, style, text, boxes, refs))
+            out_row = chain_row(row, style, text, boxes, refs)
+            n_tok = too_long(out_row)
+            if n_tok is not None:
+                c["rejected"] += 1
+                c["rejected:too_long"] += 1
+                rejected.append({"mcr_id": smp.id, "mcr_style": style, "reason": "too_long", "tokens": n_tok,
+                                 "text": text})
+                continue
+            produced.append(out_row)
             c["produced"] += 1
             by_task[tasks[i]][style] += 1
             continue
@@ -369,12 +388,20 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
             rejected.append({"mcr_id": smp.id, "mcr_style": style, "reason": chk.reason,
                              "text": res.texts[0] if res.texts else ""})
             continue
+        out_row = chain_row(row, style, chk.text, chk.boxes, chk.refs,
+                            {"mcr_synth": {"model": endpoints[style].model, "status": chk.status}})
+        n_tok = too_long(out_row)
+        if n_tok is not None:  # a GRPO rollout of this length is cut before </answer> (issue 21)
+            c["rejected"] += 1
+            c["rejected:too_long"] += 1
+            rejected.append({"mcr_id": smp.id, "mcr_style": style, "reason": "too_long", "tokens": n_tok,
+                             "text": res.texts[0] if res.texts else ""})
+            continue
         c["produced"] += 1
         c[chk.status] += 1
         c["literal_boxes"] += chk.literal_boxes
         by_task[tasks[i]][style] += 1
-        produced.append(chain_row(row, style, chk.text, chk.boxes, chk.refs,
-                                  {"mcr_synth": {"model": endpoints[style].model, "status": chk.status}}))
+        produced.append(out_row)
     complete = all(not st.failed and not st.interrupted for st in stats.values()) and \
         not any(c["missing"] for c in per.values())
     summary = {
@@ -384,7 +411,8 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         "endpoints": {s: endpoints[s].describe() for s in styles if s in endpoints},
         "cache": {"path": str(cache.path), "records": len(cache), "torn_lines_dropped": cache.torn},
         "rows": len(produced), "out": str(out) if complete else None,
-        "per_post": per_post, "input_per_task": dict(sorted(Counter(tasks).items())),
+        "per_post": per_post, "max_completion_length": max_completion if length_counter is not None else None,
+        "input_per_task": dict(sorted(Counter(tasks).items())),
         "planned_per_task": {t: dict(Counter(s for i, s in plan if tasks[i] == t)) for t in sorted(set(tasks))},
         "produced_per_task": {t: dict(by_task[t]) for t in sorted(by_task)},
     }
@@ -448,7 +476,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
     p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
+    ln = p.add_argument_group("chain length (issue 21)")
+    ln.add_argument("--max-completion-length", type=int, default=None,
+                    help="reject a chain longer than N tokens (the GRPO / filter completion cap, e.g. 1024); "
+                         "needs --tokenizer")
+    ln.add_argument("--tokenizer", default=None, help="local model folder whose tokenizer counts the chain")
+    from ..coords import add_space_args
+    add_space_args(p)  # the run's resize: a chain's boxes are counted as the model writes them
     a = p.parse_args(argv)
+    if a.max_completion_length and not a.tokenizer:
+        p.error("--max-completion-length needs --tokenizer (a local model folder)")
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
@@ -479,13 +516,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EndpointError as e:
         print(f"mcr-swift synth: {e}", file=sys.stderr)
         return 2
+    counter = None
+    if a.max_completion_length:
+        from ..coords import space_from_args
+        from ..pipeline.preflight import TokenCounter, load_tokenizer
+        counter = TokenCounter(load_tokenizer(a.tokenizer), space_from_args(a))
     try:
         summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
                              cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
                              retry=RetryPolicy.from_args(a), temperature=a.temperature,
                              top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                              repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
-                             source=", ".join(a.input))
+                             source=", ".join(a.input), length_counter=counter,
+                             max_completion=a.max_completion_length)
     except EndpointError as e:
         print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
         return 2

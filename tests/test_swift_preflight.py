@@ -31,7 +31,7 @@ def test_counts_agree_with_ms_swift_template_encode(tmp_path, prepared, tiny_mod
     rows += [r for _, r, _ in iter_jsonl(tmp_path / "d" / "mner_mi" / "train.jsonl")]
     f = tmp_path / "rows.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    p = subprocess.run([sys.executable, str(REPO / "tests" / "_encode_lengths.py"), str(tiny_model), str(f)],
+    p = subprocess.run([sys.executable, str(REPO / "tests" / "_encode_labels.py"), str(tiny_model), str(f), "0", "lengths"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     encoded = json.loads(p.stdout.split("@@", 1)[1])

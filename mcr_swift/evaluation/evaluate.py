@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..coords import CoordinateSpace, add_space_args, space_from_args
+from ..files import refuse_overwriting_inputs
 from ..jsonl import iter_jsonl, write_json_atomic
 from ..data.rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, gold_from_row, row_task
 from ..entities import Entity
@@ -78,6 +79,8 @@ class GoldIndex:
 
     Several gold files may be added (`add`); an mcr_id found in two of them (e.g. a Twitter-GMNER
     and an MNER-MI post with the same number) is ambiguous and only joins by image paths and prompt.
+    One post (task, split, mcr_id) in two gold files -- the same file given twice, or a copy -- would be
+    scored twice: ValueError naming both files and lines.
     """
 
     def __init__(self, rows: Sequence[Dict[str, Any]], source: str):
@@ -85,13 +88,22 @@ class GoldIndex:
         self._id_source: Dict[str, str] = {}
         self.rows_by_source: Dict[str, List[Dict[str, Any]]] = {}
         self.ambiguous: set = set()
+        self._post_at: Dict[Tuple[str, str, str], Tuple[int, str, Any]] = {}
+        self._files = 0
         self.add(rows, source)
 
     def add(self, rows: Sequence[Dict[str, Any]], source: str) -> None:
+        self._files += 1  # one gold file given twice is two files here
         for r in rows:
             if GOLD_COLUMN not in r:
                 raise ValueError(f"{source}:{r['_line']}: gold row has no {GOLD_COLUMN!r}")
             rid = str(r.get("mcr_id"))
+            post = (row_task(r), str(r.get("mcr_split") or ""), rid)
+            first = self._post_at.setdefault(post, (self._files, source, r["_line"]))
+            if first[0] != self._files:
+                raise ValueError(f"{source}:{r['_line']}: {post[0]} post {rid} is also in gold file "
+                                 f"{first[1]}:{first[2]}; a post may be in one --gold file only (it would "
+                                 f"be scored twice)")
             if self._id_source.setdefault(rid, source) != source:
                 self.ambiguous.add(rid)
             self.by_id[rid] = r
@@ -301,6 +313,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json-out", default=None, help="write the report here (default: <first result>.metrics.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
+    refuse_overwriting_inputs([("result", r) for r in a.results] + [("--gold", g) for g in a.gold or []],
+                              [("--json-out", out)])
     space = space_from_args(a)
     gold = None
     for g in a.gold or []:
@@ -332,7 +347,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if r["dropped_items"]:
             extra.append(f"{r['dropped_items']} answer items dropped by the parser")
         print(f"{Path(r['file']).name}: " + "; ".join(extra))
-    out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
     write_json_atomic(out, reports if len(reports) > 1 else reports[0])
     print(f"report: {out}", file=sys.stderr)
     return 0

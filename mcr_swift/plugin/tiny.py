@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
-from ..argtypes import positive_int
+from ..core.argtypes import positive_int
 from ..jsonl import write_json_atomic
 
 #: Qwen2.5-VL's chat template (ChatML with <|vision_start|><|image_pad|><|vision_end|> per image),

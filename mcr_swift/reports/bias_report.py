@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..evaluation.metrics import gmner_metrics
+from ..core.metrics import gmner_metrics
 from .page import html_page, post_card
 from .pictures import render_pictures
-from ..argtypes import positive_int
+from ..core.argtypes import positive_int
 from ..files import refuse_overwriting_inputs
 from .posts import TEXTUAL_KINDS, Post, add_input_args, read_and_analyse
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..jsonl import atomic_open
-from ..argtypes import float_range
-from ..pipeline.runs import version_number
+from ..runs import version_number
+from ..core.argtypes import float_range
 
 STEP_KEY = "global_step/max_steps"
 

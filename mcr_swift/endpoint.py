@@ -450,7 +450,7 @@ def add_request_args(parser, max_tokens: int, temperature: float,
                      seed_help: str = "sent with every request (servers that honour it)") -> None:
     """Request, decoding and retry flags shared by the commands that call an endpoint (``synth``,
     ``cvo-filter``, ``baselines``, ``predict``); `RetryPolicy.from_args` reads the retry ones."""
-    from ..argtypes import env_number, non_negative_float, non_negative_int, positive_float, positive_int
+    from .core.argtypes import env_number, non_negative_float, non_negative_int, positive_float, positive_int
     # the MCR_API_TIMEOUT default is read (and range-checked, naming the variable) when the parser is built
     parser.add_argument("--timeout", type=positive_float, default=env_number("MCR_API_TIMEOUT", positive_float),
                         help="seconds per request (default $MCR_API_TIMEOUT, else 120)")

@@ -280,3 +280,17 @@ def test_prepare_writes_all_or_nothing(data_v2, tmp_path):
     ok = cli(*args, "--splits", "train")
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (out / "twitter_gmner").iterdir()) == ["dev.jsonl", "summary.json", "train.jsonl"]
+
+
+def test_report_table_may_not_replace_a_file_of_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "times.tsv").write_text("prepare\t12\n")
+    before = (run / "times.tsv").read_bytes()
+    os.symlink(run / "times.tsv", tmp_path / "link.tsv")
+    for out in (run / "times.tsv", tmp_path / "link.tsv", run / "report.md"):
+        one_line_error(cli("report", run, "--out", out), "--out")
+        assert (run / "times.tsv").read_bytes() == before
+    ok = cli("report", run, "--out", tmp_path / "table.md")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "table.md").is_file() and (run / "times.tsv").read_bytes() == before

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mcr_swift.coords import (CoordinateSpace, apply_image_budget, post_max_pixels, row_max_pixels)
-from mcr_swift.pipeline.preflight import TokenCounter, load_tokenizer, main as preflight_main
+from mcr_swift.core.coords import (CoordinateSpace, apply_image_budget, post_max_pixels, row_max_pixels)
+from mcr_swift.data.lengths import TokenCounter, load_tokenizer
+from mcr_swift.pipeline.preflight import main as preflight_main
 from tests.conftest import REPO
 
 PAPER_MAX_PIXELS = 1003520

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from mcr_swift.coords import CoordinateSpace
+from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.pipeline.preflight import TokenCounter, load_tokenizer
+from mcr_swift.data.lengths import TokenCounter, load_tokenizer
 from tests.conftest import REPO
 from tests.test_preflight import PAPER_MAX_PIXELS, write_mner_mi_fixture
 

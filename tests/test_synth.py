@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from mcr_swift.answer import BBOX_PLACEHOLDER
-from mcr_swift.synth.client import Endpoint, RetryPolicy
+from mcr_swift.core.answer import BBOX_PLACEHOLDER
+from mcr_swift.endpoint import Endpoint, RetryPolicy
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.plugin.registry import validate_jsonl
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from mcr_swift.synth.synthesize import check_chain, main as synth_main, synthesize
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 
 GOLD = [Entity("Kevin Durant", "PER", ((10, 20, 110, 220),)), Entity("MSG", "LOC", ())]
@@ -245,8 +245,8 @@ def test_ctrl_c_during_an_earlier_style_exits_130_with_the_summary_then_resumes(
 
 def test_chains_over_the_completion_cap_are_rejected(rows, tmp_path, tiny_model):
     # issue 21: a chain longer than GRPO's completion cap could never be written whole by a rollout
-    from mcr_swift.coords import CoordinateSpace
-    from mcr_swift.pipeline.preflight import TokenCounter, load_tokenizer
+    from mcr_swift.core.coords import CoordinateSpace
+    from mcr_swift.data.lengths import TokenCounter, load_tokenizer
     counter = TokenCounter(load_tokenizer(tiny_model), CoordinateSpace("qwen2_5_vl", max_pixels=1003520))
     styles = ["formatted_a", "llm_qa"]
     with FakeOpenAI(_fake_answer(rows)) as fake:

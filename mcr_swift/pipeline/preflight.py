@@ -9,7 +9,7 @@ rows), without model weights:
 * prompt tokens: the model's tokenizer and chat template over the row's user turn(s), each ``<image>``
   as ``<|vision_start|>`` + n x ``<|image_pad|>`` + ``<|vision_end|>`` where n is the image's token count
   from its real size (image header, PIL) under the run's resize settings and the row's own
-  ``chat_template_kwargs.max_pixels`` (`mcr_swift.coords.CoordinateSpace.for_row`, the space the
+  ``chat_template_kwargs.max_pixels`` (`mcr_swift.core.coords.CoordinateSpace.for_row`, the space the
   rewards use);
 * target tokens: the assistant turn with its ``<bbox>`` placeholders filled in model space as ms-swift
   renders them (``[x1, y1, x2, y2]``), plus the closing ``<|im_end|>`` and newline (ms-swift's labels);
@@ -34,6 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..core.argtypes import non_negative_int, positive_float, positive_int
 from ..core.coords import FAMILIES, add_space_args, space_from_args
 from ..data.lengths import TokenCounter, load_tokenizer
 from ..jsonl import iter_jsonl, write_json_atomic, write_text_atomic
@@ -273,22 +274,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="ms-swift template (default $TEMPLATE or qwen2_5_vl): the model family of the resize")
     add_space_args(p)
     ml = _env_limit("MAX_LENGTH", DEFAULT_MAX_LENGTH)
-    p.add_argument("--max-length", type=int, default=ml,
+    p.add_argument("--max-length", type=non_negative_int, default=ml,
                    help=f"prompt + target limit (swift --max_length; default $MAX_LENGTH or {DEFAULT_MAX_LENGTH}; 0: off)")
-    p.add_argument("--max-completion-length", type=int,
+    p.add_argument("--max-completion-length", type=non_negative_int,
                    default=_env_limit("MAX_COMPLETION_LENGTH", DEFAULT_MAX_COMPLETION),
                    help=f"target limit (GRPO/filter cap; default $MAX_COMPLETION_LENGTH or {DEFAULT_MAX_COMPLETION}; 0: off)")
-    p.add_argument("--vllm-max-model-len", type=int, default=None,
+    p.add_argument("--vllm-max-model-len", type=non_negative_int, default=None,
                    help="prompt + max completion limit (default $VLLM_MAX_MODEL_LEN, else --max-length; 0: off)")
-    p.add_argument("--accept-losses", type=int, default=0,
+    p.add_argument("--accept-losses", type=non_negative_int, default=0,
                    help="accept up to N rows over a limit on purpose (reported); default 0")
     p.add_argument("--out", default=None, help="folder for preflight.tsv and preflight.json")
     d = p.add_argument_group("disk")
     d.add_argument("--stage", action="append", default=None, metavar="NAME:TUNER:KEEP[:merge]",
                    help="a training stage's checkpoints (default mrsi_sft:lora:2:merge and cvo_grpo:lora:2:merge)")
-    d.add_argument("--params", type=float, default=None, help="model parameters (default: from its weight files)")
-    d.add_argument("--dtype-bytes", type=int, default=2, help="bytes per parameter (bf16: 2)")
-    d.add_argument("--lora-rank", type=int, default=int(os.environ.get("LORA_RANK") or 8))
+    d.add_argument("--params", type=positive_float, default=None, help="model parameters (default: from its weight files)")
+    d.add_argument("--dtype-bytes", type=positive_int, default=2, help="bytes per parameter (bf16: 2)")
+    d.add_argument("--lora-rank", type=positive_int, default=int(os.environ.get("LORA_RANK") or 8))
     d.add_argument("--disk-dir", default=None, help="where checkpoints go (default --out, else .)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)

@@ -115,11 +115,9 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
 from ..entities import Entity
-from .parsing.grammar import _answer_items, _convert_items, _is_number, _parse_lines, _parse_qwen_tokens, _parse_tuples
-from .parsing.salvage import _MISSING, _json_value
-from .parsing.vocab import (ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, MAX_GROUP, MAX_JSON_FAILS,  # noqa: F401
-                            MAX_LINES, MAX_SCAN, REF_CLOSE, REF_OPEN, THINK_CLOSE, THINK_OPEN, TYPE_SYNONYMS, _NUM,
-                            _Acc, clean_entity_text, normalize_type)
+from .parsing import (ANSWER_CLOSE, ANSWER_OPEN, BOX_OPEN, MAX_SCAN, NUM, REF_OPEN, THINK_CLOSE, THINK_OPEN,
+                      TYPE_SYNONYMS, ParseState, clean_entity_text, is_number, normalize_type, parse_lines,
+                      parse_qwen_tokens, parse_tuples, read_json)
 
 __all__ = ["ParseResult", "parse_answer", "format_ok", "completion_text", "normalize_type", "clean_entity_text",
            "MAX_SCAN", "TYPE_SYNONYMS"]
@@ -127,7 +125,7 @@ __all__ = ["ParseResult", "parse_answer", "format_ok", "completion_text", "norma
 # <|box_start|>(x1,y1),(x2,y2)<|box_end|>; a malformed body (bounded length) becomes null.
 _QWEN_BOX_RE = re.compile(
     r"<\|box_start\|>\s*\(\s*(%s)\s*,\s*(%s)\s*\)\s*,\s*\(\s*(%s)\s*,\s*(%s)\s*\)\s*<\|box_end\|>"
-    % (_NUM, _NUM, _NUM, _NUM))
+    % (NUM, NUM, NUM, NUM))
 _QWEN_BOX_BAD_RE = re.compile(r"<\|box_start\|>[^<]{0,200}?<\|box_end\|>")
 _FENCE_RE = re.compile(r"^```[a-zA-Z]*[ \t]*\n?|\n?```\s*$")
 _EMPTY_ANSWER_RE = re.compile(
@@ -154,38 +152,44 @@ class ParseResult:
         return self.ok and (bool(self.entities) or (self.dropped == 0 and self.repaired == 0))
 
 # ---------------------------------------------------------------- entry points
-def _coerce(text: Any) -> Optional[str]:
-    if text is None:
-        return None
-    if isinstance(text, str):
-        return text
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        return bytes(text).decode("utf-8", errors="replace")
-    if isinstance(text, (list, tuple)):  # a list of messages: the last assistant content
-        for m in reversed(text):
+def completion_text(c: Any) -> str:
+    """The answer text of one completion: a string, bytes (UTF-8, bad bytes replaced), or the last
+    assistant content of a message or a list of messages (``""`` when there is none). Never raises."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, dict):
+        c = [c]
+    if isinstance(c, (list, tuple)):
+        for m in reversed(c):
             if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
-                c = m.get("content")
-                if isinstance(c, list):
-                    c = "".join(p.get("text", "") for p in c if isinstance(p, dict)
-                                and isinstance(p.get("text"), str))
-                return c if isinstance(c, str) else None
-        return None
+                content = m.get("content")
+                if isinstance(content, list):
+                    return "".join(p.get("text", "") for p in content
+                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
+                return content if isinstance(content, str) else ""
+        return ""
+    if isinstance(c, (bytes, bytearray, memoryview)):
+        return bytes(c).decode("utf-8", errors="replace")
+    if c is None:
+        return ""
     try:
-        return str(text)
+        return str(c)
     except Exception:
-        return None
+        return ""
 
 
-def _answer_region(s: str) -> str:
+def _answer_region(s: str) -> Tuple[str, bool, bool]:
+    """(region, cut, head_cut): ``cut`` when ``<answer>`` has no ``</answer>`` within the window,
+    ``head_cut`` when an untagged text begins before the window."""
     i = s.rfind(ANSWER_OPEN)
     if i >= 0:
         chunk = s[i + len(ANSWER_OPEN):i + len(ANSWER_OPEN) + MAX_SCAN]
         j = chunk.find(ANSWER_CLOSE)
-        return chunk[:j] if j >= 0 else chunk
+        return (chunk[:j], False, False) if j >= 0 else (chunk, True, False)
     k = s.rfind(THINK_CLOSE)
     if k >= 0:
         s = s[k + len(THINK_CLOSE):]
-    return s[-MAX_SCAN:]
+    return s[-MAX_SCAN:], False, len(s) > MAX_SCAN
 
 
 def _qwen_box_sub(m: "re.Match") -> str:
@@ -206,7 +210,7 @@ def parse_answer(text: Any, *, max_entities: int = 200,
 
 
 def _parse(text: Any, max_entities: int, extent) -> ParseResult:
-    s = _coerce(text)
+    s = completion_text(text)
     if not s:
         return ParseResult([], False, 0, 0, "none")
     if type(max_entities) is not int or max_entities < 0:
@@ -220,7 +224,9 @@ def _parse(text: Any, max_entities: int, extent) -> ParseResult:
             extent = (ex, ey) if (math.isfinite(ex) and math.isfinite(ey) and ex > 0 and ey > 0) else None
         except (TypeError, ValueError, IndexError, OverflowError):
             extent = None
-    body = _answer_region(s).strip()
+    region, cut, head_cut = _answer_region(s)
+    last_open = cut and not region.rstrip(" \t").endswith("\n")
+    body = region.strip()
     if body.startswith("```"):
         body = _FENCE_RE.sub("", body).strip()
     if not body:
@@ -233,23 +239,24 @@ def _parse(text: Any, max_entities: int, extent) -> ParseResult:
             body = _QWEN_BOX_BAD_RE.sub("null", body)
 
     # 1. JSON / Python literal
+    salvaged = None
     if "[" in body or "{" in body:
-        acc = _Acc(extent)
-        value, fmt = _json_value(body, acc)
-        if value is not _MISSING:
-            items = _answer_items(value)
-            if items is not None:
-                ents = _convert_items(items, acc, max_entities)
-                return ParseResult(ents, True, acc.dropped, acc.repaired, fmt)
+        r = read_json(body, extent, max_entities)
+        if r is not None:
+            ents, st, fmt, final = r
+            res = ParseResult(ents, True, st.dropped, st.repaired, fmt)
+            if ents or final:
+                return res
+            salvaged = res  # nothing read from a malformed structure: the text readers may do better
     # 2. Qwen grounding tokens, 3. tuples, 4. lines
-    for name, fn, needed in (("qwen_tokens", _parse_qwen_tokens, REF_OPEN), ("tuple", _parse_tuples, "("),
-                             ("lines", _parse_lines, "")):
+    for name, fn, needed in (("qwen_tokens", parse_qwen_tokens, REF_OPEN), ("tuple", parse_tuples, "("),
+                             ("lines", parse_lines, "")):
         if needed in body:
-            acc = _Acc(extent)
-            ents = fn(body, acc, max_entities)
-            if ents is not None:
-                return ParseResult(ents, True, acc.dropped, acc.repaired, name)
-    return ParseResult([], False, 0, 0, "none")
+            st = ParseState(extent, cut, last_open, head_cut)
+            ents = fn(body, st, max_entities)
+            if ents is not None and (ents or salvaged is None):
+                return ParseResult(ents, True, st.dropped, st.repaired, name)
+    return salvaged or ParseResult([], False, 0, 0, "none")
 
 
 # ---------------------------------------------------------------- strict format check
@@ -260,7 +267,7 @@ _CANONICAL_KEYS = frozenset(("entity", "type", "bbox"))
 def format_ok(text: Any) -> bool:
     """True iff ``text`` has exactly the canonical shape (module docstring). Never raises."""
     try:
-        s = _coerce(text)
+        s = completion_text(text)
         if not s or len(s) > 16 * MAX_SCAN:
             return False
         if (s.count(THINK_OPEN) != 1 or s.count(THINK_CLOSE) != 1 or s.count(ANSWER_OPEN) != 1
@@ -286,28 +293,9 @@ def format_ok(text: Any) -> bool:
             if b is None:
                 continue
             if not isinstance(b, list) or len(b) != 4 or not all(
-                    _is_number(v) and math.isfinite(v) for v in b):
+                    is_number(v) and math.isfinite(v) for v in b):
                 return False
         return True
     except Exception:
         return False
 
-
-def completion_text(c: Any) -> str:
-    """The answer text of one completion: a string, or the last assistant content of messages."""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, dict):
-        c = [c]
-    if isinstance(c, (list, tuple)):
-        for m in reversed(c):
-            if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
-                content = m.get("content")
-                if isinstance(content, list):
-                    return "".join(p.get("text", "") for p in content
-                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
-                return content if isinstance(content, str) else ""
-        return ""
-    if isinstance(c, bytes):
-        return c.decode("utf-8", errors="replace")
-    return "" if c is None else str(c)

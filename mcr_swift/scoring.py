@@ -50,7 +50,7 @@ from .coords import CoordinateSpace, clamp_box
 from .data.rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .entities import Entity
 from .evaluation.parser import completion_text, format_ok, parse_answer
-from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma, check_unmatched,
+from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, check_sigma, check_unmatched,
                       grec_reward_terms, normalize_weights, reward_terms, task_reward, task_weights)
 
 __all__ = ["RewardConfig", "Score", "score_row", "weights_from_env", "sigma_from_env", "unmatched_from_env",
@@ -99,7 +99,7 @@ def weights_from_env(env=None) -> Tuple[float, ...]:
 
 def sigma_from_env(env=None) -> float:
     """``MCR_IOU_SIGMA`` (sigma of Eq. 8; default 0.5)."""
-    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: _check_sigma(float(raw)))
+    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: check_sigma(float(raw)))
 
 
 def unmatched_from_env(env=None) -> str:

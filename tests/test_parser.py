@@ -243,6 +243,35 @@ def test_truncated_json_keeps_complete_objects():
     check(wrap('[{"entity": "NBA", "type": "ORG", "bbox": null},]'), [NBA], "json", repaired=1)
 
 
+def test_a_cut_answer_recovers_alike_in_every_structure():
+    # issue 20: the list-of-lists form used to read as [B] with nothing counted
+    A, B = Entity("A", "PER"), Entity("B", "ORG", ((1, 2, 3, 4),))
+    for body, fmt in (('[["A","PER",null],["B","ORG",[1,2,3,4]],["C"', "json"),
+                      ('[{"entity":"A","type":"PER","bbox":null},{"entity":"B","type":"ORG","bbox":[1,2,3,4]},'
+                       '{"entity":"C"', "json"),
+                      ('[("A","PER",None),("B","ORG",[1,2,3,4]),("C"', "json"),
+                      ('{"entities": [["A","PER",null],["B","ORG",[1,2,3,4]],["C","LOC",[5,', "json"),
+                      ('(A, PER, None), (B, ORG, [1,2,3,4]), (C', "tuple"),
+                      ("A | PER | None\nB | ORG | [1,2,3,4]\nC |", "lines"),
+                      ("<|object_ref_start|>A<|object_ref_end|> PER\n<|object_ref_start|>B<|object_ref_end|>"
+                       "<|box_start|>(1,2),(3,4)<|box_end|> ORG\n<|object_ref_start|>C", "qwen_tokens")):
+        check("<answer>" + body, [A, B], fmt, dropped=1, repaired=1)
+    # grouped by type: the cut name is lost, the whole ones keep their type
+    check('<answer>{"PER": ["A", "B"], "ORG": ["C", "D', [Entity("A", "PER"), Entity("B", "PER"),
+                                                      Entity("C", "ORG")], "json", dropped=1, repaired=1)
+    # an item that is only a type word is dropped and counted once (it used to count twice)
+    check('<answer>[["PER"], ["NBA", "ORG", null]]</answer>', [NBA], "json", dropped=1)
+    # a malformed item (an unquoted type) is dropped and counted, the others kept
+    check('<answer>[["A",PER,null],["B","ORG",[1,2,3,4]]]</answer>', [B], "json", dropped=1, repaired=1)
+
+
+def test_a_list_of_lists_past_the_window_is_cut_there():
+    body = json.dumps([[f"Spam{i}", "PER", None] for i in range(30_000)])
+    res = parse_answer(f"<answer>{body}</answer>")  # used to read as one entity (Spam2775)
+    assert res.entities == [Entity(f"Spam{i}", "PER") for i in range(200)] and res.repaired == 1
+    assert res.dropped > 2000
+
+
 def test_duplicates_are_kept_and_max_entities():
     body = json.dumps([{"entity": "NBA", "type": "ORG", "bbox": None}] * 5)
     assert len(parse_answer(wrap(body)).entities) == 5

@@ -188,16 +188,20 @@ def _entity_from_keyed(key: Any, value: Any, acc: ParseState) -> Optional[Entity
         box = next((low[k] for k in _BOX_KEYS if k in low), None)
         return _make_entity(key, etype, box, acc)
     if isinstance(value, (list, tuple)):
-        return _entity_from_fields([key, *value[:8]], acc, need_marker=False) or _drop(acc)
+        return _fields_or_drop([key, *value[:8]], acc)
     if isinstance(value, str) or value is None:
-        return _entity_from_fields([key, value], acc, need_marker=False) or _drop(acc)
+        return _fields_or_drop([key, value], acc)
     acc.dropped += 1
     return None
 
 
-def _drop(acc: ParseState) -> None:
-    acc.dropped += 1
-    return None
+def _fields_or_drop(fields: Sequence[Any], acc: ParseState) -> Optional[Entity]:
+    """`_entity_from_fields` for an item known to be one: a failure is dropped and counted once."""
+    before = acc.dropped
+    e = _entity_from_fields(fields, acc, need_marker=False)
+    if e is None and acc.dropped == before:
+        acc.dropped += 1
+    return e
 
 
 
@@ -212,7 +216,7 @@ def _entity_from_item(item: Any, acc: ParseState) -> Optional[Entity]:
         if not item or len(item) > 8:
             acc.dropped += 1
             return None
-        return _entity_from_fields(item, acc, need_marker=False) or _drop(acc)
+        return _fields_or_drop(item, acc)
     if isinstance(item, Keyed):
         return _entity_from_keyed(item.key, item.value, acc)
     if isinstance(item, str):

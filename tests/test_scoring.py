@@ -234,6 +234,8 @@ def test_two_hundred_copies_of_the_one_gold_entity():
     assert z.reward == pytest.approx(0.004)
     two = score_row(text(KD_GOLD * 2), row("gmner", KD_GOLD), CFG)  # one extra copy: R_c = 1 - 0.4
     assert (two.count, two.reward) == (pytest.approx(0.6), pytest.approx(0.92))
+    two = score_row(text(KD_GOLD * 2), row("gmner", KD_GOLD), dataclasses.replace(CFG, unmatched="zero"))
+    assert (two.span, two.reward) == (0.5, pytest.approx(0.52))
 
 
 _letters = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=6)

@@ -11,10 +11,11 @@ Where the answer is looked for
 * Otherwise: the text after the last ``</think>`` (all of it if there is none); there the **last**
   JSON list/object that looks like an answer is taken.
 * Only ``MAX_SCAN`` characters (64 KiB) are ever scanned: the first 64 KiB after ``<answer>``, or the
-  last 64 KiB of an untagged text. Items beyond that window are neither parsed nor counted. Every
-  regular expression used is linear (no nested unbounded repetition), tuple groups longer than
-  ``MAX_GROUP`` characters are skipped and JSON recovery gives up after ``MAX_JSON_FAILS`` failed
-  attempts, so the worst case on 5 MB of adversarial text is a few milliseconds.
+  last 64 KiB of an untagged text. Items beyond that window are neither parsed nor counted; an answer
+  that runs past it is read as cut there (below). Every regular expression used is linear (no nested
+  unbounded repetition), tuple groups longer than ``MAX_GROUP`` characters are skipped, JSON recovery
+  gives up after ``MAX_JSON_FAILS`` failed attempts and reads at most ``MAX_TOKENS`` tokens one by one,
+  so the worst case on 5 MB of adversarial text is bounded (~0.3 s, typically far less).
 
 Formats read, tried in this order (``ParseResult.format`` names the branch that succeeded)
 -----------------------------------------------------------------------------------------
@@ -27,8 +28,7 @@ Formats read, tried in this order (``ParseResult.format`` names the branch that 
     by entity), ``{"PER": ["Kevin Durant", ..]}`` (a dict keyed by type), lists of lists
     ``[["Kevin Durant", "PER", [..]], ..]`` and lists of tuple strings. Repairs: trailing commas,
     Qwen box tokens as values (``"bbox": <|box_start|>(10,11),(37,38)<|box_end|>`` — ms-swift's
-    ``QWENVL_BBOX_FORMAT=legacy``), and a truncated list (the complete objects are kept, the cut one is
-    lost; counted once in ``repaired``).
+    ``QWENVL_BBOX_FORMAT=legacy``), and a cut or malformed structure (see "Cut and malformed answers").
 ``python``
     The same structures as a Python literal (single quotes, ``None``, tuples), via
     ``ast.literal_eval`` (never ``eval``).
@@ -70,12 +70,37 @@ Normalisation
   also clamped to it. A box that is non-finite (NaN/inf), has the wrong number of values, or has
   zero area after the repairs is removed and the **entity is kept as unlocated** (``repaired``).
 
+Cut and malformed answers (the same rule in every form)
+-------------------------------------------------------
+An answer is cut when ``<answer>`` has no ``</answer>`` within the scan window (generation stopped, or
+the answer is longer than the window). Every form keeps the records that ended before the cut and
+loses the one the cut runs through, counted once in ``dropped``:
+
+* JSON / Python structures (objects, lists of lists, tuples, strings, wrappers, dicts keyed by entity
+  or by type): the structure is closed where it was cut; an item the cut runs through (an open
+  object or list, a cut string or number) is dropped, the whole items before it are kept
+  (``repaired`` + 1 for the closing). The same for a malformed structure: an item holding an
+  unreadable token (``PER`` unquoted, a stray bracket) is dropped and counted, the others kept; when
+  nothing is read from a malformed structure, the text readers below try it.
+  ``[["A","PER",null],["B","ORG",[1,2,3,4]],["C"`` reads as A and B, 1 dropped, 1 repaired, as its
+  object and tuple forms do.
+* tuples: the complete ``(..)`` groups; an unclosed ``(`` after them is the cut record.
+* lines and Qwen tokens: a record is whole once its line break is written (Qwen: or the next
+  reference token); the text after the last line break is the cut record (not read).
+* An untagged text longer than the window begins inside the answer: its first partial line is not
+  read (not counted either), and a JSON list whose opening lies before the window is read from its
+  complete items.
+
+A cut record is never half-read: a cut answer never yields more entities than the records it holds
+whole (property-tested for every form).
+
 Counters
 --------
 ``dropped``: items found but discarded (no entity text, not an entity at all, beyond
-``max_entities``, the object cut off by a truncation). ``repaired``: boxes fixed or removed as
-above, plus 1 for a recovered truncated or malformed (trailing-comma) JSON answer. Both count only
-what lies inside the scanned window.
+``max_entities``, the record a cut runs through, an item holding an unreadable token).
+``repaired``: boxes fixed or removed as above, plus 1 for a recovered cut or malformed answer (a
+closed JSON structure, trailing commas, a cut text record). Both count only what lies inside the
+scanned window (and, in a salvaged structure, its first ``MAX_TOKENS`` tokens).
 
 Parseable
 ---------
@@ -91,18 +116,18 @@ no gold entity. It is True iff ``ok`` and
 
 Not answered: ``ok`` False (no text, ``<answer></answer>``, ``<answer>[``, prose, ``[1, 2, 3]``, a
 page of x's), and a structure whose items were all discarded (``[{}]``, ``[null]``, ``[{"foo": 1}]``).
-A truncated answer is answered when an entity was salvaged from it (a cut single object is often
-still read by the ``key: value`` reader).
+A cut answer is answered when a whole record was read from it; a cut single object is lost (it
+may have lost its box), so ``<answer>[{"entity": "NBA", "type": "ORG"`` is not answered.
 
 `format_ok(text)` is the strict check behind the format reward: exactly one ``<think>..</think>``
 followed by exactly one ``<answer>..</answer>`` (only whitespace around them) whose content is a JSON
 list of objects with exactly the keys entity (string), type (string) and bbox (null or 4 finite
 numbers). A bbox written as Qwen box tokens (``QWENVL_BBOX_FORMAT=legacy``) also passes.
 
-The code: this module is the public face (entry points, the strict format check); the grammar's
-vocabulary and normalisers are in `mcr_swift.evaluation.parsing.vocab`, the well-formed styles in
-`.parsing.grammar`, recovery in `.parsing.boxes` (box repairs) and `.parsing.salvage` (malformed and
-truncated JSON).
+The code: this module holds the entry points and the strict format check; it uses the public names
+of `mcr_swift.evaluation.parsing` (its ``__init__``): the grammar's vocabulary, the per-parse
+`ParseState` and the normalisers are in `.parsing.vocab`, the well-formed styles in `.parsing.grammar`,
+recovery in `.parsing.boxes` (box repairs) and `.parsing.salvage` (cut and malformed structures).
 """
 
 from __future__ import annotations

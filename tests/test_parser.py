@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.answer import render_answer
-from mcr_swift.evaluation.parser import (MAX_SCAN, ParseResult, clean_entity_text, format_ok, normalize_type,
-                              parse_answer)
-from mcr_swift.entities import ENTITY_TYPES, Entity
+from mcr_swift.core.answer import render_answer
+from mcr_swift.core.parser import (MAX_SCAN, TYPE_SYNONYMS, ParseResult, clean_entity_text, format_ok,
+                                   normalize_type, parse_answer)
+from mcr_swift.core.entities import ENTITY_TYPES, Entity
 
 KD = Entity("Kevin Durant", "PER", (10, 11, 37, 38))
 NBA = Entity("NBA", "ORG")
@@ -460,8 +460,7 @@ def test_a_cut_single_object_is_lost_and_not_answered():
 # (its closing bracket, or the line break of the line forms); what follows it up to the next record is
 # a separator.
 _NOT_TEXT = frozenset(["none", "null", "nil", "na", "no", "false", "true", "nan", "inf", "infinity",
-                       "undefined", "nothing", "unlocated"]) | frozenset(
-    __import__("mcr_swift.evaluation.parser", fromlist=["TYPE_SYNONYMS"]).TYPE_SYNONYMS)
+                       "undefined", "nothing", "unlocated"]) | frozenset(TYPE_SYNONYMS)
 _word = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=2, max_size=8).filter(
     lambda w: w.lower() not in _NOT_TEXT)
 

@@ -1,7 +1,7 @@
-"""The answer parser's parts, and their public face (what `mcr_swift.evaluation.parser` and other
+"""The answer parser's parts, and their public face (what `mcr_swift.core.parser` and other
 modules use): `vocab` (limits, tags, type words, key names, the per-parse `ParseState`, the salvage
 markers, normalisers), `grammar` (the well-formed answer styles), `boxes` and `salvage` (recovery: box
-repairs, cut and malformed structures). The entry points are in `mcr_swift.evaluation.parser`."""
+repairs, cut and malformed structures). The entry points are in `mcr_swift.core.parser`."""
 
 from .grammar import answer_items, convert_items, is_number, parse_lines, parse_qwen_tokens, parse_tuples
 from .salvage import MAX_DEPTH, MAX_TOKENS, clean_json, lenient_value, read_json, scan_json

@@ -2,7 +2,7 @@
 
 `parse_answer(text)` never raises: any input (None, bytes, junk, megabytes, truncated JSON, NaN)
 gives a `ParseResult`. It is on the GRPO hot path (every rollout of every step), so the common case
-(the canonical answer of `mcr_swift.answer`) is one ``rfind`` plus one ``json.loads``.
+(the canonical answer of `mcr_swift.core.answer`) is one ``rfind`` plus one ``json.loads``.
 
 Where the answer is looked for
 ------------------------------
@@ -125,7 +125,7 @@ list of objects with exactly the keys entity (string), type (string) and bbox (n
 numbers). A bbox written as Qwen box tokens (``QWENVL_BBOX_FORMAT=legacy``) also passes.
 
 The code: this module holds the entry points and the strict format check; it uses the public names
-of `mcr_swift.evaluation.parsing` (its ``__init__``): the grammar's vocabulary, the per-parse
+of `mcr_swift.core.parsing` (its ``__init__``): the grammar's vocabulary, the per-parse
 `ParseState` and the normalisers are in `.parsing.vocab`, the well-formed styles in `.parsing.grammar`,
 recovery in `.parsing.boxes` (box repairs) and `.parsing.salvage` (cut and malformed structures).
 """
@@ -139,7 +139,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
-from ..entities import Entity
+from .entities import Entity
 from .parsing import (ANSWER_CLOSE, ANSWER_OPEN, BOX_OPEN, MAX_SCAN, NUM, REF_OPEN, THINK_CLOSE, THINK_OPEN,
                       TYPE_SYNONYMS, ParseState, clean_entity_text, is_number, normalize_type, parse_lines,
                       parse_qwen_tokens, parse_tuples, read_json)

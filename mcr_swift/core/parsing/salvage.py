@@ -13,7 +13,7 @@ same way in every structure (`read_json`):
   (entity objects, entity lists) after it.
 
 With at most ``MAX_JSON_FAILS`` failed decode attempts and ``MAX_TOKENS`` tokens. Part of the parser
-(`mcr_swift.evaluation.parser` documents the rules)."""
+(`mcr_swift.core.parser` documents the rules)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import math
 import re
 from typing import Any, List, Optional, Tuple
 
-from ...entities import Entity
+from ..entities import Entity
 from .grammar import Keyed, answer_items, convert_items
 from .vocab import CUT, MAX_JSON_FAILS, MISSING, _ENTITY_KEYS, DamagedDict, DamagedList, ParseState
 

@@ -250,6 +250,7 @@ class Keyed:
 
 
 def is_number(v: Any) -> bool:
+    """An int or a float, not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 

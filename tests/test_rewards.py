@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.rewards import (TERMS, count_reward, gmner_reward, match_entities, normalize_weights,
+from mcr_swift.core.rewards import (TERMS, count_reward, gmner_reward, match_entities, normalize_weights,
                                reward_terms, span_f1)
-from mcr_swift.entities import ENTITY_TYPES, Entity
+from mcr_swift.core.entities import ENTITY_TYPES, Entity
 
 ONES = {t: 1.0 for t in TERMS}
 
@@ -77,7 +77,7 @@ def test_count_reward_two_readings_of_eq14(p, q, literal, true_count):
 
 
 def test_count_reading_reaches_the_reward_terms():
-    from mcr_swift.entities import Entity
+    from mcr_swift.core.entities import Entity
     gold = [Entity("A", "PER"), Entity("B", "ORG"), Entity("C", "LOC")]
     assert reward_terms([Entity("A", "PER")], gold)["count"] == 0.0
     assert reward_terms([Entity("A", "PER")], gold, count_reading="true_count")["count"] == pytest.approx(0.4)

@@ -11,7 +11,7 @@ import pytest
 
 from mcr_swift.data.rows import gold_from_row
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.synth.client import Endpoint
+from mcr_swift.endpoint import Endpoint
 from mcr_swift.synth.synthesize import main as synth_main, synthesize
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, prompt_text
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
+from ..core.answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from ..data.rows import GOLD_COLUMN, row_task, sample_from_row
+from ..core.columns import GOLD_COLUMN, row_task
+from ..data.rows import sample_from_row
 from .styles import TEMPLATE_STYLES, template_chain
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 __all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt",
            "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
@@ -78,7 +79,7 @@ class ChainCheck:
 
 
 def _key(e: Entity) -> Tuple[str, str, bool]:
-    from ..evaluation.metrics import normalize_text
+    from ..core.metrics import normalize_text
     return normalize_text(e.text), e.type, bool(e.boxes)
 
 
@@ -148,7 +149,7 @@ def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str, task: s
 
 def _answer_entities(answer: str) -> Optional[List[Entity]]:
     """The answer's entities; a ``<bbox>`` placeholder reads as 'located'. None: no readable list."""
-    from ..evaluation.parser import parse_answer
+    from ..core.parser import parse_answer
     res = parse_answer(answer.replace(BBOX_PLACEHOLDER, "[0, 0, 1, 1]"))
     return list(res.entities) if res.ok else None
 
@@ -303,7 +304,7 @@ def _request_seed(seed: int, slot: "_Slot") -> int:
 
 
 def _request_messages(style: str, sample: Sample, row: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    from .client import to_openai_messages
+    from ..endpoint import to_openai_messages
     task = row_task(row)
     prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]), task)
     if API_STYLES[style][1]:
@@ -344,7 +345,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     list of them (the style's samples are shared out between them in turn, e.g. App. E.4's two
     MLLMs). A rejected chain is asked again ``chain_retries`` times with another seed, then its slot
     is replaced (``replace``, `REPLACE_MODES`), so D_R keeps its planned size where it can."""
-    from .client import ResultCache, RetryPolicy
+    from ..endpoint import ResultCache, RetryPolicy
     if replace not in REPLACE_MODES:
         raise ValueError(f"replace must be one of {', '.join(REPLACE_MODES)}, got {replace!r}")
     if int(chain_retries) < 0:
@@ -456,7 +457,7 @@ class _Run:
             c["replacing"] += 1
 
     def _ask(self, open_: Sequence[_Slot]) -> None:
-        from .client import RunStats, cache_key, chat, run_jobs
+        from ..endpoint import RunStats, cache_key, chat, run_jobs
         k = self.kw
         groups: Dict[Tuple[str, int], List[Tuple[str, Any]]] = defaultdict(list)
         for sl in open_:
@@ -488,7 +489,7 @@ class _Run:
                     return
 
     def _judge(self, sl: _Slot) -> None:
-        from .client import ChatResult
+        from ..endpoint import ChatResult
         k = self.kw
         value = self.cache.get(sl.key)
         c = self.per[sl.style]
@@ -601,7 +602,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "

@@ -109,7 +109,7 @@ def test_a_second_mllm_endpoint_takes_every_other_sample(rows, tmp_path):
         assert [e["model"] for e in s["endpoints"]["mllm_distill"]] == ["qwen25vl-72b", "qwen3vl-30b"]
 
 
-def test_cli_second_mllm_endpoint_and_one_style_twice(rows, tmp_path):
+def test_cli_second_mllm_endpoint_and_one_style_twice(rows, tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with FakeOpenAI(lambda b: [_good(b)], model="m1") as a, FakeOpenAI(lambda b: [_good(b)], model="m2") as b:
@@ -117,6 +117,14 @@ def test_cli_second_mllm_endpoint_and_one_style_twice(rows, tmp_path):
                            "--per-post", "1", "--mllm-base-url", a.base_url, "--mllm-model", "m1",
                            "--mllm2-base-url", b.base_url, "--mllm2-model", "m2", "--no-progress"]) == 0
         assert len(a.requests) == len(b.requests) == 3
+    with FakeOpenAI(lambda b: [_bad(b)]) as fake:   # every chain rejected: the table says where they went
+        assert synth_main(["--input", str(src), "--out", str(tmp_path / "r.jsonl"), "--styles",
+                           "formatted_a,llm_qa", "--per-post", "1", "--base-url", fake.base_url, "--model",
+                           "fake-model", "--chain-retries", "1", "--no-progress"]) == 0
+        assert len(fake.requests) == 3 * 2
+    out = capsys.readouterr().out
+    assert "chains by task / style" in out
+    assert "gmner / llm_qa" in out and "gmner / formatted_a" in out
     # w/o D_R: one style, as many rows as two styles per sample; the second row is variant 1
     assert synth_main(["--input", str(src), "--out", str(tmp_path / "one.jsonl"), "--styles", "formatted_a",
                        "--per-post", "2", "--repeat-styles", "--no-progress"]) == 0
@@ -125,3 +133,29 @@ def test_cli_second_mllm_endpoint_and_one_style_twice(rows, tmp_path):
     assert Counter(r.get("mcr_variant", 0) for r in out) == {0: 6, 1: 6}
     with pytest.raises(SystemExit):
         synth_main(["--input", str(src), "--out", str(tmp_path / "x.jsonl"), "--chain-retries", "-1"])
+
+
+def test_report_shows_posts_per_half_and_synthesis_per_style(tmp_path):
+    """The run report's Sources table gives posts and rows per half, and the synthesis table per
+    source and style (planned / produced / retried / replaced / replacing / lost)."""
+    from mcr_swift.reports.report import render_sources, sources_report
+    data = tmp_path / "data"
+    (data / "mrsi").mkdir(parents=True)
+    (data / "sources.tsv").write_text("gmner\tprepared\t/x\n")
+
+    def write(name, rows):
+        (data / "mrsi" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [{"mcr_id": f"p{i}", "mcr_style": st} for i in range(3) for st in ("formatted_a", "llm_qa")]
+    write("d_r.jsonl", rows)
+    write("d1.jsonl", rows[0::2])
+    write("d2.jsonl", rows[1::2])
+    per = {"gmner": {"formatted_a": {"planned": 3, "produced": 3, "retried": 0, "replaced": 0, "replacing": 1,
+                                     "lost": 0},
+                     "llm_qa": {"planned": 3, "produced": 2, "retried": 4, "replaced": 1, "replacing": 0, "lost": 0}}}
+    src = sources_report(data, {"per_task_style": per}, {})
+    g = src["per_source"]["gmner"]
+    assert (g["d_r_posts"], g["d1_posts"], g["d2_posts"]) == (3, 3, 3)
+    md = "\n".join(render_sources(src))
+    assert "| 3: formatted_a 3 (3 posts) |" in md and "6: formatted_a 3, llm_qa 3 (3 posts)" in md
+    assert "| Twitter-GMNER | llm_qa | 3 | 2 | 4 | 1 | 0 | 0 |" in md
+    assert "| Twitter-GMNER | formatted_a | 3 | 3 | 0 | 0 | 1 | 0 |" in md

@@ -596,6 +596,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for t, n in summary.get("input_per_task", {}).items():
             d = summary["produced_per_task"].get(t, {})
             lines.append(f"{t:<18}" + "".join(f"{d.get(s, 0):>16}" for s in styles) + f"{n:>9}")
+    keys = ("planned", "produced", "retried", "replaced", "replacing", "lost")
+    if any(d.get(k) for per in (summary.get("per_task_style") or {}).values() for d in per.values()
+           for k in keys[2:]):
+        lines += ["", f"{'chains by task / style':<32}" + "".join(f"{k:>10}" for k in keys)]
+        for t, per in summary["per_task_style"].items():
+            for st, d in per.items():
+                lines.append(f"{t + ' / ' + st:<32}" + "".join(f"{d.get(k, 0):>10}" for k in keys))
     if summary.get("paper_count"):
         lines.append(summary["paper_count"])
     return "\n".join(lines)

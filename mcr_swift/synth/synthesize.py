@@ -610,13 +610,15 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..core.argtypes import non_negative_int, positive_int, top_p_float
+    from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
                         "twitter_gmner, mner_mi and grec: D_R is built over their mixture")
     p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
     p.add_argument("--styles", default=",".join(ALL_STYLES), help=f"comma-separated, from {', '.join(ALL_STYLES)}")
-    p.add_argument("--per-post", type=int, default=DEFAULT_PER_POST,
+    p.add_argument("--per-post", type=non_negative_int, default=DEFAULT_PER_POST,
                    help="styles per sample, balanced over the styles within each task and seeded (default 2, "
                         "App. E.1's count: 55,712 = 2 x 27,856; 0 = every style for every sample)")
     add_endpoint_args(p, "", "both endpoints")
@@ -625,31 +627,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_endpoint_args(p, "mllm2-", "a second MLLM endpoint (App. E.4 names two MLLMs): the MLLM style's samples "
                                    "are shared out between --mllm-* and --mllm2-* in turn; unset: one endpoint")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "template styles' seed; sent to the API as well")
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=top_p_float, default=None)
     p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
     p.add_argument("--repeat-styles", action="store_true",
                    help="with --per-post above the number of styles, repeat the styles in turn (each repeat "
                         "another seed, column mcr_variant): one style on as many rows as the full method "
                         "(Table 3 w/o D_R)")
-    p.add_argument("--chain-retries", type=int, default=DEFAULT_CHAIN_RETRIES,
+    p.add_argument("--chain-retries", type=non_negative_int, default=DEFAULT_CHAIN_RETRIES,
                    help=f"ask a rejected chain again this many times, another seed each (default "
                         f"{DEFAULT_CHAIN_RETRIES}), before replacing it")
     p.add_argument("--replace", choices=REPLACE_MODES, default=DEFAULT_REPLACE,
                    help="a slot whose chains were all rejected: 'style' (default) another API style the sample "
                         "lacks, then a template style; 'template' a template style; 'none' lose it (counted)")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
-    if a.chain_retries < 0:
-        p.error(f"--chain-retries must be >= 0, got {a.chain_retries}")
+    out = Path(a.out)
+    refuse_overwriting_inputs([("--input", i) for i in a.input], [
+        ("--out", out), ("--out's rejected rows", out.with_name(out.stem + ".rejected.jsonl")),
+        ("--out's summary", out.with_name(out.name + ".summary.json")),
+        ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
     rows = []
+    # (task, mcr_id) -> (input number, file, line): a sample in two inputs (the same file given twice, or
+    # a copy) would be written twice and carried into D1 and D2 by `split`
+    first_at: Dict[Tuple[str, str], Tuple[int, str, int]] = {}
     try:
-        for path in a.input:
+        for k, path in enumerate(a.input):
             for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
                 if a.limit is not None and n >= a.limit:
                     break
@@ -658,6 +666,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except (KeyError, ValueError, TypeError, AttributeError) as e:
                     raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
                                      ) from None
+                key = (row_task(row), str(row["mcr_id"]))
+                first = first_at.setdefault(key, (k, path, lineno))
+                if first[0] != k:
+                    raise ValueError(f"{path}:{lineno}: {key[0]} sample {key[1]} is also in --input {first[1]}:"
+                                     f"{first[2]}; a sample may come from one input file only (it would be "
+                                     f"synthesised twice)")
                 rows.append(row)
     except (OSError, ValueError) as e:
         print(f"mcr-swift synth: {e}", file=sys.stderr)

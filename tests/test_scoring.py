@@ -152,8 +152,9 @@ def test_weights_sigma_unmatched_change_the_score():
 
 def test_reward_config_from_env():
     d = RewardConfig.from_env({})
-    assert (d.weights, d.sigma, d.unmatched, d.space_mode, d.log_path) == (
-        DEFAULT_WEIGHTS, DEFAULT_SIGMA, "drop", "model", None)
+    assert (d.weights, d.sigma, d.unmatched, d.space_mode, d.log_path, d.count_reading) == (
+        DEFAULT_WEIGHTS, DEFAULT_SIGMA, "drop", "model", None, "literal")
+    assert RewardConfig.from_env({"MCR_COUNT_READING": " True_Count"}).count_reading == "true_count"
     c = RewardConfig.from_env({"MCR_REWARD_WEIGHTS": "type=0.5, entail=0.5", "MCR_IOU_SIGMA": "0.25",
                                "MCR_UNMATCHED": "zero", "MCR_REWARD_SPACE": "Original", "MCR_REWARD_LOG": "/x/r.jsonl",
                                "MAX_PIXELS": "100352", "MCR_MODEL_FAMILY": "qwen2_5_vl"})
@@ -164,7 +165,8 @@ def test_reward_config_from_env():
     hash(c)  # frozen and hashable: a cache key
     assert RewardConfig.from_env({"MCR_REWARD_WEIGHTS": "1,0,0,0,0"}).weights == (1.0, 0.0, 0.0, 0.0, 0.0)
     for var, bad in (("MCR_REWARD_WEIGHTS", "1,2"), ("MCR_REWARD_WEIGHTS", "a=1"), ("MCR_IOU_SIGMA", "1.5"),
-                     ("MCR_IOU_SIGMA", "x"), ("MCR_UNMATCHED", "nope"), ("MCR_REWARD_SPACE", "bogus")):
+                     ("MCR_IOU_SIGMA", "x"), ("MCR_UNMATCHED", "nope"), ("MCR_REWARD_SPACE", "bogus"),
+                     ("MCR_COUNT_READING", "by_q")):
         with pytest.raises(ValueError, match=var):
             RewardConfig.from_env({var: bad})
 
@@ -263,7 +265,8 @@ def test_the_exact_gold_answer_beats_it_plus_spurious_entities(task, unmatched, 
     answer = data.draw(st.permutations(gold + extra), label="answer")
     weights = data.draw(st.one_of(st.just(DEFAULT_WEIGHTS), st.tuples(*[st.floats(0.05, 1.0)] * 5)),
                         label="weights")
-    cfg = dataclasses.replace(CFG, unmatched=unmatched, weights=tuple(weights))
+    reading = data.draw(st.sampled_from(["literal", "true_count"]), label="count reading")
+    cfg = dataclasses.replace(CFG, unmatched=unmatched, weights=tuple(weights), count_reading=reading)
     exact = score_row(text(gold), row(task, gold), cfg)
     spammed = score_row(text(answer), row(task, gold), cfg)
     assert exact.n_pred == len(gold) and spammed.n_pred == len(answer)

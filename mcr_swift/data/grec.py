@@ -28,6 +28,8 @@ SPLITS = ("train", "val", "testA", "testB")
 #: Report keys of the two skips the release needs (not malformed input: never raised).
 EMPTY_SENTENCE = "sentences with an empty text"
 NO_AREA = "refs whose target box has no area"
+#: What `GRefCOCO.samples` does with a multi-target ref: remove it (App. E.1) or keep every box.
+MULTI_TARGET = ("remove", "keep")
 #: Looked up in this order under ``root`` (JSON first: it cannot carry code).
 REFS_FILES = ("grefs(unc).json", "grefs(unc).p")
 INSTANCES_FILE = "instances.json"
@@ -68,19 +70,22 @@ class GRECReport(ReadReport):
     refs: int = 0
     no_target: int = 0
     one_target: int = 0
+    multi_target: int = 0
     removed_multi_target_refs: int = 0
     removed_multi_target_sentences: int = 0
     #: sentences not read because their text is empty or their ref's box has no area
     skipped_sentences: int = 0
 
     def summary(self) -> str:
+        kept = f", {self.multi_target} multi-target samples kept" if self.multi_target else ""
         return (super().summary() + f"; {self.refs} refs read, {self.no_target} no-target and "
-                f"{self.one_target} one-target samples; removed {self.removed_multi_target_refs} "
+                f"{self.one_target} one-target samples{kept}; removed {self.removed_multi_target_refs} "
                 f"multi-target refs ({self.removed_multi_target_sentences} sentences, App. E.1)")
 
     def as_dict(self) -> Dict:
         return {**super().as_dict(), "refs": self.refs, "no_target": self.no_target,
-                "one_target": self.one_target, "removed_multi_target_refs": self.removed_multi_target_refs,
+                "one_target": self.one_target, "multi_target": self.multi_target,
+                "removed_multi_target_refs": self.removed_multi_target_refs,
                 "removed_multi_target_sentences": self.removed_multi_target_sentences,
                 "skipped_sentences": self.skipped_sentences}
 
@@ -206,13 +211,18 @@ class GRefCOCO:
                 "complete": set(SPLITS) <= set(splits)}
 
     def samples(self, split: str, image_dir=None, *, on_error: str = "raise", limit: Optional[int] = None,
-                text_field: str = "sent", entity_type: str = DEFAULT_TYPE) -> SampleList:
+                text_field: str = "sent", entity_type: str = DEFAULT_TYPE, multi_target: str = "remove"
+                ) -> SampleList:
         """One sample per referring sentence of ``split`` (train, val, testA, testB).
 
         With ``image_dir`` (COCO train2014) every image must exist and its real size is used;
         without it ``images`` holds the COCO file name and the size comes from instances.json.
-        ``limit`` stops after that many samples. The list carries a `GRECReport` in ``.report``.
+        ``limit`` stops after that many samples. ``multi_target``: "remove" (default, App. E.1) or
+        "keep" (the expression's entity has every target box: for scoring with gRefCOCO's protocol,
+        `metrics.grec_benchmark_metrics`). The list carries a `GRECReport` in ``.report``.
         """
+        if multi_target not in MULTI_TARGET:
+            raise ValueError(f"multi_target must be one of {MULTI_TARGET}, got {multi_target!r}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if text_field not in TEXT_FIELDS:
@@ -241,7 +251,7 @@ class GRefCOCO:
                 continue
             where = f"{self.refs_path}: ref {ref.get('ref_id', f'#{idx}')}"
             try:
-                target = self._target(ref, where)
+                target = self._target(ref, where, keep_multi=multi_target == "keep")
             except _NoArea as e:  # the release has such boxes: skipped and counted, whatever on_error
                 report.skipped[NO_AREA] += 1
                 report.skipped_sentences += len(ref["sentences"])
@@ -256,14 +266,13 @@ class GRefCOCO:
                 report.removed_multi_target_refs += 1
                 report.removed_multi_target_sentences += len(sentences)
                 continue
-            image, box = target
+            image, boxes = target
             located = self._image(image, image_dir, sizes)
             if isinstance(located, str):
                 problem("refs with a missing or unreadable image", f"{where}: {located}")
                 continue
             path, size = located
-            if box is not None:
-                box = self._fit(box, image, size, report)
+            boxes = tuple(self._fit(b, image, size, report) for b in boxes)
             for k, sent in enumerate(sentences):
                 if limit is not None and len(out) >= limit:
                     break
@@ -278,20 +287,22 @@ class GRefCOCO:
                     problem("sentences without text or sent_id",
                             f"{where}: sentences[{k}] needs a string {text_field!r} and a 'sent_id'")
                     continue
-                entity = Entity(" ".join(text.split()), entity_type, () if box is None else (box,))
+                entity = Entity(" ".join(text.split()), entity_type, boxes)
                 out.append(Sample(id=f"{ref['ref_id']}_{sent['sent_id']}", tokens=text.split(),
                                   entities=(entity,), images=(path,), image_sizes=(size,)))
                 report.posts += 1
                 report.entities += 1
-                report.no_target += box is None
-                report.one_target += box is not None
-                report.located_entities += box is not None
-                report.boxes += box is not None
+                report.no_target += not boxes
+                report.one_target += len(boxes) == 1
+                report.multi_target += len(boxes) > 1
+                report.located_entities += bool(boxes)
+                report.boxes += len(boxes)
         out.report = report
         return out
 
-    def _target(self, ref: Dict[str, Any], where: str):
-        """("multi") for a multi-target ref, else (image record, box or None). ValueError if malformed."""
+    def _target(self, ref: Dict[str, Any], where: str, keep_multi: bool = False):
+        """"multi" for a multi-target ref (unless ``keep_multi``), else (image record, its target
+        boxes: none for a no-target ref). ValueError if malformed (`_NoArea` for a box of no area)."""
         for key in ("ref_id", "image_id", "ann_id", "sentences"):
             if key not in ref:
                 raise ValueError(f"no field {key!r}")
@@ -308,7 +319,7 @@ class GRefCOCO:
             raise ValueError(f"field 'ann_id' mixes -1 (no target) with targets: {raw!r:.60}")
         if "no_target" in ref and bool(ref["no_target"]) != no_target:
             raise ValueError(f"field 'no_target' is {ref['no_target']!r} but 'ann_id' is {raw!r:.60}")
-        if len(ann_ids) > 1:
+        if len(ann_ids) > 1 and not keep_multi:
             return "multi"
         image = self.images.get(ref["image_id"])
         if image is None:
@@ -318,17 +329,20 @@ class GRefCOCO:
                              f"{coco_file_name(ref['file_name'])!r}, but image_id {ref['image_id']} is "
                              f"{image['file_name']!r}")
         if no_target:
-            return image, None
-        ann = self.anns.get(ann_ids[0])
-        if ann is None:
-            raise ValueError(f"field 'ann_id' {ann_ids[0]} is not in {self.instances_path.name}")
-        if ann["image_id"] != ref["image_id"]:
-            raise ValueError(f"annotation {ann_ids[0]} belongs to image {ann['image_id']}, not to the ref's "
-                             f"image_id {ref['image_id']}")
-        try:
-            return image, _box(ann)
-        except ValueError as e:  # keeps _NoArea (skipped and counted) apart from a malformed bbox
-            raise type(e)(f"annotation {ann_ids[0]}: {e}") from None
+            return image, ()
+        boxes = []
+        for ann_id in ann_ids:
+            ann = self.anns.get(ann_id)
+            if ann is None:
+                raise ValueError(f"field 'ann_id' {ann_id} is not in {self.instances_path.name}")
+            if ann["image_id"] != ref["image_id"]:
+                raise ValueError(f"annotation {ann_id} belongs to image {ann['image_id']}, not to the ref's "
+                                 f"image_id {ref['image_id']}")
+            try:
+                boxes.append(_box(ann))
+            except ValueError as e:  # keeps _NoArea (skipped and counted) apart from a malformed bbox
+                raise type(e)(f"annotation {ann_id}: {e}") from None
+        return image, tuple(boxes)
 
     @staticmethod
     def _image(image: Mapping[str, Any], image_dir: Optional[Path], cache: Dict[str, Any]):

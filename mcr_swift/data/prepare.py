@@ -147,13 +147,15 @@ def prepare_grec(root, out_dir, *, splits: Optional[Sequence[str]] = None, image
                  refs_file=None, instances_file=None, train_size: Optional[int] = grec_mod.DEFAULT_TRAIN_SIZE,
                  seed: int = 0, text_field: str = "sent", entity_type: str = grec_mod.DEFAULT_TYPE,
                  limit: Optional[int] = None, on_error: str = "raise", family: str = "qwen2_5_vl",
-                 progress: bool = True) -> Dict[str, Dict]:
+                 multi_target: str = "remove", progress: bool = True) -> Dict[str, Dict]:
     """Prepare gRefCOCO as GREC into ``<out_dir>/grec/<split>.jsonl``: one row per referring
     sentence, multi-target refs removed (App. E.1), train reduced to ``train_size`` sentences
     (None: all). ``splits`` None: those of train, val, testA, testB the refs file has (an older
     download has train and val only). Every split's summary holds ``release`` (`GRefCOCO.release_info`:
     split names, counts, the refs file's SHA-256, which release it looks like); a complete release's
-    val and testA + testB counts are printed next to Table 5's, with a warning when they differ."""
+    val and testA + testB counts are printed next to Table 5's, with a warning when they differ.
+    ``multi_target="keep"`` keeps the multi-target expressions of the evaluation splits (every target
+    box in the gold; for ``mcr-swift evaluate --protocol grec``); train always removes them (App. E.1)."""
     if image_dir is None and standin_dir is None:
         raise ValueError("give the folder of the COCO train2014 images (image_dir) or a folder for "
                          "stand-in images (standin_dir)")
@@ -173,13 +175,14 @@ def prepare_grec(root, out_dir, *, splits: Optional[Sequence[str]] = None, image
     for split in splits:
         if standin_dir is not None:
             drawn: Dict[str, Tuple[Tuple[int, int], List[Box]]] = {}
-            for s in data.samples(split, None, **opts):
+            for s in data.samples(split, None, **opts, multi_target="remove" if split == "train" else multi_target):
                 drawn.setdefault(s.image, (s.image_size, []))[1].extend(s.entities[0].boxes)
             write_named_standins(drawn, standin_dir, progress)
             images = standin_dir
         else:
             images = image_dir
-        samples = data.samples(split, Path(images).resolve(), **opts)
+        samples = data.samples(split, Path(images).resolve(), **opts,
+                               multi_target="remove" if split == "train" else multi_target)
         chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
         path = out / f"{split}.jsonl"
         _write_rows(path, (grec_mod.grec_row(s, split, family=family) for s in chosen), len(chosen),
@@ -250,6 +253,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="sentence field used as the expression")
     gr.add_argument("--grec-type", default=grec_mod.DEFAULT_TYPE,
                     help="the answer's type for an expression (default OTHER)")
+    gr.add_argument("--grec-multi-target", choices=grec_mod.MULTI_TARGET, default="remove",
+                    help="remove (default, App. E.1): drop multi-target expressions; keep: keep them in val / "
+                         "testA / testB with every target box, to score with evaluate --protocol grec "
+                         "(train always removes them)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     splits = a.splits or (None if a.dataset == "grec" else list(DATASETS[a.dataset][1]))
@@ -263,12 +270,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif a.dataset == "grec":
         summary = prepare_grec(a.root, a.out, refs_file=a.refs, instances_file=a.instances,
                                train_size=a.train_size or None, seed=a.seed, text_field=a.text_field,
-                               entity_type=a.grec_type, family=a.family, **common)
+                               entity_type=a.grec_type, family=a.family, multi_target=a.grec_multi_target,
+                               **common)
     else:
         summary = prepare_twitter_gmner(a.root, a.out, family=a.family, multi_box=a.multi_box, tags=a.tags,
                                         verify_images=a.verify_images, **common)
     keys = ("rows", "entities", "located_entities", "skipped", "repaired", "refused_images", "unmatched_names",
             "images", "missing_images", "posts_without_images", "warnings", "no_target",
-            "one_target", "removed_multi_target_refs", "removed_multi_target_sentences")
+            "one_target", "multi_target", "removed_multi_target_refs", "removed_multi_target_sentences")
     print(json.dumps({k: {kk: v[kk] for kk in keys if kk in v} for k, v in summary.items()}))
     return 0

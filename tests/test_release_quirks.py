@@ -265,3 +265,21 @@ def test_tiny_profile_keeps_a_grounded_sample_and_a_post_in_every_first_8(tmp_pa
     if split in ("train", "val", "testA"):
         mner = load_mner_mi(MNER, {"testA": "test"}.get(split, split), limit=8)
         assert len(mner) == 8 and any(s.entities for s in mner)
+
+
+def test_run_report_shows_prepare_warnings(tmp_path):
+    """The run report's sources section repeats prepare's warnings (missing images, counts off)."""
+    from mcr_swift.reports.report import render_sources, sources_report
+    names = release_names("train")
+    img = sample_images(tmp_path, names, skip={"9001_1.jpg"})
+    rc, err, _ = prepare(tmp_path, "--dataset", "mner_mi", "--root", str(MNER), "--splits", "train",
+                         "--limit", "8", "--image-dir", str(img))
+    assert rc == 0, err
+    data = tmp_path / "d"
+    (data / "sources.tsv").write_text(f"mner_mi\tprepared\t{MNER}\n")
+    src = sources_report(data, {}, {})
+    assert src["per_source"]["mner_mi"]["warnings"] == [
+        "MNER-MI train: 1 images missing or unreadable; 1 posts kept with their readable images, "
+        "0 posts dropped (no readable image)"]
+    assert ("- **WARNING** (prepare): MNER-MI train: 1 images missing or unreadable; 1 posts kept with their "
+            "readable images, 0 posts dropped (no readable image)") in render_sources(src)

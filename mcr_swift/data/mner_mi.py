@@ -21,7 +21,7 @@ from ..prompts import load_prompt
 from .rows import sample_to_row
 from ..files import BadImage, check_image
 from .twitter import CONLLEVAL_REPAIR, ON_ERROR, TAG_MODES, ReadReport, SampleList
-from ..entities import Entity, Sample
+from ..core.entities import Entity, Sample
 
 #: Output split names and the release's file suffix for each (the release says "val").
 SPLITS = ("train", "dev", "test")

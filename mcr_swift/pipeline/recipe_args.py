@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from .runs import version_number
+from ..runs import version_number
 
 #: swift sub-command -> ms-swift argument class that `swift <cmd>` parses (swift/pipelines).
 ARG_CLASSES = {"sft": "SftArguments", "rlhf": "RLHFArguments"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..pipeline.runs import version_number
+from ..runs import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
            "variant_row", "render_variant_table", "main", "trained_posts_metrics", "grpo_steps", "curve_files",

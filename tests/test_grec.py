@@ -241,6 +241,10 @@ def test_grec_reward_terms():
     assert grec_reward_terms([], n) == {"iou": 1.0, "entail": 1.0}
     assert grec_reward_terms(ans(None), n) == {"iou": 1.0, "entail": 1.0}  # an item with null: no box
     assert grec_reward_terms(ans((0, 0, 5, 5)), n) == {"iou": 0.0, "entail": 0.0}
+    # several entities localise nothing either, located or not (else extra entities would be free)
+    assert grec_reward_terms(ans((0, 0, 100, 100), None), g) == {"iou": 0.0, "entail": 1.0}
+    assert grec_reward_terms(ans(None, None), n) == {"iou": 0.0, "entail": 1.0}
+    assert grec_reward_terms(ans(None, None), g) == {"iou": 0.0, "entail": 0.0}
     with pytest.raises(ValueError, match="exactly one gold expression"):
         grec_reward_terms([], g + n)
 

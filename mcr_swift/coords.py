@@ -146,7 +146,7 @@ def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
         return None
     try:
         return int(float(v))
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # OverflowError: inf, 1e999
         raise ValueError(f"environment variable {name}={v!r} is not a number") from e
 
 

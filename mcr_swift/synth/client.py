@@ -72,6 +72,18 @@ def _empty_answer(resp: Any, n: int) -> Optional[str]:
     return None
 
 
+def _timeout(raw: Any, setting: str) -> float:
+    """Seconds per request from ``setting`` (a flag or MCR_API_TIMEOUT): a positive finite number, or
+    ValueError naming the setting and its value."""
+    try:
+        v = float(str(raw).strip())
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < float("inf"):
+        raise ValueError(f"{setting}={str(raw)!r}: must be a positive number of seconds")
+    return v
+
+
 @dataclass(frozen=True)
 class Endpoint:
     base_url: str
@@ -91,7 +103,8 @@ class Endpoint:
             raise EndpointError("no endpoint: pass --base-url (e.g. http://127.0.0.1:8000/v1 for `swift "
                                 "deploy` / `vllm serve`) or set OPENAI_BASE_URL")
         api_key = api_key or env.get("OPENAI_API_KEY") or "EMPTY"
-        timeout = float(timeout if timeout is not None else env.get("MCR_API_TIMEOUT", 120))
+        timeout = _timeout(timeout, "--timeout") if timeout is not None else _timeout(
+            env.get("MCR_API_TIMEOUT") or 120, "MCR_API_TIMEOUT")
         model = model or env.get("OPENAI_MODEL")
         if not model:
             model = cls._only_model(base_url, api_key, timeout)

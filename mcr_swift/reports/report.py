@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..files import refuse_overwriting_inputs
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..pipeline.runs import version_number
+from ..runs import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
            "variant_row", "render_variant_table", "main", "trained_posts_metrics", "grpo_steps", "curve_files",
@@ -416,6 +418,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not run.is_dir():
             print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
             return 2
+    if a.out:
+        # the table may not replace a file of a run it reads (args.json, times.tsv, metrics, D_R ...) nor
+        # a report this command writes: an existing file inside a run folder, or a link to one, is refused
+        out = Path(a.out)
+        for run in runs:
+            refuse_overwriting_inputs([("run report", run / "report.json"), ("run report", run / "report.md")],
+                                      [("--out", out)])
+            if out.exists() and Path(run).resolve() in Path(os.path.realpath(out)).parents:
+                raise ValueError(f"--out {out} is a file of the run folder {run}, which the report reads; "
+                                 f"choose another output")
     rows = []
     for run in runs:
         r = collect_report(run)

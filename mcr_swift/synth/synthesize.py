@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
+from ..core.answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from ..data.rows import GOLD_COLUMN, row_task, sample_from_row
+from ..core.columns import GOLD_COLUMN, row_task
+from ..data.rows import sample_from_row
 from .styles import TEMPLATE_STYLES, template_chain
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 __all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt",
            "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
@@ -78,7 +79,7 @@ class ChainCheck:
 
 
 def _key(e: Entity) -> Tuple[str, str, bool]:
-    from ..evaluation.metrics import normalize_text
+    from ..core.metrics import normalize_text
     return normalize_text(e.text), e.type, bool(e.boxes)
 
 
@@ -148,7 +149,7 @@ def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str, task: s
 
 def _answer_entities(answer: str) -> Optional[List[Entity]]:
     """The answer's entities; a ``<bbox>`` placeholder reads as 'located'. None: no readable list."""
-    from ..evaluation.parser import parse_answer
+    from ..core.parser import parse_answer
     res = parse_answer(answer.replace(BBOX_PLACEHOLDER, "[0, 0, 1, 1]"))
     return list(res.entities) if res.ok else None
 
@@ -265,7 +266,7 @@ def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post
 
 
 def _request_messages(style: str, sample: Sample, row: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    from .client import to_openai_messages
+    from ..endpoint import to_openai_messages
     task = row_task(row)
     prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]), task)
     if API_STYLES[style][1]:
@@ -302,7 +303,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
                progress: bool = True, source: str = "input") -> Dict[str, Any]:
     """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`."""
-    from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
+    from ..endpoint import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -429,33 +430,43 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..core.argtypes import non_negative_int, positive_int, top_p_float
+    from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
                         "twitter_gmner, mner_mi and grec: D_R is built over their mixture")
     p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
     p.add_argument("--styles", default=",".join(ALL_STYLES), help=f"comma-separated, from {', '.join(ALL_STYLES)}")
-    p.add_argument("--per-post", type=int, default=DEFAULT_PER_POST,
+    p.add_argument("--per-post", type=non_negative_int, default=DEFAULT_PER_POST,
                    help="styles per sample, balanced over the styles within each task and seeded (default 2, "
                         "App. E.1's count: 55,712 = 2 x 27,856; 0 = every style for every sample)")
     add_endpoint_args(p, "", "both endpoints")
     add_endpoint_args(p, "llm-", "the LLM styles' endpoint (default: --base-url)")
     add_endpoint_args(p, "mllm-", "the MLLM style's endpoint (default: --base-url)")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "template styles' seed; sent to the API as well")
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=top_p_float, default=None)
     p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    refuse_overwriting_inputs([("--input", i) for i in a.input], [
+        ("--out", out), ("--out's rejected rows", out.with_name(out.stem + ".rejected.jsonl")),
+        ("--out's summary", out.with_name(out.name + ".summary.json")),
+        ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
     rows = []
+    # (task, mcr_id) -> (input number, file, line): a sample in two inputs (the same file given twice, or
+    # a copy) would be written twice and carried into D1 and D2 by `split`
+    first_at: Dict[Tuple[str, str], Tuple[int, str, int]] = {}
     try:
-        for path in a.input:
+        for k, path in enumerate(a.input):
             for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
                 if a.limit is not None and n >= a.limit:
                     break
@@ -464,6 +475,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except (KeyError, ValueError, TypeError, AttributeError) as e:
                     raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
                                      ) from None
+                key = (row_task(row), str(row["mcr_id"]))
+                first = first_at.setdefault(key, (k, path, lineno))
+                if first[0] != k:
+                    raise ValueError(f"{path}:{lineno}: {key[0]} sample {key[1]} is also in --input {first[1]}:"
+                                     f"{first[2]}; a sample may come from one input file only (it would be "
+                                     f"synthesised twice)")
                 rows.append(row)
     except (OSError, ValueError) as e:
         print(f"mcr-swift synth: {e}", file=sys.stderr)

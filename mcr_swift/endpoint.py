@@ -91,7 +91,9 @@ class Endpoint:
             raise EndpointError("no endpoint: pass --base-url (e.g. http://127.0.0.1:8000/v1 for `swift "
                                 "deploy` / `vllm serve`) or set OPENAI_BASE_URL")
         api_key = api_key or env.get("OPENAI_API_KEY") or "EMPTY"
-        timeout = float(timeout if timeout is not None else env.get("MCR_API_TIMEOUT", 120))
+        if timeout is None:  # a bad MCR_API_TIMEOUT is a ValueError naming it (argtypes.env_number)
+            from .core.argtypes import env_number, positive_float
+            timeout = env_number("MCR_API_TIMEOUT", positive_float, env) or 120.0
         model = model or env.get("OPENAI_MODEL")
         if not model:
             model = cls._only_model(base_url, api_key, timeout)

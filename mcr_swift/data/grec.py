@@ -93,22 +93,55 @@ class GRECReport(ReadReport):
 class _PlainUnpickler(pickle.Unpickler):
     """Loads only pickle's built-in containers and scalars; any class reference is refused."""
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str):  # also called by `_check_pickle` (self None)
         raise pickle.UnpicklingError(f"the pickle refers to {module}.{name}; only plain lists, dicts, "
                                      f"strings and numbers are read (use grefs(unc).json instead)")
 
 
+#: The pickle opcodes of plain data (lists, dicts, tuples, sets, strings, bytes, numbers, memo): all a
+#: refs file needs. Anything else (BUILD, REDUCE, NEWOBJ, GLOBAL, PERSID, out-of-band buffers...) is
+#: refused by `_check_pickle` before anything is built.
+_PLAIN_OPCODES = frozenset(
+    "PROTO FRAME STOP MARK POP POP_MARK DUP NONE NEWTRUE NEWFALSE INT BININT BININT1 BININT2 LONG LONG1 "
+    "LONG4 FLOAT BINFLOAT STRING BINSTRING SHORT_BINSTRING BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 "
+    "UNICODE SHORT_BINUNICODE BINUNICODE BINUNICODE8 EMPTY_LIST APPEND APPENDS LIST EMPTY_TUPLE TUPLE "
+    "TUPLE1 TUPLE2 TUPLE3 EMPTY_DICT DICT SETITEM SETITEMS EMPTY_SET ADDITEMS FROZENSET GET BINGET "
+    "LONG_BINGET PUT BINPUT LONG_BINPUT MEMOIZE".split())
+
+
+def _check_pickle(data: bytes) -> None:
+    """Walk the opcodes of ``data`` without building anything: every counted length (a string's,
+    bytes', a long's) must fit in the bytes that are left -- a huge length is refused here instead of
+    being allocated -- and every opcode must be plain data (`_PLAIN_OPCODES`). ValueError otherwise."""
+    import io
+    import pickletools
+    strings: List[str] = []  # the last two strings: STACK_GLOBAL's module and name
+    for op, arg, pos in pickletools.genops(io.BytesIO(data)):
+        if isinstance(arg, str):
+            strings = (strings + [arg])[-2:]
+        if op.name in ("GLOBAL", "STACK_GLOBAL"):  # refused, naming the class
+            module, name = (arg.split(" ", 1) if op.name == "GLOBAL" else (["?", "?"] + strings)[-2:])
+            _PlainUnpickler.find_class(None, module, name)  # type: ignore[arg-type]
+        if op.name not in _PLAIN_OPCODES:
+            raise pickle.UnpicklingError(f"opcode {op.name} at byte {pos} is not plain data; only lists, "
+                                         f"dicts, strings and numbers are read (use grefs(unc).json instead)")
+
+
 def read_refs(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
-    """The list of refs from ``grefs(unc).json`` or the pickle ``grefs(unc).p``."""
+    """The list of refs from ``grefs(unc).json`` or the pickle ``grefs(unc).p`` (checked by
+    `_check_pickle` first, then read by an unpickler that refuses every class)."""
+    import io
     path = Path(path)
     try:
         if path.suffix == ".json":
             with open(path, encoding="utf-8") as f:
                 refs = json.load(f)
         else:
-            with open(path, "rb") as f:
-                refs = _PlainUnpickler(f, fix_imports=True, encoding="utf-8").load()
-    except (ValueError, pickle.UnpicklingError, EOFError) as e:
+            data = path.read_bytes()
+            _check_pickle(data)
+            refs = _PlainUnpickler(io.BytesIO(data), fix_imports=True, encoding="utf-8").load()
+    except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, TypeError, IndexError, KeyError,
+            OverflowError, MemoryError, RecursionError) as e:  # bad bytes, whatever the opcode that hit them
         raise GRECFormatError(f"{path}: unreadable refs file: {e}") from None
     if not isinstance(refs, list):
         raise GRECFormatError(f"{path}: the refs file must hold a list of refs, got {type(refs).__name__}")

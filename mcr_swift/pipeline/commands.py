@@ -106,6 +106,7 @@ def swift(sub: Sequence[str], config: Path, overrides: Mapping[str, Any], env: O
     shown = {k: v for k, v in (env or {}).items() if cfg_env.get(k) != v}
     cmd = Command([*swift_exe(), *sub, str(config), *flags(changed(config, overrides)), *extra], shown)
     cmd.child_env = dict(env or {})   # set in the child; ms-swift fills the rest from the config's ENV
+    cmd.config_env = cfg_env
     return cmd
 
 
@@ -185,11 +186,14 @@ class Executor:
         self.commands: List[Command] = []  # every command run (or printed), in order
 
     def run(self, cmd: Command) -> None:
-        self.log(f"  $ {cmd.shell(self.hide)}")
+        child = {**self.env, **getattr(cmd, "child_env", cmd.env)}
+        # an inherited variable that wins over the config's ENV (ms-swift keeps the environment's) is shown too
+        won = {k: child[k] for k, v in getattr(cmd, "config_env", {}).items() if k in child and child[k] != v}
+        shown = Command(cmd.argv, {**won, **cmd.env})
+        self.log(f"  $ {shown.shell(self.hide)}")
         self.commands.append(cmd)
         if self.dry_run:
             return
-        child = {**self.env, **getattr(cmd, "child_env", cmd.env)}
         rc = subprocess.run(cmd.argv, env=child, cwd=REPO).returncode
         if rc != 0:
             raise StageFailed(f"command exited {rc}: {cmd.shell()}")
@@ -213,7 +217,10 @@ class Executor:
         """Record the stage's newest checkpoint in OUTPUT_DIR/last_checkpoint.txt: what later stages read."""
         self.log(f"  -> {_shown(str(Path(output_dir) / 'last_checkpoint.txt'))}")
         if not self.dry_run:
-            write_last_checkpoint(Path(output_dir), checkpoint)
+            try:
+                write_last_checkpoint(Path(output_dir), checkpoint)
+            except FileNotFoundError as e:     # exit 0 is not enough: the stage's output is its evidence
+                raise StageFailed(f"exited 0 but left no checkpoint: {e}") from None
 
 
 def infer_eval(ex: Executor, *, model: str, adapters: Optional[str], template: str, dataset: str, gold: str,

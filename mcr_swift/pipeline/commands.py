@@ -110,18 +110,6 @@ def swift(sub: Sequence[str], config: Path, overrides: Mapping[str, Any], env: O
     return cmd
 
 
-def check_nodes(nnodes: int, env: Mapping[str, str]) -> None:
-    """torchrun on several nodes needs the rendezvous; a missing rank would hang every node."""
-    if nnodes > 1:
-        missing = [k for k in ("MASTER_ADDR", "NODE_RANK") if not env.get(k)]
-        if missing:
-            raise ValueError(f"NNODES={nnodes} needs {' and '.join(missing)} on every node (MASTER_ADDR: the address "
-                             f"of the NODE_RANK=0 node; NODE_RANK: 0..{nnodes - 1})")
-        rank = env["NODE_RANK"].strip()
-        if not rank.isdigit() or int(rank) >= nnodes:
-            raise ValueError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
-
-
 def train(sub: Sequence[str], config: Path, overrides: Dict[str, Any], *, nproc: int, nnodes: int = 1,
           batch: Optional[int] = None, per_device: Optional[int] = None, num_generations: Optional[int] = None,
           env: Optional[Dict[str, str]] = None, extra: Sequence[str] = ()) -> Command:

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 from ..jsonl import write_text_atomic
 from .runs import version_number
@@ -101,7 +101,19 @@ def write_last_checkpoint(output_dir: Path, checkpoint: Optional[Path] = None) -
     return target
 
 
-def _positive_int(name: str, raw: str) -> int:
+def check_nodes(nnodes: int, env: Mapping[str, str]) -> None:
+    """torchrun on several nodes needs the rendezvous; a missing rank would hang every node."""
+    if nnodes > 1:
+        missing = [k for k in ("MASTER_ADDR", "NODE_RANK") if not env.get(k)]
+        if missing:
+            raise ValueError(f"NNODES={nnodes} needs {' and '.join(missing)} on every node (MASTER_ADDR: the address "
+                             f"of the NODE_RANK=0 node; NODE_RANK: 0..{nnodes - 1})")
+        rank = env["NODE_RANK"].strip()
+        if not rank.isdigit() or int(rank) >= nnodes:
+            raise ValueError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
+
+
+def positive_int(name: str, raw: str) -> int:
     try:
         v = int(raw)
     except ValueError:
@@ -114,21 +126,14 @@ def _positive_int(name: str, raw: str) -> int:
 def _main_batch(ns: argparse.Namespace) -> int:
     gpus = count_gpus()
     try:
-        nproc = _positive_int("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
+        nproc = positive_int("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
         raw_nodes = ns.nnodes if ns.nnodes else (os.environ.get("NNODES") or "1")
-        nnodes = _positive_int("NNODES", raw_nodes)
-        per_device = _positive_int("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
+        nnodes = positive_int("NNODES", raw_nodes)
+        per_device = positive_int("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
         per_device, grad_acc = split_batch(ns.batch, nproc, per_device, ns.max_per_device, ns.num_generations,
                                            nnodes=nnodes)
-        if nnodes > 1:  # torchrun on every node needs the rendezvous; a missing rank would hang all of them
-            missing = [k for k in ("MASTER_ADDR", "NODE_RANK") if not os.environ.get(k)]
-            if missing:
-                raise BatchError(f"NNODES={nnodes} needs {' and '.join(missing)} on every node (MASTER_ADDR: "
-                                 f"the address of the NODE_RANK=0 node; NODE_RANK: 0..{nnodes - 1})")
-            rank = os.environ["NODE_RANK"].strip()
-            if not rank.isdigit() or int(rank) >= nnodes:
-                raise BatchError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
-    except BatchError as e:
+        check_nodes(nnodes, os.environ)
+    except ValueError as e:
         print(e, file=sys.stderr)
         return 2
     print(f"GPUS={gpus} NPROC_PER_NODE={nproc} NNODES={nnodes} WORLD_PROCS={nnodes * nproc} "

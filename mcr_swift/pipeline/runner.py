@@ -29,7 +29,7 @@ from .commands import (Command, Deferred, Executor, StageFailed, grpo_overrides,
                        stage_config, swift, swift_exe, train)
 from .config import REPO, RunConfig, resolve
 from .lock import RunLock
-from .recipe_args import count_gpus
+from .recipe_args import check_nodes, count_gpus
 from .serve import RESIZE_VARS
 
 API_STYLES = ("llm_qa", "llm_conclusions", "mllm_distill")
@@ -57,6 +57,7 @@ class Run:
         self.family = cfg.family or self.template
         self.gpus = count_gpus() if cfg.profile == "paper" else 0
         self.nproc = cfg.nproc_per_node or max(1, self.gpus)
+        check_nodes(cfg.nnodes, os.environ)
         # one resolution everywhere: every stage that sees an image gets the same resize settings
         env = {"MCR_MODEL_FAMILY": self.family, "MCR_DATA_DIR": str(self.data), **cfg.env}
         env.setdefault("MAX_PIXELS", str(sft_cfg["ENV"]["MAX_PIXELS"]))

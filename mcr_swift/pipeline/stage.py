@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from .commands import Executor, grpo_overrides, infer_eval, read_config, stage_config, swift, train
 from .config import RUNS, read_yaml
-from .recipe_args import count_gpus, split_batch
+from .recipe_args import check_nodes, count_gpus, positive_int, split_batch
 
 #: stage-recipe environment variable -> flag of the stage config (as in the recipes before the configs)
 TRAIN_FLAGS = {"MODEL": "model", "TEMPLATE": "template", "DATASET": "dataset", "NUM_EPOCHS": "num_train_epochs",
@@ -39,16 +39,8 @@ def _from_env(table: Dict[str, str], env) -> Dict[str, Any]:
 
 
 def _int(env, name: str) -> Optional[int]:
-    raw = env.get(name)
-    if not raw:
-        return None
-    try:
-        v = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if v < 1:
-        raise ValueError(f"{name}={raw!r} must be positive")
-    return v
+    """A positive integer variable, or None when unset or empty."""
+    return positive_int(name, env[name]) if env.get(name) else None
 
 
 def model_stage_args(template: str, stage: str) -> Dict[str, Any]:
@@ -61,7 +53,6 @@ def model_stage_args(template: str, stage: str) -> Dict[str, Any]:
 
 
 def build(stage: str, env, gpus: int, extra: List[str], ex: Executor) -> None:
-    from .commands import check_nodes
     nproc = _int(env, "NPROC_PER_NODE") or max(1, gpus)
     nnodes = _int(env, "NNODES") or 1
     check_nodes(nnodes, env)

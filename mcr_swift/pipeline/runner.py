@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -237,9 +237,6 @@ def do_split(r: Run) -> None:
 def do_preflight(r: Run) -> None:
     """Hook (issue 21, 1): ``mcr-swift preflight`` over every row the run trains or infers on, against
     the stage configs' max_length / max_completion_length, before the first training stage."""
-    from ..cli import COMMANDS
-    if "preflight" not in COMMANDS:
-        raise ValueError("PREFLIGHT=true: this version has no `mcr-swift preflight` command yet")
     sft, grpo = read_config(stage_config("mrsi_sft")), read_config(stage_config("cvo_grpo"))
     files = [r.data / "mrsi" / "d1.jsonl", r.data / "mrsi" / "d2.jsonl", r.data / "twitter_gmner" / "test.jsonl"]
     r.ex.run(mcr("preflight", *[f for f in files if r.ex.dry_run or f.is_file()], "--max-length", sft["max_length"],
@@ -436,6 +433,7 @@ def execute(r: Run) -> int:
         _report(r)
         return 0
     lock = RunLock(r.dir).acquire()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the background server, free the lock
     try:
         if lock.stale:
             r.log(f"took over the stale lock of {lock.stale}: that run no longer runs")

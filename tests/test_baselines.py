@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from mcr_swift.synth.client import image_data_url
+from mcr_swift.endpoint import image_data_url
 from mcr_swift.evaluation.baselines import demo_answer, instruction, main as baselines_main, select_demos
-from mcr_swift.coords import CoordinateSpace
+from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.evaluation.evaluate import evaluate_file
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from mcr_swift.data.rows import sample_from_row
-from mcr_swift.entities import Entity, Sample
+from mcr_swift.core.entities import Entity, Sample
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text
 from tests.conftest import REPO, TINY_MAX_PIXELS
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.answer import render_answer
-from mcr_swift.evaluation.parser import (MAX_SCAN, ParseResult, clean_entity_text, format_ok, normalize_type,
+from mcr_swift.core.answer import render_answer
+from mcr_swift.core.parser import (MAX_SCAN, ParseResult, clean_entity_text, format_ok, normalize_type,
                               parse_answer)
-from mcr_swift.entities import ENTITY_TYPES, Entity
+from mcr_swift.core.entities import ENTITY_TYPES, Entity
 
 KD = Entity("Kevin Durant", "PER", (10, 11, 37, 38))
 NBA = Entity("NBA", "ORG")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.rewards import (TERMS, count_reward, gmner_reward, match_entities, normalize_weights,
+from mcr_swift.core.rewards import (TERMS, count_reward, gmner_reward, match_entities, normalize_weights,
                                reward_terms, span_f1)
-from mcr_swift.entities import ENTITY_TYPES, Entity
+from mcr_swift.core.entities import ENTITY_TYPES, Entity
 
 ONES = {t: 1.0 for t in TERMS}
 

@@ -1,4 +1,4 @@
-"""`mcr_swift.scoring`: score_row per task against hand-computed values, and RewardConfig.from_env."""
+"""`mcr_swift.core.scoring`: score_row per task against hand-computed values, and RewardConfig.from_env."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from mcr_swift.answer import render_answer
-from mcr_swift.entities import Entity
-from mcr_swift.rewards import DEFAULT_SIGMA, DEFAULT_WEIGHTS
-from mcr_swift.scoring import RewardConfig, Score, clear_caches, score_row
+from mcr_swift.core.answer import render_answer
+from mcr_swift.core.entities import Entity
+from mcr_swift.core.rewards import DEFAULT_SIGMA, DEFAULT_WEIGHTS
+from mcr_swift.core.scoring import RewardConfig, Score, clear_caches, score_row
 
 #: A 280 x 280 image is not resized under MAX_PIXELS = 280 * 280: model space = original pixels.
 ENV = {"MAX_PIXELS": str(280 * 280)}

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from mcr_swift.answer import BBOX_PLACEHOLDER
-from mcr_swift.synth.client import Endpoint, RetryPolicy
+from mcr_swift.core.answer import BBOX_PLACEHOLDER
+from mcr_swift.endpoint import Endpoint, RetryPolicy
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.plugin.registry import validate_jsonl
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from mcr_swift.synth.synthesize import check_chain, main as synth_main, synthesize
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 
 GOLD = [Entity("Kevin Durant", "PER", ((10, 20, 110, 220),)), Entity("MSG", "LOC", ())]

@@ -12,18 +12,19 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from mcr_swift.answer import BBOX_PLACEHOLDER
-from mcr_swift.synth.client import Endpoint
+from mcr_swift.core.answer import BBOX_PLACEHOLDER
+from mcr_swift.endpoint import Endpoint
 from mcr_swift.synth.cvo_filter import _query_rows
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.data.prepare import prepare_grec, prepare_mner_mi
-from mcr_swift.data.rows import gold_from_row, row_task, sample_from_row
+from mcr_swift.core.columns import gold_from_row, row_task
+from mcr_swift.data.rows import sample_from_row
 from mcr_swift.synth.split import split_by_post
 from mcr_swift.synth.styles import TEMPLATE_STYLES, template_chain
 from mcr_swift.synth.synthesize import (ALL_STYLES, PAPER_D_R, PAPER_TRAIN_SAMPLES, check_chain, paper_count_line,
                              plan_styles, synthesize)
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 from tests.conftest import REPO, SHARED
 
@@ -379,7 +380,7 @@ def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
     that boxes every entity still earns 1 (boxes are not asked); a GREC answer with the gold box (or
     null for no target) earns 1; a GREC answer with the expression typed differently still earns 1
     (GREC scores the location only)."""
-    from mcr_swift.coords import CoordinateSpace
+    from mcr_swift.core.coords import CoordinateSpace
     from mcr_swift.synth.cvo_filter import FilterThresholds, filter_d2
     from tests.conftest import TINY_MAX_PIXELS
     from tests.test_cvo_filter import _exact

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from ..prompts import load_prompt
 from .rows import sample_to_row
 from .twitter import ON_ERROR, ReadReport, SampleList
-from ..entities import Entity, Sample
+from ..core.entities import Entity, Sample
 
 #: Output split names and the release's file suffix for each (the release says "val").
 SPLITS = ("train", "dev", "test")

@@ -19,7 +19,7 @@ from ..jsonl import write_json_atomic, write_jsonl_atomic
 from .rows import sample_to_row
 from .standin import DEFAULT_SIZE, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 #: ``--dataset`` -> (output sub-folder, default splits)
 DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", mner_mod.SPLITS),

@@ -9,7 +9,7 @@ from typing import Iterable, Tuple
 
 from ..files import plain_name
 from ..jsonl import atomic_open
-from ..entities import Sample
+from ..core.entities import Sample
 
 DEFAULT_SIZE: Tuple[int, int] = (640, 480)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..files import BadImage, check_image, plain_name
-from ..entities import ENTITY_TYPES, Entity, Sample
+from ..core.entities import ENTITY_TYPES, Entity, Sample
 
 SPLITS = ("train", "dev", "test")
 ON_ERROR = ("raise", "skip")

@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
-from ..coords import CoordinateSpace, add_space_args, space_from_args
+from ..core.answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
+from ..core.coords import CoordinateSpace, add_space_args, space_from_args
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from ..prompts import load_prompt
-from ..data.rows import row_task, user_content
-from ..entities import Entity, Sample
+from ..core.columns import row_task
+from ..data.rows import user_content
+from ..core.entities import Entity, Sample
 
 __all__ = ["METHODS", "select_demos", "demo_answer", "instruction", "request_messages", "run_baselines", "main"]
 
@@ -127,7 +128,7 @@ def run_baselines(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sample], 
                   progress: bool = True) -> Dict[str, Any]:
     """Query the endpoint for every post; returns the summary (and writes ``out`` when complete).
     ``space`` None: boxes in original pixels (``--box-space original``)."""
-    from ..synth.client import (ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, file_digest, run_jobs,
+    from ..endpoint import (ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, file_digest, run_jobs,
                       to_openai_messages)
     from .predict import answer_entities, describe_space
     retry = retry or RetryPolicy()
@@ -202,7 +203,7 @@ def _read(path: str, limit: Optional[int] = None) -> Tuple[List[Dict[str, Any]],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..synth.client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift baselines", description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--input", required=True, help="prepared split to answer, e.g. mcr_data/twitter_gmner/test.jsonl")

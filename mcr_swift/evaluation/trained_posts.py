@@ -1,6 +1,6 @@
 """``mcr-swift trained-posts D1 OUT``: the GMNER posts MRSI trained on, one row per post.
 
-The memorisation check of a full-pipeline run (recipes/full_pipeline.sh, stage ``trained-eval``):
+The memorisation check of a full-pipeline run (``mcr-swift pipeline``, stage ``trained-eval``):
 ``swift infer`` + ``mcr-swift evaluate`` over the posts of D1 (the MRSI SFT set, Sec. 4.1), exactly as
 on the test split. D1 holds several rows per post (one per reasoning style) and, with the three
 sources, MNER-MI and GREC rows too; this keeps the first row of each GMNER post (``mcr_task``
@@ -14,15 +14,13 @@ tasks), so every input row is accounted for. A bad input file: one line naming i
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from ..jsonl import iter_jsonl, write_jsonl_atomic
-from ..data.rows import row_task
+from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..core.columns import row_task
 
 __all__ = ["select_trained_posts", "main"]
 
@@ -65,9 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = out.with_name(out.name + ".summary.json")
-    tmp = summary.with_name(summary.name + ".tmp")
-    tmp.write_text(json.dumps({"input": str(a.d1), **counts}, indent=1))
-    os.replace(tmp, summary)
+    write_json_atomic(summary, {"input": str(a.d1), **counts})
     write_jsonl_atomic(out, rows)
     print(f"trained posts: {counts['posts']} GMNER posts of {counts['rows_in']} D1 rows "
           f"({counts['duplicates']} further style rows, other tasks {counts['skipped_by_task'] or 'none'}) -> {out}")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
 
 from ..jsonl import write_text_atomic
-from .runs import version_number
+from ..runs import version_number
+
 
 class BatchError(ValueError):
     """An effective batch that cannot be split over the processes."""

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from ..jsonl import write_text_atomic
 
-#: Environment variables that set the image resolution (`mcr_swift.coords.CoordinateSpace.from_env`).
+#: Environment variables that set the image resolution (`mcr_swift.core.coords.CoordinateSpace.from_env`).
 RESIZE_VARS = ("MCR_MODEL_FAMILY", "MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM",
                "MCR_TEMPLATE_MAX_PIXELS")
 _PORT_LINE = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")

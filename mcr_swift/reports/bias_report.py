@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..evaluation.metrics import gmner_metrics
+from ..core.metrics import gmner_metrics
 from .page import html_page, post_card
 from .pictures import render_pictures
 from .posts import TEXTUAL_KINDS, Post, add_input_args, positive_int, read_and_analyse

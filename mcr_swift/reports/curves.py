@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..jsonl import atomic_open
-from ..pipeline.runs import version_number
+from ..runs import version_number
 
 STEP_KEY = "global_step/max_steps"
 

@@ -5,7 +5,7 @@ each picture beside the post's metrics.
 
 "A result file" is whatever ``mcr-swift evaluate`` accepts (swift infer output joined to ``--gold``,
 rows carrying ``mcr_gold``, or ``{"id", "entities"}`` / ``{"id", "response"}`` files): rows are read
-and scored by `mcr_swift.evaluation.evaluate.collect` with the same coordinate-space options.
+and scored by `mcr_swift.evaluation.reading.collect` with the same coordinate-space options.
 
 The error kinds a post is filtered on are defined in `mcr_swift.reports.posts` (App. E.3); the
 page and the post cards are `mcr_swift.reports.page`.
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..jsonl import atomic_open, write_json_atomic, write_text_atomic
-from ..evaluation.metrics import normalize_text
-from ..entities import Entity
+from ..core.metrics import normalize_text
+from ..core.entities import Entity
 from .page import html_page, post_card
 from .posts import (DEFAULT_WIDTH, FILTERS, Post, add_input_args, entity_label, matches, positive_int,
                     read_and_analyse, select_posts)

@@ -1,4 +1,4 @@
-"""``mcr-swift report RUN_DIR``: the final report of a full-pipeline run (recipes/full_pipeline.sh).
+"""``mcr-swift report RUN_DIR``: the final report of a full-pipeline run (``mcr-swift pipeline``).
 
 Reads what each stage left in the run folder and writes ``RUN_DIR/report.md`` and ``report.json``:
 the Table 1-style metrics row of the test split, every stage's wall time (or "skipped" when a
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..pipeline.runs import version_number
+from ..runs import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
            "variant_row", "render_variant_table", "main", "trained_posts_metrics", "grpo_steps", "curve_files",
@@ -320,7 +320,7 @@ PAPER_ROWS: Dict[tuple, tuple] = {
     ("Qwen2.5VL-7B", "w/o D_R"): ("Table 3", (69.5, 68.8, 69.2), (81.6, 80.7, 81.1), (72.8, 72.1, 72.5)),
     ("Qwen2.5VL-7B", "w/o Inst"): ("Table 3", (67.3, 66.1, 66.7), (81.7, 80.2, 80.9), (70.8, 69.5, 70.1)),
 }
-#: recipes/full_pipeline.sh VARIANT -> the paper's row it reproduces
+#: mcr-swift pipeline VARIANT -> the paper's row it reproduces
 VARIANT_ROWS: Dict[str, str] = {
     "mcr": "+MRSI+CVO", "sft": "+SFT", "mrsi_only": "+MRSI", "no_cvo": "w/o CVO",
     "cvo_only": "w/o MRSI", "no_dr": "w/o D_R", "no_inst": "w/o Inst",

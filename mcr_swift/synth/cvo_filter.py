@@ -2,7 +2,7 @@
 
 For each D2 query, G responses {o_1..o_G} are sampled from the current policy (the MRSI checkpoint
 served by ``swift deploy`` or ``vllm serve``: any OpenAI-compatible endpoint) and scored with the
-CVO reward R (Eq. 10: `mcr_swift.scoring.score_row`, the very function GRPO's ``gmner_orm``
+CVO reward R (Eq. 10: `mcr_swift.core.scoring.score_row`, the very function GRPO's ``gmner_orm``
 calls). The query is kept only if
 
     std(r) >= 0.1,   max(r) >= 0.8,   0.08 <= median(r) <= 0.6          (App. D.3)
@@ -117,9 +117,9 @@ def _seed(seed: int, pid: str, k: int) -> int:
 
 
 def _score_group(texts: Sequence[str], q: Mapping[str, Any], config, skipped: Counter) -> List[float]:
-    """R (Eq. 10) of each rollout of query ``q`` (`mcr_swift.scoring.score_row`); a rollout whose row
+    """R (Eq. 10) of each rollout of query ``q`` (`mcr_swift.core.scoring.score_row`); a rollout whose row
     cannot be scored gets 0.0, as in GRPO, and is counted in ``skipped`` by reason."""
-    from ..scoring import score_row
+    from ..core.scoring import score_row
     out = []
     for t in texts:
         s = score_row(t, q, config)
@@ -135,8 +135,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
               thresholds: FilterThresholds = FilterThresholds(), concurrency: int = 8, retry=None,
               cache_path: Optional[Path] = None, progress: bool = True, source: str = "input") -> Dict[str, Any]:
     """Sample, score, decide; writes ``out`` (kept queries), ``out.stats.jsonl`` and the summary."""
-    from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
-    from ..scoring import RewardConfig
+    from ..endpoint import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
+    from ..core.scoring import RewardConfig
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
 
 def _space_dict() -> Dict[str, Any]:
     """The resize settings the reward resolves from the environment (`CoordinateSpace.from_env`)."""
-    from ..coords import CoordinateSpace
+    from ..core.coords import CoordinateSpace
     sp = CoordinateSpace.from_env()
     return {"family": sp.family, "min_pixels": sp.min_pixels, "max_pixels": sp.max_pixels,
             "template_max_pixels": sp.template_max_pixels}
@@ -261,8 +261,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
-    from ..coords import add_space_args
+    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..core.coords import add_space_args
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
     p.add_argument("--out", required=True, help="kept queries, e.g. mcr_data/mrsi/d2_filtered.jsonl")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..jsonl import iter_jsonl, write_jsonl_atomic
-from ..data.rows import row_task
+from ..core.columns import row_task
 
 __all__ = ["DEFAULT_D1_RATIO", "split_by_post", "style_counts", "task_style_counts", "main"]
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
+from ..core.answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from ..data.rows import GOLD_COLUMN, row_task, sample_from_row
+from ..core.columns import GOLD_COLUMN, row_task
+from ..data.rows import sample_from_row
 from .styles import TEMPLATE_STYLES, template_chain
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 __all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt",
            "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
@@ -78,7 +79,7 @@ class ChainCheck:
 
 
 def _key(e: Entity) -> Tuple[str, str, bool]:
-    from ..evaluation.metrics import normalize_text
+    from ..core.metrics import normalize_text
     return normalize_text(e.text), e.type, bool(e.boxes)
 
 
@@ -148,7 +149,7 @@ def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str, task: s
 
 def _answer_entities(answer: str) -> Optional[List[Entity]]:
     """The answer's entities; a ``<bbox>`` placeholder reads as 'located'. None: no readable list."""
-    from ..evaluation.parser import parse_answer
+    from ..core.parser import parse_answer
     res = parse_answer(answer.replace(BBOX_PLACEHOLDER, "[0, 0, 1, 1]"))
     return list(res.entities) if res.ok else None
 
@@ -265,7 +266,7 @@ def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post
 
 
 def _request_messages(style: str, sample: Sample, row: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    from .client import to_openai_messages
+    from ..endpoint import to_openai_messages
     task = row_task(row)
     prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]), task)
     if API_STYLES[style][1]:
@@ -302,7 +303,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
                progress: bool = True, source: str = "input") -> Dict[str, Any]:
     """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`."""
-    from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
+    from ..endpoint import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +430,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "

@@ -7,7 +7,7 @@
   and ``key: value`` records (`_parse_qwen_tokens`, `_parse_tuples`, `_parse_lines`).
 
 Decoding and salvaging the JSON itself is in `salvage`, box repairs in `boxes`; the public face and
-the full description of the grammar is `mcr_swift.evaluation.parser`."""
+the full description of the grammar is `mcr_swift.core.parser`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any, List, Optional, Sequence
 
-from ...entities import Entity
+from ..entities import Entity
 from .boxes import _entity, _fix_box, _make_entity
 from .vocab import (MAX_GROUP, MAX_LINES, REF_CLOSE, REF_OPEN, TYPE_SYNONYMS, _BOX_KEYS, _CODES,
                     _CONTAINER_KEYS, _ENTITY_KEYS, _HAS_DIGIT_RE, _NULL_WORDS, _NUM, _NUM_RE, _QUOTE_PAIRS,

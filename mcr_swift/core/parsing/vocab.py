@@ -1,7 +1,7 @@
 """The answer grammar's vocabulary: scan limits, tags, type words, key names, the shared
 regular expressions, the per-parse counters and the two normalisers (type, entity text).
 
-Part of the parser (`mcr_swift.evaluation.parser` is the public face and documents the grammar)."""
+Part of the parser (`mcr_swift.core.parser` is the public face and documents the grammar)."""
 
 from __future__ import annotations
 

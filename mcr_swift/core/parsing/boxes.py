@@ -3,7 +3,7 @@ tokens, several boxes), the repairs (swapped corners, negative or out-of-extent 
 non-finite or zero-area box removed, each counted in ``repaired``), and `_make_entity`, which builds an
 `Entity` from a text, a type and a raw box value.
 
-Part of the parser (`mcr_swift.evaluation.parser` documents the rules)."""
+Part of the parser (`mcr_swift.core.parser` documents the rules)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any, List, Optional, Sequence, Tuple
 
-from ...entities import Entity
+from ..entities import Entity
 from .vocab import (BOX_CLOSE, BOX_OPEN, _BOX_KEYS, _CODES, _HAS_DIGIT_RE, _NULL_WORDS, _NUM_RE, _Acc,
                     clean_entity_text, normalize_type)
 

@@ -2,7 +2,7 @@
 
 `parse_answer(text)` never raises: any input (None, bytes, junk, megabytes, truncated JSON, NaN)
 gives a `ParseResult`. It is on the GRPO hot path (every rollout of every step), so the common case
-(the canonical answer of `mcr_swift.answer`) is one ``rfind`` plus one ``json.loads``.
+(the canonical answer of `mcr_swift.core.answer`) is one ``rfind`` plus one ``json.loads``.
 
 Where the answer is looked for
 ------------------------------
@@ -100,7 +100,7 @@ list of objects with exactly the keys entity (string), type (string) and bbox (n
 numbers). A bbox written as Qwen box tokens (``QWENVL_BBOX_FORMAT=legacy``) also passes.
 
 The code: this module is the public face (entry points, the strict format check); the grammar's
-vocabulary and normalisers are in `mcr_swift.evaluation.parsing.vocab`, the well-formed styles in
+vocabulary and normalisers are in `mcr_swift.core.parsing.vocab`, the well-formed styles in
 `.parsing.grammar`, recovery in `.parsing.boxes` (box repairs) and `.parsing.salvage` (malformed and
 truncated JSON).
 """
@@ -114,7 +114,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
-from ..entities import Entity
+from .entities import Entity
 from .parsing.grammar import _answer_items, _convert_items, _is_number, _parse_lines, _parse_qwen_tokens, _parse_tuples
 from .parsing.salvage import _MISSING, _json_value
 from .parsing.vocab import (ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, MAX_GROUP, MAX_JSON_FAILS,  # noqa: F401

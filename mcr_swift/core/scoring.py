@@ -8,18 +8,18 @@ Per completion (the row's columns ``mcr_task`` (missing = ``gmner``), ``mcr_gold
 ``mcr_image_sizes`` (``[[width, height], ..]``; the first image counts)):
 
 1. The text is the completion itself, or the last assistant ``content`` of a list of messages
-   (`mcr_swift.evaluation.parser.completion_text`).
-2. It is parsed with `mcr_swift.evaluation.parser.parse_answer`, boxes clamped to the model extent of the
+   (`mcr_swift.core.parser.completion_text`).
+2. It is parsed with `mcr_swift.core.parser.parse_answer`, boxes clamped to the model extent of the
    row's first image (`CoordinateSpace.model_extent`).
 3. The comparison happens in the **model's coordinate space**: gold boxes are mapped with
    `CoordinateSpace.to_model` (the rounding ms-swift applies to the training labels) and clamped to the
    model extent, so an answer that reproduces the label scores exactly 1.0 (IoU is invariant to the
    per-axis scaling, so this equals comparing in original pixels up to that rounding).
    ``MCR_REWARD_SPACE=original`` maps the predicted boxes back with `CoordinateSpace.from_model` instead.
-4. The terms of the row's task (`mcr_swift.rewards.TASK_TERMS`): ``gmner`` count, span, type, iou, entail
+4. The terms of the row's task (`mcr_swift.core.rewards.TASK_TERMS`): ``gmner`` count, span, type, iou, entail
    (Eq. 6-9, 15); ``mner_mi`` count, span, type (no location asked, Sec. 5.3); ``grec`` iou, entail
-   (`mcr_swift.rewards.grec_reward_terms`). R is Eq. 10 with the task-rescaled lambdas
-   (`mcr_swift.rewards.task_weights`). A completion with no parseable answer (``answered`` False) scores 0
+   (`mcr_swift.core.rewards.grec_reward_terms`). R is Eq. 10 with the task-rescaled lambdas
+   (`mcr_swift.core.rewards.task_weights`). A completion with no parseable answer (``answered`` False) scores 0
    on every term and 0 F1, also on a row with no gold; a well-formed empty answer on such a row earns 1.
 5. F1: the post's GMNER F1 (Eq. 19-24) on ``gmner`` rows, MNER F1 on ``mner_mi`` rows, None on ``grec``.
 
@@ -47,9 +47,9 @@ from functools import cached_property, lru_cache
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .coords import CoordinateSpace, clamp_box
-from .data.rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
+from .columns import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .entities import Entity
-from .evaluation.parser import completion_text, format_ok, parse_answer
+from .parser import completion_text, format_ok, parse_answer
 from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma, check_unmatched,
                       grec_reward_terms, normalize_weights, reward_terms, task_reward, task_weights)
 
@@ -189,12 +189,12 @@ class Score:
 
     @cached_property
     def format_ok(self) -> bool:
-        """The canonical think/answer shape (`mcr_swift.evaluation.parser.format_ok`)."""
+        """The canonical think/answer shape (`mcr_swift.core.parser.format_ok`)."""
         return format_ok(self.text)
 
 
 def _post_f1(pred, gold, task: str) -> float:
-    from .evaluation.metrics import post_counts
+    from .metrics import post_counts
     if task == "mner_mi":
         pred, gold = [Entity(e.text, e.type) for e in pred], [Entity(e.text, e.type) for e in gold]
     if not pred and not gold:

@@ -10,7 +10,7 @@ Terms (all in [0, 1], never NaN):
 * ``count``  R_c, Eq. 13-15 (App. D.1), `count_reward`.
 * ``span``   R_s, Eq. 6 / 18: mean token-level F1 (Eq. 16-17, `span_f1`) over the matched pairs.
 * ``type``   R_t, Eq. 7: share of matched pairs whose types are equal (compared as given, exact
-  strings; `mcr_swift.evaluation.parser` already normalises predicted types).
+  strings; `mcr_swift.core.parser` already normalises predicted types).
 * ``iou``    R_u, Eq. 8: mean over matched pairs of max(0, (IoU - sigma) / (1 - sigma)).
 * ``entail`` R_e, Eq. 9: share of matched pairs with 1{pred located} == 1{gold located}.
 
@@ -25,7 +25,7 @@ Conventions where the paper is silent (each decided here once):
 
 * Tokens: whitespace split, **case-sensitive** exact tokens (spans are copied from the sentence, so
   "nba" for "NBA" is a different token). A text with no tokens has F = 0 with everything.
-* No parseable answer (``pred=None``; `mcr_swift.evaluation.parser.ParseResult.answered` is False): every term
+* No parseable answer (``pred=None``; `mcr_swift.core.parser.ParseResult.answered` is False): every term
   is 0, R_c included, on every post, also on a post with no gold entity. Junk ("I refuse.", "", a
   page of x's) must never earn more than trying; a well-formed empty answer (``[]``, ``None``, ...)
   is ``pred=[]`` and earns what an empty prediction earns.
@@ -55,7 +55,7 @@ Conventions where the paper is silent (each decided here once):
 
 Rows of other tasks (`TASK_TERMS`): MNER-MI uses R_c, R_s, R_t; GREC uses R_u, R_e of its one
 expression (`grec_reward_terms`); Eq. 10's lambdas are rescaled per task (`task_weights`,
-`task_reward`). One completion against one dataset row (gold mapping, config, F1): `mcr_swift.scoring`.
+`task_reward`). One completion against one dataset row (gold mapping, config, F1): `mcr_swift.core.scoring`.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def span_f1(pred_text: str, gold_text: str) -> float:
 # --------------------------------------------------------------------------- matching
 def _iou_boxes(a, b) -> float:
     """IoU of two (x1, y1, x2, y2) boxes (Eq. 22). `Entity` boxes are always finite; a degenerate
-    box has IoU 0 (same values as `mcr_swift.coords.iou`, without its per-call finiteness checks)."""
+    box has IoU 0 (same values as `mcr_swift.core.coords.iou`, without its per-call finiteness checks)."""
     iw = (a[2] if a[2] < b[2] else b[2]) - (a[0] if a[0] > b[0] else b[0])
     if iw <= 0:
         return 0.0

@@ -3,7 +3,7 @@
 list (its complete objects kept, the cut one counted as dropped), with at most ``MAX_JSON_FAILS``
 failed decode attempts.
 
-Part of the parser (`mcr_swift.evaluation.parser` documents the rules)."""
+Part of the parser (`mcr_swift.core.parser` documents the rules)."""
 
 from __future__ import annotations
 

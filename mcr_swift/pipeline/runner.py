@@ -100,8 +100,8 @@ class Run:
         try:
             url = server.start(cmd.argv[len(swift_exe()) + 1:], log, self.pid_file, swift=os.environ.get("SWIFT", "swift"),
                                env=self.ex.env, cwd=REPO)
-        except RuntimeError as e:
-            raise StageFailed(str(e)) from None
+        except (RuntimeError, OSError) as e:   # it exited, never answered, or could not start
+            raise StageFailed(f"swift deploy: {e}") from None
         self.log(f"server up at {url} ({self.resize_env()})")
         return url
 

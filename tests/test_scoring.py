@@ -150,8 +150,9 @@ def test_weights_sigma_unmatched_change_the_score():
 
 def test_reward_config_from_env():
     d = RewardConfig.from_env({})
-    assert (d.weights, d.sigma, d.unmatched, d.space_mode, d.log_path) == (
-        DEFAULT_WEIGHTS, DEFAULT_SIGMA, "drop", "model", None)
+    assert (d.weights, d.sigma, d.unmatched, d.space_mode, d.log_path, d.count_reading) == (
+        DEFAULT_WEIGHTS, DEFAULT_SIGMA, "drop", "model", None, "literal")
+    assert RewardConfig.from_env({"MCR_COUNT_READING": " True_Count"}).count_reading == "true_count"
     c = RewardConfig.from_env({"MCR_REWARD_WEIGHTS": "type=0.5, entail=0.5", "MCR_IOU_SIGMA": "0.25",
                                "MCR_UNMATCHED": "zero", "MCR_REWARD_SPACE": "Original", "MCR_REWARD_LOG": "/x/r.jsonl",
                                "MAX_PIXELS": "100352", "MCR_MODEL_FAMILY": "qwen2_5_vl"})
@@ -162,7 +163,8 @@ def test_reward_config_from_env():
     hash(c)  # frozen and hashable: a cache key
     assert RewardConfig.from_env({"MCR_REWARD_WEIGHTS": "1,0,0,0,0"}).weights == (1.0, 0.0, 0.0, 0.0, 0.0)
     for var, bad in (("MCR_REWARD_WEIGHTS", "1,2"), ("MCR_REWARD_WEIGHTS", "a=1"), ("MCR_IOU_SIGMA", "1.5"),
-                     ("MCR_IOU_SIGMA", "x"), ("MCR_UNMATCHED", "nope"), ("MCR_REWARD_SPACE", "bogus")):
+                     ("MCR_IOU_SIGMA", "x"), ("MCR_UNMATCHED", "nope"), ("MCR_REWARD_SPACE", "bogus"),
+                     ("MCR_COUNT_READING", "by_q")):
         with pytest.raises(ValueError, match=var):
             RewardConfig.from_env({var: bad})
 

@@ -33,6 +33,7 @@ Configuration (`RewardConfig.from_env`; bad values raise ValueError naming the v
   iou, entail) or ``"count=0.3,span=0.2,..."`` (missing terms weigh 0). Default 0.2 each.
 * ``MCR_IOU_SIGMA``: sigma of Eq. 8, in [0, 1). Default 0.5.
 * ``MCR_UNMATCHED``: ``drop`` (default) or ``zero``, the reading of "the k matched pairs" of Eq. 6-9.
+* ``MCR_COUNT_READING``: ``literal`` (default) or ``true_count``, the reading of Eq. 14-15 (R_c).
 * ``MCR_REWARD_SPACE``: ``model`` (default) or ``original``, see 3.
 * ``MCR_REWARD_LOG``: a file to which ``gmner_orm`` appends one JSON line per scored completion.
 * the image resize (``MCR_MODEL_FAMILY``, ``MAX_PIXELS``, ``MIN_PIXELS``, ``IMAGE_MAX_TOKEN_NUM``,
@@ -50,10 +51,12 @@ from .coords import CoordinateSpace, clamp_box
 from .columns import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .entities import Entity
 from .parser import completion_text, format_ok, parse_answer
-from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma, check_unmatched,
+from .rewards import (DEFAULT_COUNT_READING, DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma,
+                      check_count_reading, check_unmatched,
                       grec_reward_terms, normalize_weights, reward_terms, task_reward, task_weights)
 
 __all__ = ["RewardConfig", "Score", "score_row", "weights_from_env", "sigma_from_env", "unmatched_from_env",
+           "count_reading_from_env",
            "space_mode_from_env", "SPACES", "first_size"]
 
 assert set(TASK_TERMS) == set(TASKS)
@@ -107,6 +110,11 @@ def unmatched_from_env(env=None) -> str:
     return _from_env(env, "MCR_UNMATCHED", DEFAULT_UNMATCHED, check_unmatched)
 
 
+def count_reading_from_env(env=None) -> str:
+    """``MCR_COUNT_READING`` (``literal`` or ``true_count``; default ``literal``)."""
+    return _from_env(env, "MCR_COUNT_READING", DEFAULT_COUNT_READING, check_count_reading)
+
+
 def space_mode_from_env(env=None) -> str:
     """``MCR_REWARD_SPACE`` (``model`` or ``original``; default ``model``)."""
     env = os.environ if env is None else env
@@ -122,6 +130,7 @@ class RewardConfig:
     weights: Tuple[float, ...] = normalize_weights(None)
     sigma: float = DEFAULT_SIGMA
     unmatched: str = DEFAULT_UNMATCHED
+    count_reading: str = DEFAULT_COUNT_READING
     space_mode: str = "model"
     space: CoordinateSpace = field(default_factory=CoordinateSpace.from_env)
     log_path: Optional[str] = None
@@ -130,7 +139,8 @@ class RewardConfig:
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "RewardConfig":
         env = os.environ if env is None else env
         return cls(weights=weights_from_env(env), sigma=sigma_from_env(env), unmatched=unmatched_from_env(env),
-                   space_mode=space_mode_from_env(env), space=CoordinateSpace.from_env(env=env),
+                   count_reading=count_reading_from_env(env), space_mode=space_mode_from_env(env),
+                   space=CoordinateSpace.from_env(env=env),
                    log_path=(env.get("MCR_REWARD_LOG") or "").strip() or None)
 
     def task_weights(self, task: str) -> Dict[str, float]:
@@ -282,7 +292,7 @@ def _score(text: str, raw: Any, size, task: str, cfg: RewardConfig) -> Score:
     elif task == "grec":
         terms = grec_reward_terms(pred, gold, cfg.sigma)
     else:
-        terms = reward_terms(pred, gold, cfg.sigma, unmatched=cfg.unmatched)
+        terms = reward_terms(pred, gold, cfg.sigma, unmatched=cfg.unmatched, count_reading=cfg.count_reading)
         terms = {t: terms[t] for t in TASK_TERMS[task]}
     return Score(task, text, reward=float(task_reward(terms, cfg.weights, task)), answered=ok, n_pred=len(pred),
                  n_gold=len(gold), pred=pred, gold=gold, **terms)

@@ -239,7 +239,7 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
         first, second = [c["args"] for c in calls if c["cmd"] == "sft"]
         merged = str(run / "mrsi_merged" / "merged")
         assert (first["--dataset"], first["--model"]) == ("mcr-mrsi:d1", model)
-        assert (second["--dataset"], second["--model"]) == (str(data / "mrsi" / "d2_kept.jsonl"), merged)
+        assert (second["--dataset"], second["--model"]) == ("mcr-mrsi:d2_kept", merged)   # data/mrsi/d2_kept.jsonl
         assert second["--output_dir"] == str(run / "cvo_sft") and second["--learning_rate"] == "1e-4"
         assert [c["args"] for c in calls if c["cmd"] == "deploy"][1]["--model"] == merged   # the filter
         d2, kept = _rows(data / "mrsi" / "d2.jsonl"), _rows(data / "mrsi" / "d2_kept.jsonl")

@@ -331,7 +331,7 @@ def do_cvo_data(r: Run) -> None:
 def do_cvo_sft(r: Run) -> None:
     """VARIANT=no_cvo: continue MRSI by SFT (MRSI's settings) on the CVO data, from the merged MRSI policy."""
     out = r.dir / "cvo_sft"
-    r.ex.run(r.sft_command(model=r.policy()[0], dataset=str(r.data / "mrsi" / "d2_kept.jsonl"), out=out,
+    r.ex.run(r.sft_command(model=r.policy()[0], dataset="mcr-mrsi:d2_kept", out=out,   # the registered loader's checks
                            steps=r.c.sft.max_steps, full=False, lr=None, extra=[]))
     r.ex.last_checkpoint(out)
 

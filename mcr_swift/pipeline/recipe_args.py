@@ -115,7 +115,7 @@ def check_nodes(nnodes: int, env: Mapping[str, str]) -> None:
             raise ValueError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
 
 
-def positive_int(name: str, raw: str) -> int:
+def positive_setting(name: str, raw: str) -> int:
     try:
         v = int(raw)
     except ValueError:
@@ -128,10 +128,10 @@ def positive_int(name: str, raw: str) -> int:
 def _main_batch(ns: argparse.Namespace) -> int:
     gpus = count_gpus()
     try:
-        nproc = positive_int("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
+        nproc = positive_setting("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
         raw_nodes = ns.nnodes if ns.nnodes else (os.environ.get("NNODES") or "1")
-        nnodes = positive_int("NNODES", raw_nodes)
-        per_device = positive_int("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
+        nnodes = positive_setting("NNODES", raw_nodes)
+        per_device = positive_setting("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
         per_device, grad_acc = split_batch(ns.batch, nproc, per_device, ns.max_per_device, ns.num_generations,
                                            nnodes=nnodes)
         check_nodes(nnodes, os.environ)

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from .commands import Executor, grpo_overrides, infer_eval, read_config, stage_config, swift, train
 from .config import RUNS, read_yaml
-from .recipe_args import check_nodes, count_gpus, positive_int, split_batch
+from .recipe_args import check_nodes, count_gpus, positive_setting, split_batch
 
 #: stage-recipe environment variable -> flag of the stage config (as in the recipes before the configs)
 TRAIN_FLAGS = {"MODEL": "model", "TEMPLATE": "template", "DATASET": "dataset", "NUM_EPOCHS": "num_train_epochs",
@@ -40,7 +40,7 @@ def _from_env(table: Dict[str, str], env) -> Dict[str, Any]:
 
 def _int(env, name: str) -> Optional[int]:
     """A positive integer variable, or None when unset or empty."""
-    return positive_int(name, env[name]) if env.get(name) else None
+    return positive_setting(name, env[name]) if env.get(name) else None
 
 
 def model_stage_args(template: str, stage: str) -> Dict[str, Any]:

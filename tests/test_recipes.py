@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from mcr_swift.pipeline.commands import Executor, swift_exe
+from mcr_swift.pipeline.commands import Executor, read_config, swift_exe
 from mcr_swift.pipeline.recipe_args import BatchError, newest_checkpoint, split_batch, write_last_checkpoint
 from mcr_swift.pipeline.stage import build
 from tests.conftest import REPO
@@ -56,7 +55,7 @@ def resolved(cmd) -> dict:
     argv = cmd.argv[len(swift_exe()):]
     words, env = [argv[0]], {}
     if len(argv) > 1 and argv[1].endswith(".yaml"):
-        cfg = yaml.safe_load(Path(argv[1]).read_text())
+        cfg = dict(read_config(Path(argv[1])))   # a no-vLLM config is derived (and written only for real)
         env = {k: str(v) for k, v in (cfg.pop("ENV", None) or {}).items()}
         word = lambda v: str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731 (ms-swift: "True")
         for k, v in cfg.items():
@@ -178,6 +177,7 @@ def test_grpo_from_an_adapter_uses_it_as_kl_reference(tmp_path):
     a = recipe_args("cvo-grpo", 0, ADAPTERS="runs/mrsi_sft/v0-1/checkpoint-9")
     assert a["adapters"] == a["ref_adapters"] == "runs/mrsi_sft/v0-1/checkpoint-9"
     assert a["use_vllm"] == "false" and a["deepspeed"] == ""   # no GPU found: no vLLM, one process, no ZeRO
+    assert not any(k.startswith(("vllm_", "sleep_level")) for k in a)   # ms-swift refuses vllm_mode without vLLM
 
 
 def test_grpo_reward_terms_are_logged_with_weight_zero(tmp_path):

@@ -39,7 +39,11 @@ def stage_config(name: str, model_key: str = "qwen25vl_7b") -> Path:
 
 
 def read_config(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    path = Path(path)
+    if not path.exists() and path.name.endswith(".no_vllm.yaml"):   # a dry run: not written, derived here
+        src = read_config(stage_config(path.name[:-len(".no_vllm.yaml")]))
+        return {**{k: v for k, v in src.items() if not k.startswith(VLLM_KEYS)}, "use_vllm": False}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def _word(v: Any) -> str:
@@ -112,10 +116,14 @@ def swift(sub: Sequence[str], config: Path, overrides: Mapping[str, Any], env: O
 
 def train(sub: Sequence[str], config: Path, overrides: Dict[str, Any], *, nproc: int, nnodes: int = 1,
           batch: Optional[int] = None, per_device: Optional[int] = None, num_generations: Optional[int] = None,
-          env: Optional[Dict[str, str]] = None, extra: Sequence[str] = ()) -> Command:
+          env: Optional[Dict[str, str]] = None, extra: Sequence[str] = (), dry_run: bool = False) -> Command:
     """A ``swift sft|rlhf`` command keeping the config's effective (global) batch -- NPROC_PER_NODE x
     per-device x accumulation in the file, App. E.4 -- for ``nnodes x nproc`` processes (`split_batch`);
     ZeRO-2 only with more than one process."""
+    if overrides.get("use_vllm") is False and read_config(config).get("use_vllm"):
+        out_dir = Path(overrides.get("output_dir") or read_config(config)["output_dir"])
+        config = without_vllm(config, out_dir, write=not dry_run)
+        overrides = {k: v for k, v in overrides.items() if k != "use_vllm"}
     cfg = read_config(config)
     cfg_pd, cfg_acc = int(cfg["per_device_train_batch_size"]), int(cfg["gradient_accumulation_steps"])
     batch = batch or int(cfg["ENV"]["NPROC_PER_NODE"]) * cfg_pd * cfg_acc
@@ -131,6 +139,24 @@ def train(sub: Sequence[str], config: Path, overrides: Dict[str, Any], *, nproc:
         batch_flags["deepspeed"] = ""            # one process: no ZeRO
     run_env = {"NPROC_PER_NODE": str(nproc), **({"NNODES": str(nnodes)} if nnodes > 1 else {}), **(env or {})}
     return swift(sub, config, {**overrides, **batch_flags}, run_env, extra)
+
+
+#: the rollout-engine keys of cvo_grpo.yaml: ms-swift refuses vllm_mode without vLLM, and a flag cannot unset a key
+VLLM_KEYS = ("use_vllm", "vllm_", "sleep_level")
+
+
+def without_vllm(config: Path, out_dir: Path, write: bool = True) -> Path:
+    """The stage config without its vLLM keys and with ``use_vllm: false`` (rollouts by the training model, no
+    GPU), written beside the stage's outputs as ``<out_dir>/<name>.no_vllm.yaml``; every other line is the file's."""
+    target = Path(out_dir) / f"{Path(config).stem}.no_vllm.yaml"
+    if write:
+        lines = [l for l in Path(config).read_text(encoding="utf-8").splitlines()
+                 if not l.startswith(VLLM_KEYS)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        from ..jsonl import write_text_atomic
+        write_text_atomic(target, f"# {Path(config).name} without its vLLM keys (derived by mcr-swift; no GPU)\n"
+                          + "\n".join(lines) + "\nuse_vllm: false             # rollouts with the training model\n")
+    return target
 
 
 def grpo_overrides(*, use_vllm: bool, vllm_mode: str = "colocate", server_host: Optional[str] = None,
@@ -152,7 +178,7 @@ def grpo_overrides(*, use_vllm: bool, vllm_mode: str = "colocate", server_host: 
         o.update(reward_funcs=[*(reward_funcs or ["gmner_orm"]), *REWARD_TERMS],
                  reward_weights=[*(reward_weights or [1]), *[0] * len(REWARD_TERMS)])
     if not use_vllm:
-        o["use_vllm"] = False
+        o["use_vllm"] = False   # train() then runs the config without its vLLM keys (`without_vllm`)
     elif vllm_mode == "server":
         if not server_host:
             raise ValueError("VLLM_MODE=server needs VLLM_SERVER_HOST (the `swift rollout` host)")

@@ -311,7 +311,7 @@ def do_grpo(r: Run) -> None:
     cfg = stage_config("cvo_grpo")
     r.ex.run(train(["rlhf"], cfg, o, nproc=r.nproc, nnodes=c.nnodes, batch=g.batch_size,
                    per_device=g.per_device_batch_size, num_generations=g.num_generations, env=r.env,
-                   extra=g.extra_args))
+                   extra=g.extra_args, dry_run=r.ex.dry_run))
     r.ex.last_checkpoint(out)
 
 

@@ -109,7 +109,7 @@ def build(stage: str, env, gpus: int, extra: List[str], ex: Executor) -> None:
                                 per_device_eval=eval_pd, reward_funcs=o.pop("reward_funcs", None),
                                 reward_weights=o.pop("reward_weights", None)))
     cmd = train(["sft"] if stage == "mrsi-sft" else ["rlhf"], cfg, o, nproc=nproc, nnodes=nnodes, batch=batch,
-                per_device=per_device, num_generations=gens, extra=extra)
+                per_device=per_device, num_generations=gens, extra=extra, dry_run=ex.dry_run)
     ex.run(cmd)
     ex.last_checkpoint(Path(o.get("output_dir") or read_config(cfg)["output_dir"]))
 

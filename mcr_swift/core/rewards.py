@@ -65,7 +65,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 from .entities import Entity
 
 __all__ = ["TERMS", "DEFAULT_WEIGHTS", "DEFAULT_SIGMA", "UNMATCHED_MODES", "DEFAULT_UNMATCHED", "check_unmatched",
-           "COUNT_READINGS", "DEFAULT_COUNT_READING", "check_count_reading",
+           "check_sigma", "COUNT_READINGS", "DEFAULT_COUNT_READING", "check_count_reading",
            "count_reward", "span_f1", "match_entities",
            "reward_terms", "gmner_reward", "normalize_weights", "weighted_sum"]
 
@@ -338,7 +338,8 @@ def _hungarian(edges, pred, gold, sigma) -> list:
 
 
 # --------------------------------------------------------------------------- Eq. 6-9
-def _check_sigma(sigma: float) -> float:
+def check_sigma(sigma: float) -> float:
+    """``sigma`` as a float if it is in [0, 1) (Eq. 8 divides by 1 - sigma), else ValueError."""
     try:
         s = float(sigma)
     except (TypeError, ValueError):
@@ -365,7 +366,7 @@ def reward_terms(pred: Optional[Sequence[Entity]], gold: Sequence[Entity], sigma
     ``unmatched``: ``drop`` (default) or ``zero``, the two readings of "the k matched pairs";
     ``count_reading``: ``literal`` (default) or ``true_count``, the two readings of Eq. 14-15.
     """
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     mode = check_unmatched(unmatched)
     if pred is None:                                          # junk earns nothing
         return dict(ZEROS)
@@ -484,13 +485,15 @@ def grec_reward_terms(pred: Sequence[Entity], gold: Sequence[Entity], sigma: flo
     The answer is reduced to its location: no box -> None, one box -> that box; it is compared with
     the gold location as one matched pair (both None -> R_u = 1; Eq. 8's IoU mapping otherwise).
     An answer with several boxes localises nothing (GREC counts a one-target sample right only with
-    exactly one correct box): R_u = 0, and R_e = 1 iff the gold has a target.
+    exactly one correct box): R_u = 0, and R_e = 1 iff the gold has a target. An answer of several
+    entities localises nothing either (the answer names one expression; extra entities, located or
+    not, would otherwise be free): R_u = 0, R_e = 1{the answer has a box} == 1{the gold has one}.
     """
     if len(gold) != 1:
         raise ValueError(f"a GREC row has exactly one gold expression, got {len(gold)}")
     g = gold[0]
     boxes = [e.box for e in pred if e.boxes]  # = data.grec.answer_boxes
-    if len(boxes) > 1:
-        return {"iou": 0.0, "entail": 1.0 if g.boxes else 0.0}
+    if len(boxes) > 1 or len(pred) > 1:
+        return {"iou": 0.0, "entail": 1.0 if bool(boxes) == bool(g.boxes) else 0.0}
     terms = reward_terms([Entity(g.text, g.type, tuple(boxes))], [g], sigma)
     return {"iou": terms["iou"], "entail": terms["entail"]}

@@ -51,7 +51,7 @@ from .coords import CoordinateSpace, clamp_box
 from .columns import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .entities import Entity
 from .parser import completion_text, format_ok, parse_answer
-from .rewards import (DEFAULT_COUNT_READING, DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma,
+from .rewards import (DEFAULT_COUNT_READING, DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, check_sigma,
                       check_count_reading, check_unmatched,
                       grec_reward_terms, normalize_weights, reward_terms, task_reward, task_weights)
 
@@ -102,7 +102,7 @@ def weights_from_env(env=None) -> Tuple[float, ...]:
 
 def sigma_from_env(env=None) -> float:
     """``MCR_IOU_SIGMA`` (sigma of Eq. 8; default 0.5)."""
-    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: _check_sigma(float(raw)))
+    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: check_sigma(float(raw)))
 
 
 def unmatched_from_env(env=None) -> str:

@@ -130,6 +130,8 @@ def sources_report(data: Path, synth: Dict[str, Any], filt: Dict[str, Any]) -> O
             **{f"{k}_posts": v[1].get(task, 0) if v[0] is not None else None for k, v in read.items()},
             "filter_queries": (filt.get("queries_per_task") or {}).get(task) if filt else None,
             "filter_kept": (filt.get("kept_per_task") or {}).get(task) if filt else None,
+            # prepare's loud lines: missing images, counts that differ from the published ones
+            "warnings": [w for v in (prep or {}).values() if isinstance(v, dict) for w in v.get("warnings") or []],
         }
     return {"per_source": out, "paper_count": synth.get("paper_count"),
             "per_task_style": synth.get("per_task_style")}
@@ -154,6 +156,9 @@ def render_sources(src: Optional[Dict[str, Any]]) -> List[str]:
         status = d["status"].upper() if d["status"] == "missing" else d["status"]
         out.append(f"| {d['name']} | {status} | {prep} | {styles(d['d_r'], d.get('d_r_posts'))} | "
                    f"{styles(d['d1'], d.get('d1_posts'))} | {styles(d['d2'], d.get('d2_posts'))} | {kept} |")
+    warned = [w for d in src["per_source"].values() for w in d.get("warnings") or []]
+    if warned:
+        out += [""] + [f"- **WARNING** (prepare): {w}" for w in warned]
     if src.get("paper_count"):
         out += ["", src["paper_count"]]
     if src.get("per_task_style"):

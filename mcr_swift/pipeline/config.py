@@ -292,12 +292,10 @@ def resolve(profile: Optional[str] = None, model_key: Optional[str] = None, vari
     profile = profile or env.get("PROFILE") or "paper"
     variant = variant or env.get("VARIANT") or "mcr"
     model_key = model_key or "qwen25vl_7b"
-    if profile not in PROFILES:
-        raise ValueError(f"PROFILE must be paper or tiny, got '{profile}'")
-    if variant not in VARIANTS:
-        raise ValueError(f"VARIANT must be mcr, sft, mrsi_only, no_cvo, no_dr, no_inst or cvo_only, got '{variant}'")
-    if model_key not in MODELS:
-        raise ValueError(f"the model must be one of {', '.join(MODELS)}, got '{model_key}'")
+    for name, value, allowed in (("PROFILE", profile, PROFILES), ("VARIANT", variant, VARIANTS),
+                                 ("--model", model_key, MODELS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{value}'")
     files = [RUNS / "paper.yaml"]
     if profile == "tiny":
         files.append(RUNS / "tiny.yaml")

@@ -33,10 +33,10 @@ COMMANDS = {
     "trained-posts": ("mcr_swift.evaluation.trained_posts", "the GMNER posts of D1 that MRSI trained on, one row per post (memorisation check)"),
     "preflight": ("mcr_swift.pipeline.preflight",
                   "measure every row's prompt/target tokens against max_length, completion cap, vLLM length; disk"),
+    "pipeline": ("mcr_swift.pipeline.runner", "the whole MCR run, stage after stage, resumable (recipes/runs/*.yaml; --dry-run)"),
     "serve": ("mcr_swift.pipeline.serve", "start|stop a background `swift deploy` (pid file, waits for /v1/models)"),
-    "recipe-args": ("mcr_swift.pipeline.recipe_args", "recipe helpers: batch split, gpus, last-checkpoint, dry-run"),
-    "swift-args": ("mcr_swift.pipeline.recipe_args:swift_args_main",
-                   "stand-in for `swift sft|rlhf`: resolve the args into args.json without training"),
+    "recipe-args": ("mcr_swift.pipeline.recipe_args", "recipe helpers: batch split, gpus, last-checkpoint"),
+    "stage": ("mcr_swift.pipeline.stage", "one stage on its own (the stage recipes): its config + this machine's overrides"),
 }
 
 

@@ -42,7 +42,7 @@ ANSWER_ONLY_INSTRUCTION = "task_instruction_answer_only"
 
 def gmner_instruction_name() -> str:
     """The Twitter-GMNER instruction file in use: ``$MCR_INSTRUCTION`` (a file name under ``prompts/``,
-    without ``.txt``; set by ``VARIANT=no_inst`` of recipes/full_pipeline.sh) or ``task_instruction``."""
+    without ``.txt``; set by ``VARIANT=no_inst`` of ``mcr-swift pipeline``) or ``task_instruction``."""
     name = (os.environ.get(INSTRUCTION_ENV) or "").strip() or GMNER_INSTRUCTION
     if "/" in name or name.endswith(".txt"):
         raise ValueError(f"{INSTRUCTION_ENV}={name!r}: give a prompt name under prompts/, "

@@ -1,7 +1,7 @@
-"""A stand-in for the ``swift`` command, for tests of what recipes/full_pipeline.sh runs (no training).
+"""A stand-in for the ``swift`` command, for tests of what ``mcr-swift pipeline`` runs (no training).
 
-Installed as an executable named ``swift`` (the recipes treat only a command named ``swift`` as real
-and then record its checkpoint), it appends one JSON line per call to ``$SWIFT_STUB_LOG``:
+Installed as an executable (``SWIFT=<it>`` for ``mcr-swift pipeline``), it reads a stage config given
+first as ms-swift does and appends one JSON line per call to ``$SWIFT_STUB_LOG``:
 ``{"cmd": "sft", "args": {"--flag": "value", ...}, "argv": [...], "env": {...}}`` (``env``: the variables of
 ``ENV_KEYS`` and every image-resolution variable that is set, ``mcr_swift.pipeline.serve.RESIZE_VARS``) and leaves
 what the next stage reads:
@@ -83,12 +83,29 @@ def serve(port: int, name: str) -> None:
     server.serve_forever()
 
 
+def expand_config(argv):
+    """A stage config given first (``swift sft cfg.yaml --flag v``) read as ms-swift 4.6 reads it
+    (swift/cli/main.py): its ENV fills unset variables, its keys become flags before the given ones."""
+    if not argv or not argv[0].endswith((".yaml", ".yml")):
+        return argv
+    import yaml
+    config = yaml.safe_load(Path(argv[0]).read_text())
+    for k, v in (config.pop("ENV", None) or {}).items():
+        os.environ.setdefault(k, str(v))
+    words = []
+    for k, v in config.items():
+        words += [f"--{k}", *([str(x) for x in v] if isinstance(v, list) else [str(v)])]
+    return words + argv[1:]
+
+
 def main() -> int:
-    cmd, args = sys.argv[1], parse(sys.argv[2:])
+    argv = expand_config(sys.argv[2:])
+    cmd, args = sys.argv[1], parse(argv)
     with open(os.environ["SWIFT_STUB_LOG"], "a") as f:
         env = {k: os.environ.get(k) for k in ENV_KEYS}
         env.update({k: os.environ[k] for k in RESIZE_VARS if os.environ.get(k)})
-        f.write(json.dumps({"cmd": cmd, "args": args, "argv": sys.argv[2:], "env": env}) + "\n")
+        f.write(json.dumps({"cmd": cmd, "args": args, "argv": argv, "config": sys.argv[2] if argv != sys.argv[2:] else None,
+                            "env": env}) + "\n")
     if cmd in ("sft", "rlhf"):
         for spec in args["--dataset"].split():
             if not dataset_rows(spec):

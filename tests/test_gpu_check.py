@@ -1,5 +1,5 @@
 """tools/gpu_check.sh (issue 16): no GPU here, so CI checks its syntax and the commands its dry run
-resolves through the real recipes (SWIFT=echo): vLLM colocate with sleep for GRPO, vLLM inference,
+resolves through the real recipes (their --dry-run; a stage config read as ms-swift reads it): vLLM colocate with sleep for GRPO, vLLM inference,
 the filter's `swift deploy` with vLLM, DeepSpeed ZeRO-2 SFT, each small enough for the tiny model."""
 from __future__ import annotations
 
@@ -25,8 +25,18 @@ def test_syntax():
 
 
 def _flags(line: str) -> dict:
+    words = shlex.split(line)
+    if len(words) > 1 and words[1].endswith(".yaml"):   # swift <cmd> <stage config> <flags>
+        import yaml
+        cfg = yaml.safe_load((REPO / words[1]).read_text())
+        cfg.pop("ENV", None)
+        word = lambda v: str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+        expanded = [words[0]]
+        for k, v in cfg.items():
+            expanded += [f"--{k}", *([word(x) for x in v] if isinstance(v, list) else [word(v)])]
+        words = expanded + words[2:]
     out, key = {}, None
-    for w in shlex.split(line):
+    for w in words:
         if w.startswith("--"):
             key = w[2:]
             out[key] = ""
@@ -36,9 +46,14 @@ def _flags(line: str) -> dict:
 
 
 def _command(stdout: str, prefix: str) -> dict:
-    lines = [l for l in stdout.splitlines() if l.startswith(prefix)]
-    assert len(lines) == 1, (prefix, stdout[-3000:])
-    return _flags(lines[0])
+    """The one printed command starting with ``prefix`` (a recipe's ``$ [VAR=v ...] swift <prefix>...``)."""
+    lines = [l.split("$ ", 1)[1] if l.startswith("  $ ") else l for l in stdout.splitlines()]
+    lines = [" ".join(w for w in l.split(" ") if not (w.split("=")[0].isupper() and "=" in w)) if l.startswith(
+        tuple(f"{v}=" for v in ("NPROC_PER_NODE", "MAX_PIXELS", "NNODES"))) else l for l in lines]
+    hits = [l[len("swift "):] if l.startswith("swift " + prefix) else l for l in lines
+            if l.startswith(prefix) or l.startswith("swift " + prefix)]
+    assert len(hits) == 1, (prefix, stdout[-3000:])
+    return _flags(hits[0])
 
 
 def test_dry_run_resolves_every_gpu_path(tmp_path):
@@ -55,7 +70,7 @@ def test_dry_run_resolves_every_gpu_path(tmp_path):
     assert (grpo["rlhf_type"], grpo["use_vllm"], grpo["vllm_mode"], grpo["sleep_level"]) == \
         ("grpo", "true", "colocate", "1")
     assert (grpo["vllm_gpu_memory_utilization"], grpo["vllm_max_model_len"]) == ("0.2", "2048")
-    assert grpo["num_generations"] == "4" and "deepspeed" not in grpo and grpo["model"] == tiny
+    assert grpo["num_generations"] == "4" and grpo["deepspeed"] == "" and grpo["model"] == tiny
     infer = _command(out, "infer ")
     assert (infer["infer_backend"], infer["vllm_max_model_len"], infer["vllm_gpu_memory_utilization"]) == \
         ("vllm", "2048", "0.2")
@@ -71,7 +86,7 @@ def test_dry_run_resolves_every_gpu_path(tmp_path):
         assert flags["output_dir"].startswith(str(work.resolve()))
     assert infer["result_path"].startswith(str(work.resolve()))
     assert not (work / "tiny-qwen2_5_vl").exists() and not (work / "data").exists()
-    assert "max_pixels=50176" in out
+    assert "MAX_PIXELS=50176 swift sft " in out        # the environment wins over the config's ENV
     # bf16 on the GPU for every path, eager vLLM engines (no CUDA-graph capture for a 10 M model)
     for flags in (sft, grpo, infer, deploy):
         assert flags["torch_dtype"] == "bfloat16"

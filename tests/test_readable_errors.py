@@ -199,16 +199,16 @@ def test_api_timeout_setting_is_one_line_from_a_command(tmp_path):
 
 def test_other_settings_name_themselves(monkeypatch):
     from mcr_swift.core.coords import CoordinateSpace
-    from mcr_swift.pipeline.recipe_args import simulated_world_size
+    from mcr_swift.pipeline.recipe_args import BatchError, positive_setting
     from mcr_swift.plugin.registry import verify_images_full
     from mcr_swift.prompts import task_instruction
     with pytest.raises(ValueError, match=r"MAX_PIXELS='1e999' is not a number"):
         CoordinateSpace.from_env(env={"MAX_PIXELS": "1e999"})
-    with pytest.raises(ValueError, match=r"NPROC_PER_NODE='two' is not an integer"):
-        simulated_world_size({"NPROC_PER_NODE": "two"})
-    with pytest.raises(ValueError, match=r"NNODES='0' must be positive"):
-        simulated_world_size({"NNODES": "0"})
-    assert simulated_world_size({"NPROC_PER_NODE": "2", "NNODES": "3"}) == 6
+    with pytest.raises(BatchError, match=r"NPROC_PER_NODE='two' is not an integer"):
+        positive_setting("NPROC_PER_NODE", "two")
+    with pytest.raises(BatchError, match=r"NNODES='0' must be positive"):
+        positive_setting("NNODES", "0")
+    assert positive_setting("NPROC_PER_NODE", "2") == 2
     monkeypatch.setenv("MCR_VERIFY_IMAGES", "ful")
     with pytest.raises(ValueError, match=r"MCR_VERIFY_IMAGES='ful': choose one of full, header"):
         verify_images_full()

@@ -1,6 +1,6 @@
 """One resolution everywhere (issue 14, section 4): every stage that sees an image -- MRSI SFT, the
 filter's ``swift deploy`` and its reward, GRPO (whose reward reads the same environment), inference
-and evaluation -- resolves the same resize settings. ``recipes/full_pipeline.sh`` runs for real with
+and evaluation -- resolves the same resize settings. ``mcr-swift pipeline`` (recipes/qwen25vl_7b_full.sh) runs for real with
 ``swift`` replaced by a recording stub (tests/_swift_stub.py): the stub logs the environment each
 ``swift`` call starts with; the filter and the evaluation record the space they resolved."""
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _pipeline(tmp_path: Path, **env) -> tuple:
             # nothing and leave GRPO without data; this test is about resolution, not the filter
             "FILTER_MIN_STD": "0", "FILTER_MIN_MAX": "0", "FILTER_MIN_MEDIAN": "0", "FILTER_MAX_MEDIAN": "1",
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]), **env}
-    p = subprocess.run(["bash", "recipes/full_pipeline.sh"], cwd=REPO, env=full, capture_output=True, text=True,
+    p = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh"], cwd=REPO, env=full, capture_output=True, text=True,
                        timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]
     calls = [json.loads(l) for l in log.read_text().splitlines()]

@@ -1,7 +1,7 @@
 """D_R from all three sources (App. E.1): template chains of every task parse back to their gold,
 check_chain per task, 2 balanced styles per sample (55,712 = 2 x 27,856), the split stratified by
 task and style, the filter keyed by sample, API styles per task against a scripted server, and the
-prepare / synth / split stages of recipes/full_pipeline.sh with the shipped sample files and with a
+prepare / synth / split stages of `mcr-swift pipeline` (recipes/qwen25vl_7b_full.sh) with the shipped sample files and with a
 missing source."""
 from __future__ import annotations
 
@@ -306,7 +306,7 @@ def test_api_styles_per_task_against_a_scripted_server(mixed, tmp_path):
 def _pipeline(run_dir, **env):
     e = {**os.environ, "PROFILE": "tiny", "RUN_DIR": str(run_dir), "MCR_SHARED_DIR": str(SHARED),
          "STOP_AFTER": "split", "SYNTH_STYLES": "formatted_a,formatted_b", **env}
-    return subprocess.run(["bash", "recipes/full_pipeline.sh"], cwd=REPO, env=e, capture_output=True, text=True,
+    return subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh"], cwd=REPO, env=e, capture_output=True, text=True,
                           timeout=900)
 
 

@@ -1,5 +1,5 @@
 """The Table 1 / Table 3 rows (issue 14, sec. 3): the answer-only rows of the "+SFT" baseline, the
-"w/o Inst" instruction, each VARIANT of recipes/full_pipeline.sh through every stage it runs (with a
+"w/o Inst" instruction, each VARIANT of `mcr-swift pipeline` through every stage it runs (with a
 stand-in `swift`, tests/_swift_stub.py: the pipeline's own python stages run for real, the swift
 commands are recorded), and `mcr-swift report` over several run folders next to the paper's numbers."""
 from __future__ import annotations
@@ -239,7 +239,7 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
         first, second = [c["args"] for c in calls if c["cmd"] == "sft"]
         merged = str(run / "mrsi_merged" / "merged")
         assert (first["--dataset"], first["--model"]) == ("mcr-mrsi:d1", model)
-        assert (second["--dataset"], second["--model"]) == (str(data / "mrsi" / "d2_kept.jsonl"), merged)
+        assert (second["--dataset"], second["--model"]) == ("mcr-mrsi:d2_kept", merged)   # data/mrsi/d2_kept.jsonl
         assert second["--output_dir"] == str(run / "cvo_sft") and second["--learning_rate"] == "1e-4"
         assert [c["args"] for c in calls if c["cmd"] == "deploy"][1]["--model"] == merged   # the filter
         d2, kept = _rows(data / "mrsi" / "d2.jsonl"), _rows(data / "mrsi" / "d2_kept.jsonl")
@@ -266,9 +266,10 @@ def test_variant_runs_its_stages_with_its_data_and_instruction(variant, tmp_path
         assert filt["--model"] == merged and by["rlhf"]["--model"] == merged
         assert by["rlhf"]["--dataset"] == "mcr-mrsi:d2_filtered"
         assert (by["infer"]["--model"], by["infer"]["--adapters"]) == (merged, ckpt("cvo_grpo"))
-    if "rlhf" in by:
+    if "rlhf" in by:   # the filter's queries: D2, or all of D_R for w/o MRSI (Sec. 5.4, "CVO on D_R")
         kept = _rows(data / "mrsi" / "d2_filtered.jsonl")
-        assert {x["mcr_id"] for x in kept} == {x["mcr_id"] for x in _rows(data / "mrsi" / "d2.jsonl")}
+        queries = _rows(data / "mrsi" / ("d_r.jsonl" if variant == "cvo_only" else "d2.jsonl"))
+        assert {(x.get("mcr_task"), x["mcr_id"]) for x in kept} == {(x.get("mcr_task"), x["mcr_id"]) for x in queries}
         if variant == "no_inst":
             assert all(STEPWISE not in _user(x) and REASONING in _user(x) for x in kept)
 
@@ -293,7 +294,8 @@ def test_a_run_folder_belongs_to_one_variant(tmp_path, swift_stub, tiny_model, m
 @pytest.mark.swift    # the pipeline recipe itself (it stops at its checks), with the tiny model
 def test_bad_variant_settings_stop_with_one_line(tmp_path, swift_stub, tiny_model, env, message):
     p, calls = pipeline(None, tmp_path / "run", swift_stub, tiny_model, **env)
-    assert p.returncode == 2 and p.stderr.strip() == message and calls == []
+    assert p.returncode == 2 and calls == []
+    assert p.stderr.strip() == f"mcr-swift pipeline: error: {message} (set MCR_DEBUG=1 for the traceback)"
     assert not (tmp_path / "run").exists()
 
 
@@ -303,13 +305,28 @@ def test_bad_variant_settings_stop_with_one_line(tmp_path, swift_stub, tiny_mode
     ("mimovl_7b_full", "cvo_only", "runs/mimovl_7b_tiny_cvo_only"),
 ])
 def test_each_variant_has_its_own_default_run_folder(tmp_path, wrapper, variant, folder):
-    (tmp_path / "recipes").mkdir()
-    shutil.copy(REPO / "recipes" / f"{wrapper}.sh", tmp_path / "recipes")
-    (tmp_path / "recipes" / "full_pipeline.sh").write_text('echo "$RUN_DIR"\n')   # what the wrapper passes on
     env = {k: v for k, v in os.environ.items() if k not in ("RUN_DIR", "VARIANT")}
     env.update({"PROFILE": "tiny", **({"VARIANT": variant} if variant else {})})
-    out = subprocess.run(["bash", f"recipes/{wrapper}.sh"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == folder
+    out = subprocess.run(["bash", f"recipes/{wrapper}.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"run dir {REPO / folder};" in out.stdout          # what the wrapper's pipeline runs in
+    assert not (REPO / folder).exists()                          # a dry run writes nothing
+
+
+def test_cvo_only_queries_all_of_d_r_by_default(tmp_path):
+    """Sec. 5.4: w/o MRSI is "directly applying CVO on D_R" (issue 21, 5): the filter reads d_r.jsonl;
+    CVO_QUERIES=d2 keeps the full method's CVO data."""
+    from mcr_swift.pipeline.config import resolve
+    assert resolve("tiny", "qwen25vl_7b", "cvo_only", env={}).filter.queries == "d_r"
+    assert resolve("tiny", "qwen25vl_7b", "cvo_only", env={"CVO_QUERIES": "d2"}).filter.queries == "d2"
+    assert resolve("tiny", "qwen25vl_7b", "mcr", env={}).filter.queries == "d2"
+    env = {k: v for k, v in os.environ.items() if k not in ("RUN_DIR", "CVO_QUERIES")}
+    out = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh", "--dry-run"], cwd=REPO, capture_output=True,
+                         text=True, env={**env, "PROFILE": "tiny", "VARIANT": "cvo_only", "RUN_DIR": str(tmp_path / "r")})
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if " cvo-filter " in l)
+    assert f"--input {tmp_path / 'r' / 'data' / 'mrsi' / 'd_r.jsonl'} " in line
 
 
 # ---- mcr-swift report over several runs -----------------------------------------------------------

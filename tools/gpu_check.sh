@@ -24,7 +24,7 @@
 # check (PYTHON, default .venv/bin/python, else python3) when they are missing and --no-install is not
 # given; on a machine without the repo's venv that Python should already hold a CUDA torch
 # (like `MCR_TORCH="" MCR_EXTRAS=test,vllm bash tools/setup.sh`, which keeps the image's torch).
-# --dry-run prints the resolved command of every path (the recipes' SWIFT=echo) and runs nothing.
+# --dry-run prints the resolved command of every path (the recipes' --dry-run) and runs nothing.
 # Small-model settings: vLLM gets max_model_len 2048 (the tiny model's positions: 4096),
 # gpu_memory_utilization 0.2 (VLLM_GPU_MEMORY_UTILIZATION) and eager mode (VLLM_ARGS), weights in bf16
 # (DTYPE_ARGS), images at most 64 tokens (MAX_PIXELS 50176); no path downloads anything.
@@ -41,7 +41,7 @@ run_path() {
   case "$name" in
     sft-deepspeed-zero2)
       MODEL="$TINY" DATASET=mcr-gmner:train DEEPSPEED=zero2 NPROC_PER_NODE=1 MAX_STEPS=2 BATCH_SIZE=2 \
-        PER_DEVICE_BATCH_SIZE=1 SAVE_STEPS=2 OUTPUT_DIR="$out" EXTRA_ARGS="$DTYPE_ARGS" bash recipes/mrsi_sft.sh || return 1
+        PER_DEVICE_BATCH_SIZE=1 SAVE_STEPS=2 OUTPUT_DIR="$out" EXTRA_ARGS="$DTYPE_ARGS" bash recipes/mrsi_sft.sh $DRY_FLAG || return 1
       [ "$DRY" = 1 ] && return 0
       [ -s "$out/last_checkpoint.txt" ] || { echo "ERROR: no checkpoint written under $out"; return 1; }
       grep -q 'zero_optimization' "$out"/v*/args.json || { echo "ERROR: args.json has no DeepSpeed ZeRO config"; return 1; }
@@ -50,7 +50,7 @@ run_path() {
       MODEL="$TINY" DATASET="mcr-gmner:train#8" USE_VLLM=true VLLM_MODE=colocate SLEEP_LEVEL=1 \
         VLLM_MAX_MODEL_LEN=2048 NPROC_PER_NODE=1 DEEPSPEED="" MAX_STEPS=2 BATCH_SIZE=4 NUM_GENERATIONS=4 \
         MAX_COMPLETION_LENGTH=32 SAVE_STEPS=2 LOG_REWARD_TERMS=true OUTPUT_DIR="$out" \
-        EXTRA_ARGS="$DTYPE_ARGS $VLLM_ARGS" bash recipes/cvo_grpo.sh || return 1
+        EXTRA_ARGS="$DTYPE_ARGS $VLLM_ARGS" bash recipes/cvo_grpo.sh $DRY_FLAG || return 1
       [ "$DRY" = 1 ] && return 0
       [ -s "$out/last_checkpoint.txt" ] || { echo "ERROR: no checkpoint written under $out"; return 1; }
       grep -q '"use_vllm": true' "$out"/v*/args.json || { echo "ERROR: args.json says use_vllm false"; return 1; }
@@ -60,7 +60,7 @@ run_path() {
       # one engine on the one visible GPU: a plain process (torchrun only if nvidia-smi lists several GPUs)
       env ${ONE_PROC_IF_MULTI_GPU} MODEL="$TINY" DATASET=mcr-gmner:test GOLD="$MCR_DATA_DIR/twitter_gmner/test.jsonl" \
         INFER_BACKEND=vllm VLLM_MAX_MODEL_LEN=2048 MAX_NEW_TOKENS=32 OUTPUT_DIR="$out" \
-        EXTRA_ARGS="$DTYPE_ARGS $VLLM_ARGS" bash recipes/infer_eval.sh || return 1
+        EXTRA_ARGS="$DTYPE_ARGS $VLLM_ARGS" bash recipes/infer_eval.sh $DRY_FLAG || return 1
       [ "$DRY" = 1 ] && return 0
       local want got
       want=$(wc -l < "$MCR_DATA_DIR/twitter_gmner/test.jsonl"); got=$(wc -l < "$out/infer.jsonl")
@@ -139,7 +139,7 @@ export DTYPE_ARGS=${DTYPE_ARGS:---torch_dtype bfloat16} VLLM_ARGS=${VLLM_ARGS:--
 ONE_PROC_IF_MULTI_GPU=""
 [ "$(python -m mcr_swift.cli recipe-args gpus 2>/dev/null || echo 0)" -gt 1 ] && ONE_PROC_IF_MULTI_GPU="NPROC_PER_NODE=1"
 export ONE_PROC_IF_MULTI_GPU
-[ "$DRY" = 1 ] && export SWIFT=echo
+DRY_FLAG=""; [ "$DRY" = 1 ] && DRY_FLAG=--dry-run; export DRY_FLAG   # the stage recipes print their commands
 PATH_TIMEOUT=${PATH_TIMEOUT:-200}
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*" >&2; }
 log "work dir $WORK, python $PYTHON$([ "$DRY" = 1 ] && echo ', dry run')"

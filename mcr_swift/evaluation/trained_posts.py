@@ -1,6 +1,6 @@
 """``mcr-swift trained-posts D1 OUT``: the GMNER posts MRSI trained on, one row per post.
 
-The memorisation check of a full-pipeline run (recipes/full_pipeline.sh, stage ``trained-eval``):
+The memorisation check of a full-pipeline run (``mcr-swift pipeline``, stage ``trained-eval``):
 ``swift infer`` + ``mcr-swift evaluate`` over the posts of D1 (the MRSI SFT set, Sec. 4.1), exactly as
 on the test split. D1 holds several rows per post (one per reasoning style) and, with the three
 sources, MNER-MI and GREC rows too; this keeps the first row of each GMNER post (``mcr_task``

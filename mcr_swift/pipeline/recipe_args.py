@@ -1,5 +1,4 @@
-"""Helpers of the stage recipes (``recipes/*.sh``): batch arithmetic, checkpoint discovery, and a dry
-parse of a recipe's ``swift`` command into ms-swift's own argument objects (args.json, no training).
+"""Helpers of the stages (`mcr_swift.pipeline.commands`): batch arithmetic, GPU count, checkpoint discovery.
 
 ``mcr-swift recipe-args batch --batch 16 --nproc "" --nnodes "" --max-per-device 2``
     prints ``GPUS=8 NPROC_PER_NODE=8 NNODES=1 WORLD_PROCS=8 PER_DEVICE_BATCH_SIZE=2 GRAD_ACC=1`` for
@@ -16,34 +15,21 @@ parse of a recipe's ``swift`` command into ms-swift's own argument objects (args
 ``mcr-swift recipe-args last-checkpoint OUTPUT_DIR``
     writes the absolute path of the newest ``v*-*/checkpoint-*`` folder ms-swift wrote under
     OUTPUT_DIR to ``OUTPUT_DIR/last_checkpoint.txt`` (what the full pipeline chains stages with).
-``mcr-swift swift-args sft|rlhf ARGS...`` (= ``mcr-swift recipe-args dry-run sft|rlhf ARGS...``, `dry_run`)
-    a stand-in for ``swift``: parses ARGS with ms-swift's ``SftArguments`` / ``RLHFArguments``
-    (their ``__post_init__`` resolves every default exactly as ``swift sft|rlhf`` does) and saves
-    args.json where ms-swift would (``<output_dir>/v<N>-<time>/args.json``), without loading weights
-    or training. Run a recipe with ``SWIFT="python -m mcr_swift.cli swift-args"`` to see what it resolves to.
-    The world size of the launch (``NPROC_PER_NODE × NNODES``) is simulated in one process; see
-    `simulated_world_size`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Tuple
 
-from ..jsonl import write_json_atomic, write_text_atomic
+from ..jsonl import write_text_atomic
 from ..runs import version_number
 from ..core.argtypes import positive_int
-
-#: swift sub-command -> ms-swift argument class that `swift <cmd>` parses (swift/pipelines).
-ARG_CLASSES = {"sft": "SftArguments", "rlhf": "RLHFArguments"}
 
 
 class BatchError(ValueError):
@@ -117,90 +103,19 @@ def write_last_checkpoint(output_dir: Path, checkpoint: Optional[Path] = None) -
     return target
 
 
-def simulated_world_size(env=None) -> int:
-    """The world size a ``swift`` launch would get: ``NPROC_PER_NODE × NNODES`` (1 when unset)."""
-    env = os.environ if env is None else env
-    return _positive_int("NPROC_PER_NODE", env.get("NPROC_PER_NODE") or "1") * _positive_int(
-        "NNODES", env.get("NNODES") or "1")
+def check_nodes(nnodes: int, env: Mapping[str, str]) -> None:
+    """torchrun on several nodes needs the rendezvous; a missing rank would hang every node."""
+    if nnodes > 1:
+        missing = [k for k in ("MASTER_ADDR", "NODE_RANK") if not env.get(k)]
+        if missing:
+            raise ValueError(f"NNODES={nnodes} needs {' and '.join(missing)} on every node (MASTER_ADDR: the address "
+                             f"of the NODE_RANK=0 node; NODE_RANK: 0..{nnodes - 1})")
+        rank = env["NODE_RANK"].strip()
+        if not rank.isdigit() or int(rank) >= nnodes:
+            raise ValueError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
 
 
-@contextlib.contextmanager
-def _as_if_launched(world_size: int) -> Iterator[None]:
-    """Make ms-swift resolve its arguments as in a ``torchrun`` launch of ``world_size`` processes,
-    inside this one process, without starting a process group:
-
-    * ms-swift reads the world size with ``get_dist_setting`` (``WORLD_SIZE`` or its own fallback
-      ``_PATCH_WORLD_SIZE``); ``WORLD_SIZE`` would make accelerate start a process group, so the
-      fallback is set. ``RANK`` stays unset: this process is the master and writes args.json.
-    * transformers' ``TrainingArguments.world_size`` (used by ms-swift's GRPO batch checks:
-      ``generation_batch_size = per_device × world_size × steps_per_generation``) is patched.
-    * ``set_default_ddp_config`` (GRPO + vLLM) fills RANK/WORLD_SIZE=1 for a plain ``python``
-      launch and does nothing under torchrun, which is what is simulated: it is made a no-op.
-    """
-    from transformers import TrainingArguments
-    import swift.arguments.rlhf_args as rlhf_args
-    saved_env = os.environ.get("_PATCH_WORLD_SIZE")
-    saved_prop = TrainingArguments.world_size
-    saved_ddp = rlhf_args.set_default_ddp_config
-    os.environ["_PATCH_WORLD_SIZE"] = str(world_size)
-    TrainingArguments.world_size = property(lambda self: world_size)
-    rlhf_args.set_default_ddp_config = lambda: None
-    try:
-        yield
-    finally:
-        TrainingArguments.world_size = saved_prop
-        rlhf_args.set_default_ddp_config = saved_ddp
-        if saved_env is None:
-            os.environ.pop("_PATCH_WORLD_SIZE", None)
-        else:
-            os.environ["_PATCH_WORLD_SIZE"] = saved_env
-
-
-def _pop_option(argv: List[str], name: str) -> Tuple[List[str], Optional[str]]:
-    """Remove ``--name VALUE`` from argv; returns the rest and VALUE (None if absent)."""
-    if name not in argv:
-        return argv, None
-    i = argv.index(name)
-    return argv[:i] + argv[i + 2:], argv[i + 1]
-
-
-def dry_run(command: str, argv: Sequence[str], world_size: Optional[int] = None) -> Path:
-    """Resolve ``swift <command> argv`` with ms-swift's argument class and save its args.json.
-
-    ``--deepspeed NAME`` is resolved by ms-swift only when the deepspeed package is installed (it is
-    a GPU-only dependency); otherwise it is taken out before parsing and recorded as given. Returns
-    the args.json path.
-    """
-    if command not in ARG_CLASSES:
-        raise SystemExit(f"swift_args: only {sorted(ARG_CLASSES)} have an args.json, got '{command}'")
-    argv = list(argv)
-    deepspeed = None
-    if importlib.util.find_spec("deepspeed") is None:
-        argv, deepspeed = _pop_option(argv, "--deepspeed")
-    import swift.arguments
-    from swift.utils import parse_args
-    cls = getattr(swift.arguments, ARG_CLASSES[command])
-    with _as_if_launched(simulated_world_size() if world_size is None else world_size):
-        args, rest = parse_args(cls, argv)
-        if rest:
-            raise SystemExit(f"swift_args: swift {command} does not accept {rest}")
-        if deepspeed is not None:
-            args.deepspeed = deepspeed
-        args.save_args()
-        resolved = {"world_size": args.training_args.world_size,
-                    "generation_batch_size": getattr(args.training_args, "generation_batch_size", None),
-                    "steps_per_generation": getattr(args.training_args, "steps_per_generation", None)}
-    path = Path(args.output_dir) / "args.json"
-    # args.json holds the argument object (ms-swift's save_args); the launch-dependent values the
-    # trainer derives from it are added under one key so the drift test can check them.
-    saved = json.loads(path.read_text())
-    saved["mcr_resolved"] = resolved
-    write_json_atomic(path, saved, indent=2, ensure_ascii=False)
-    print(f"[swift_args] {command}: args.json -> {path}")
-    return path
-
-
-def _positive_int(name: str, raw: str) -> int:
+def positive_setting(name: str, raw: str) -> int:
     try:
         v = int(raw)
     except ValueError:
@@ -213,21 +128,14 @@ def _positive_int(name: str, raw: str) -> int:
 def _main_batch(ns: argparse.Namespace) -> int:
     gpus = count_gpus()
     try:
-        nproc = _positive_int("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
+        nproc = positive_setting("NPROC_PER_NODE", ns.nproc) if ns.nproc else max(1, gpus)
         raw_nodes = ns.nnodes if ns.nnodes else (os.environ.get("NNODES") or "1")
-        nnodes = _positive_int("NNODES", raw_nodes)
-        per_device = _positive_int("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
+        nnodes = positive_setting("NNODES", raw_nodes)
+        per_device = positive_setting("PER_DEVICE_BATCH_SIZE", ns.per_device) if ns.per_device else None
         per_device, grad_acc = split_batch(ns.batch, nproc, per_device, ns.max_per_device, ns.num_generations,
                                            nnodes=nnodes)
-        if nnodes > 1:  # torchrun on every node needs the rendezvous; a missing rank would hang all of them
-            missing = [k for k in ("MASTER_ADDR", "NODE_RANK") if not os.environ.get(k)]
-            if missing:
-                raise BatchError(f"NNODES={nnodes} needs {' and '.join(missing)} on every node (MASTER_ADDR: "
-                                 f"the address of the NODE_RANK=0 node; NODE_RANK: 0..{nnodes - 1})")
-            rank = os.environ["NODE_RANK"].strip()
-            if not rank.isdigit() or int(rank) >= nnodes:
-                raise BatchError(f"NODE_RANK={rank!r} must be an integer in 0..{nnodes - 1} (NNODES={nnodes})")
-    except BatchError as e:
+        check_nodes(nnodes, os.environ)
+    except ValueError as e:
         print(e, file=sys.stderr)
         return 2
     print(f"GPUS={gpus} NPROC_PER_NODE={nproc} NNODES={nnodes} WORLD_PROCS={nnodes * nproc} "
@@ -249,9 +157,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("last-checkpoint", help="write OUTPUT_DIR/last_checkpoint.txt")
     c.add_argument("output_dir", type=Path)
     c.add_argument("--checkpoint", type=Path, default=None, help="this folder instead of the newest")
-    d = sub.add_parser("dry-run", help="resolve `swift sft|rlhf ARGS` into args.json without training")
-    d.add_argument("command", choices=sorted(ARG_CLASSES))
-    d.add_argument("swift_args", nargs=argparse.REMAINDER)
     ns = parser.parse_args(argv)
     if ns.cmd == "batch":
         return _main_batch(ns)
@@ -265,13 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(e, file=sys.stderr)
             return 1
         return 0
-    dry_run(ns.command, ns.swift_args)
     return 0
-
-
-def swift_args_main(argv: Optional[List[str]] = None) -> int:
-    """``mcr-swift swift-args sft|rlhf ARGS...``: the ``swift`` stand-in (``recipe-args dry-run``)."""
-    return main(["dry-run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

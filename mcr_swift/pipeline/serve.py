@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..jsonl import write_text_atomic
 from ..core.argtypes import positive_float
@@ -34,18 +35,21 @@ def free_port() -> int:
 
 
 def start(deploy_args: List[str], log: Path, pid_file: Path, timeout: float = 900.0,
-          swift: str = "swift") -> str:
-    """Start ``swift deploy`` and return its base URL once it answers. Raises RuntimeError with the
-    log's tail if it exits or does not answer within ``timeout`` seconds."""
+          swift: str = "swift", env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None) -> str:
+    """Start ``swift deploy`` (``swift``: the command, split like a shell word list) in the environment
+    ``env`` (default: this process's) and return its base URL once it answers. Raises RuntimeError with
+    the log's tail if it exits or does not answer within ``timeout`` seconds."""
+    env = dict(os.environ if env is None else env)
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         # the resize settings the server's image processor reads (README "One resolution everywhere")
-        f.write("[mcr_swift.pipeline.serve] " + " ".join(f"{k}={os.environ[k]}" for k in RESIZE_VARS if os.environ.get(k))
+        f.write("[mcr_swift.pipeline.serve] " + " ".join(f"{k}={env[k]}" for k in RESIZE_VARS if env.get(k))
                 + "\n")
         f.flush()
-        proc = subprocess.Popen([swift, "deploy", *deploy_args, "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*shlex.split(swift), "deploy", *deploy_args, "--host", "127.0.0.1", "--port",
+                                 str(port)], stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                cwd=cwd)
     write_text_atomic(pid_file, str(proc.pid))
     t = time.time()
     while time.time() - t < timeout:

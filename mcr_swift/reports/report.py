@@ -1,4 +1,4 @@
-"""``mcr-swift report RUN_DIR``: the final report of a full-pipeline run (recipes/full_pipeline.sh).
+"""``mcr-swift report RUN_DIR``: the final report of a full-pipeline run (``mcr-swift pipeline``).
 
 Reads what each stage left in the run folder and writes ``RUN_DIR/report.md`` and ``report.json``:
 the Table 1-style metrics row of the test split, every stage's wall time (or "skipped" when a
@@ -346,7 +346,7 @@ PAPER_ROWS: Dict[tuple, tuple] = {
     ("Qwen2.5VL-7B", "w/o D_R"): ("Table 3", (69.5, 68.8, 69.2), (81.6, 80.7, 81.1), (72.8, 72.1, 72.5)),
     ("Qwen2.5VL-7B", "w/o Inst"): ("Table 3", (67.3, 66.1, 66.7), (81.7, 80.2, 80.9), (70.8, 69.5, 70.1)),
 }
-#: recipes/full_pipeline.sh VARIANT -> the paper's row it reproduces
+#: mcr-swift pipeline VARIANT -> the paper's row it reproduces
 VARIANT_ROWS: Dict[str, str] = {
     "mcr": "+MRSI+CVO", "sft": "+SFT", "mrsi_only": "+MRSI", "no_cvo": "w/o CVO",
     "cvo_only": "w/o MRSI", "no_dr": "w/o D_R", "no_inst": "w/o Inst",

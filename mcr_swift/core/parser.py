@@ -114,11 +114,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
+from .answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from .entities import Entity
 from .parsing.grammar import _answer_items, _convert_items, _is_number, _parse_lines, _parse_qwen_tokens, _parse_tuples
 from .parsing.salvage import _MISSING, _json_value
-from .parsing.vocab import (ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, MAX_GROUP, MAX_JSON_FAILS,  # noqa: F401
-                            MAX_LINES, MAX_SCAN, REF_CLOSE, REF_OPEN, THINK_CLOSE, THINK_OPEN, TYPE_SYNONYMS, _NUM,
+from .parsing.vocab import (BOX_CLOSE, BOX_OPEN, MAX_GROUP, MAX_JSON_FAILS,  # noqa: F401
+                            MAX_LINES, MAX_SCAN, REF_CLOSE, REF_OPEN, TYPE_SYNONYMS, _NUM,
                             _Acc, clean_entity_text, normalize_type)
 
 __all__ = ["ParseResult", "parse_answer", "format_ok", "completion_text", "normalize_type", "clean_entity_text",

@@ -20,7 +20,7 @@ def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[Coordi
                   ) -> Dict[str, Any]:
     from ..core.metrics import gmner_metrics, grec_metrics, mner_mi_metrics
     path = Path(path)
-    space = space or CoordinateSpace.from_env()
+    space = space or CoordinateSpace()  # the default space; a command builds its own from flags (space_from_args)
     rows = read_rows(path, progress)
     missing = missing_gold_rows(rows, gold, str(path))
     c = collect(rows + missing, gold, space, str(path), entities_space)

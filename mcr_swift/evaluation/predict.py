@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..core.coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
+from ..core.coords import FAMILIES, SPACE_FLAGS, CoordinateSpace, add_space_args, space_from_args
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
@@ -386,6 +386,21 @@ def describe_space(space: Optional[CoordinateSpace]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- command line
+#: The resize variables ms-swift's engine reads (``MCR_TEMPLATE_MAX_PIXELS`` is mcr-swift's own).
+RESIZE_ENV = ("MAX_PIXELS", "MIN_PIXELS")
+
+
+def _engine_resize_env(a) -> None:
+    """ms-swift's in-process engine (qwen-vl-utils) reads the resize bounds only from this process's
+    environment: the flags go there, as ms-swift's own variables (a flag clears the token count that
+    would win over it). The one place a command writes os.environ (tests/test_layout.py)."""
+    for attr, var, shadow in SPACE_FLAGS:
+        if var in RESIZE_ENV and getattr(a, attr) is not None:
+            os.environ[var] = str(getattr(a, attr))
+            if shadow:
+                os.environ.pop(shadow, None)
+
+
 def _fail(msg: str) -> int:
     print(f"mcr-swift predict: {msg}", file=sys.stderr)
     return 2
@@ -424,9 +439,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--text needs at least one --image")
     if a.input is not None and (a.image or not a.out):
         p.error("--input needs --out (and takes its images from the file, not --image)")
-    for flag, var in ((a.max_pixels, "MAX_PIXELS"), (a.min_pixels, "MIN_PIXELS")):
-        if flag is not None:  # the local engine (qwen-vl-utils) reads the resize bounds from the environment
-            os.environ[var] = str(flag)
     family = a.template if a.template in FAMILIES else None
     space = space_from_args(a, family)
     instruction = task_instruction(space.family, a.prompt)
@@ -450,6 +462,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if engine == "local":
             if not a.model:
                 p.error("--engine local needs --model DIR (or give --base-url for an endpoint)")
+            _engine_resize_env(a)
             backend = LocalBackend(a.model, a.adapters, a.template, a.max_tokens, a.temperature, a.seed,
                                    batch_size=a.batch_size, infer_backend=a.infer_backend)
         else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -142,14 +141,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--top", type=positive_int, default=DEFAULT_TOP, help="worst cases shown per bias")
     a = p.parse_args(argv)
     out = Path(a.out or f"{a.result}.bias")
-    try:
-        posts, info = read_and_analyse(a)
-        worst = {"textual": worst_textual(posts, a.top), "visual": worst_visual(posts, a.top)}
-        chosen = list({q.index: q for q in worst["textual"] + worst["visual"]}.values())
-        rel, counts = render_pictures(chosen, out, a.width, a.allow_missing_images, progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    posts, info = read_and_analyse(a)
+    worst = {"textual": worst_textual(posts, a.top), "visual": worst_visual(posts, a.top)}
+    chosen = list({q.index: q for q in worst["textual"] + worst["visual"]}.values())
+    rel, counts = render_pictures(chosen, out, a.width, a.allow_missing_images, progress=not a.no_progress)
     rep: Dict[str, Any] = {"file": str(a.result), "posts": len(posts), **info, **bias_numbers(posts),
                            "worst": {k: [_case(q, rel[q.index]) for q in v] for k, v in worst.items()},
                            "pictures": counts}

@@ -397,8 +397,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runs = [Path(d) for d in a.run_dir]
     for run in runs:
         if not run.is_dir():
-            print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
-            return 2
+            raise ValueError(f"{run}: not a folder")
     rows = []
     for run in runs:
         r = collect_report(run)

@@ -430,7 +430,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
@@ -454,50 +454,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
+    retry = RetryPolicy.from_args(a)
     rows = []
-    try:
-        for path in a.input:
-            for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
-                if a.limit is not None and n >= a.limit:
-                    break
-                try:
-                    sample_from_row(row)
-                except (KeyError, ValueError, TypeError, AttributeError) as e:
-                    raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
-                                     ) from None
-                rows.append(row)
-    except (OSError, ValueError) as e:
-        print(f"mcr-swift synth: {e}", file=sys.stderr)
-        return 2
+    for path in a.input:
+        for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
+            if a.limit is not None and n >= a.limit:
+                break
+            try:
+                sample_from_row(row)
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
+                                 ) from None
+            rows.append(row)
     endpoints = {}
-    try:
-        for s in styles:
-            if s not in API_STYLES:
-                continue
-            pre = "mllm" if API_STYLES[s][1] else "llm"
-            args = [getattr(a, f"{pre}_{k}") or getattr(a, k) for k in ("base_url", "model", "api_key")]
-            endpoints[s] = Endpoint.resolve(*args, timeout=a.timeout)
-    except EndpointError as e:
-        print(f"mcr-swift synth: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
-                             cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
-                             retry=RetryPolicy.from_args(a), temperature=a.temperature,
-                             top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
-                             repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
-                             source=", ".join(a.input))
-    except EndpointError as e:
-        print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
-        return 2
+    for s in styles:
+        if s not in API_STYLES:
+            continue
+        pre = "mllm" if API_STYLES[s][1] else "llm"
+        args = [getattr(a, f"{pre}_{k}") or getattr(a, k) for k in ("base_url", "model", "api_key")]
+        endpoints[s] = Endpoint.resolve(*args, timeout=a.timeout)
+    summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
+                         cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
+                         retry=retry, temperature=a.temperature,
+                         top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
+                         repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
+                         source=", ".join(a.input))
     print(format_summary(summary))
-    if summary["complete"]:
-        print(f"D_R: {summary['rows']} rows -> {a.out}")
-        return 0
     interrupted = any((d.get("requests") or {}).get("interrupted") for d in summary["per_style"].values())
-    print("incomplete: some requests have no answer yet (see the summary); re-run the same command to resume "
-          "- finished requests are cached and not sent again", file=sys.stderr)
-    return 130 if interrupted else 3
+    return finish_run(summary["complete"], interrupted, f"D_R: {summary['rows']} rows -> {a.out}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ MAX_JSON_FAILS = 200
 #: Lines examined by the line-format branch.
 MAX_LINES = 2000
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REF_OPEN, REF_CLOSE = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_OPEN, BOX_CLOSE = "<|box_start|>", "<|box_end|>"
 

@@ -35,7 +35,7 @@ LAYERS = [
 #: Inside the core, the same rule (data model, then coordinates and answer format, then parser and
 #: rewards, then metrics and one completion's score).
 CORE_LAYERS = [
-    ["mcr_swift.core.entities"],
+    ["mcr_swift.core.entities", "mcr_swift.core.argtypes"],
     ["mcr_swift.core.columns", "mcr_swift.core.coords", "mcr_swift.core.answer"],
     ["mcr_swift.core.parsing", "mcr_swift.core.rewards"],
     ["mcr_swift.core.parser", "mcr_swift.core.metrics"],

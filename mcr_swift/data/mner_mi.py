@@ -96,6 +96,9 @@ def check_post(obj: Any) -> Tuple[Union[int, str], List[str], List[str], List[st
     if isinstance(pid, bool) or not isinstance(pid, (int, str)) or (isinstance(pid, str) and not pid.strip()):
         raise ValueError(f"field 'id' must be an integer or a non-empty string, got {pid!r:.40}")
     tokens = _str_list(obj, "text")
+    empty = next((k for k, t in enumerate(tokens) if not t.strip()), None)
+    if empty is not None:  # an entity over it would have an empty text no answer could match
+        raise ValueError(f"field 'text' has an empty token at position {empty}")
     images = _str_list(obj, "images")
     tags = _str_list(obj, "label")
     if len(tags) != len(tokens):

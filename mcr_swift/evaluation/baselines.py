@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..core.answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
 from ..core.coords import CoordinateSpace, add_space_args, space_from_args
+from ..core.argtypes import non_negative_int, positive_int
+from ..files import refuse_overwriting_inputs
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from ..prompts import load_prompt
 from ..core.columns import row_task
@@ -210,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--train", default=None,
                    help="prepared train split for the demonstrations (default: train.jsonl beside --input)")
     p.add_argument("--out", required=True, help="result JSONL (score it with `mcr-swift evaluate OUT`)")
-    p.add_argument("--shots", type=int, default=None, help="demonstrations (default: 3 for cot_3shot, else 0)")
+    p.add_argument("--shots", type=non_negative_int, default=None, help="demonstrations (default: 3 for cot_3shot, else 0)")
     add_endpoint_args(p, "", "the MLLM endpoint")
     add_space_args(p)
     p.add_argument("--box-space", choices=["model", "original"], default="model",
@@ -219,11 +221,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "as sent (the prompt gives its size)")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"],
                    help="the one box a demonstration writes for an entity with several gold boxes")
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE,
                      "sent with every request (servers that honour it); also draws the demonstrations")
     a = p.parse_args(argv)
+    refuse_overwriting_inputs([("--input", a.input), ("--train", a.train or Path(a.input).with_name("train.jsonl"))],
+                              [("--out", a.out), ("--out's summary", Path(a.out).with_name(Path(a.out).name + ".summary.json")),
+                               ("--cache", a.cache or Path(a.out).with_name(Path(a.out).name + ".cache.jsonl"))])
     shots = METHODS[a.method][1] if a.shots is None else a.shots
     space = None if a.box_space == "original" else space_from_args(a)
     retry = RetryPolicy.from_args(a)

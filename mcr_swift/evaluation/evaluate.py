@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..core.coords import CoordinateSpace, add_space_args, space_from_args
 from ..jsonl import write_json_atomic
 from .reading import GoldIndex, collect, missing_gold_rows, read_rows
+from ..files import refuse_overwriting_inputs
 
 
 def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[CoordinateSpace] = None,
@@ -112,6 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json-out", default=None, help="write the report here (default: <first result>.metrics.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
+    refuse_overwriting_inputs([("result", r) for r in a.results] + [("--gold", g) for g in a.gold or []],
+                              [("--json-out", out)])
     space = space_from_args(a)
     gold = None
     for g in a.gold or []:
@@ -143,7 +147,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if r["dropped_items"]:
             extra.append(f"{r['dropped_items']} answer items dropped by the parser")
         print(f"{Path(r['file']).name}: " + "; ".join(extra))
-    out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
     write_json_atomic(out, reports if len(reports) > 1 else reports[0])
     print(f"report: {out}", file=sys.stderr)
     return 0

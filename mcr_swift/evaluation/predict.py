@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..core.argtypes import positive_int
 from ..core.coords import FAMILIES, SPACE_FLAGS, CoordinateSpace, add_space_args, space_from_args
+from ..files import refuse_overwriting_inputs
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
@@ -422,7 +424,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_endpoint_args(p, "", "the endpoint (api), or the model folder (local)")
     p.add_argument("--adapters", action="append", default=[], help="LoRA checkpoint folder (local engine)")
     p.add_argument("--template", default=None, help="ms-swift template (local engine), e.g. qwen2_5_vl")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"posts per engine call (local engine; default {DEFAULT_BATCH_SIZE}); endpoints use "
                         "--concurrency")
     p.add_argument("--infer-backend", choices=INFER_BACKENDS, default="transformers",
@@ -439,6 +441,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--text needs at least one --image")
     if a.input is not None and (a.image or not a.out):
         p.error("--input needs --out (and takes its images from the file, not --image)")
+    if a.out:
+        out_path = Path(a.out)
+        refuse_overwriting_inputs(
+            [("--input", a.input)] + [("--image", i) for i in a.image or []],
+            [("--out", out_path), ("--out's summary", out_path.with_name(out_path.name + ".summary.json")),
+             ("--cache", a.cache or out_path.with_name(out_path.name + ".cache.jsonl"))])
     family = a.template if a.template in FAMILIES else None
     space = space_from_args(a, family)
     instruction = task_instruction(space.family, a.prompt)

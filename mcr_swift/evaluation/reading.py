@@ -76,6 +76,8 @@ class GoldIndex:
 
     Several gold files may be added (`add`); an mcr_id found in two of them (e.g. a Twitter-GMNER
     and an MNER-MI post with the same number) is ambiguous and only joins by image paths and prompt.
+    One post (task, split, mcr_id) in two gold files -- the same file given twice, or a copy -- would be
+    scored twice: ValueError naming both files and lines.
     """
 
     def __init__(self, rows: Sequence[Dict[str, Any]], source: str):
@@ -83,13 +85,22 @@ class GoldIndex:
         self._id_source: Dict[str, str] = {}
         self.rows_by_source: Dict[str, List[Dict[str, Any]]] = {}
         self.ambiguous: set = set()
+        self._post_at: Dict[Tuple[str, str, str], Tuple[int, str, Any]] = {}
+        self._files = 0
         self.add(rows, source)
 
     def add(self, rows: Sequence[Dict[str, Any]], source: str) -> None:
+        self._files += 1  # one gold file given twice is two files here
         for r in rows:
             if GOLD_COLUMN not in r:
                 raise ValueError(f"{source}:{r['_line']}: gold row has no {GOLD_COLUMN!r}")
             rid = str(r.get("mcr_id"))
+            post = (row_task(r), str(r.get("mcr_split") or ""), rid)
+            first = self._post_at.setdefault(post, (self._files, source, r["_line"]))
+            if first[0] != self._files:
+                raise ValueError(f"{source}:{r['_line']}: {post[0]} post {rid} is also in gold file "
+                                 f"{first[1]}:{first[2]}; a post may be in one --gold file only (it would "
+                                 f"be scored twice)")
             if self._id_source.setdefault(rid, source) != source:
                 self.ambiguous.add(rid)
             self.by_id[rid] = r

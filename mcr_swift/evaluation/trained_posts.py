@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from ..core.columns import row_task
+from ..files import refuse_overwriting_inputs
 
 __all__ = ["select_trained_posts", "main"]
 
@@ -52,6 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("d1", help="the MRSI SFT set (e.g. RUN_DIR/data/mrsi/d1.jsonl)")
     p.add_argument("out", help="the GMNER posts, one row each (JSON lines)")
     a = p.parse_args(argv)
+    refuse_overwriting_inputs([("d1", a.d1)], [("out", a.out), ("out's summary", Path(a.out).with_name(
+        Path(a.out).name + ".summary.json"))])
     rows, counts = select_trained_posts(r for _, r, _ in iter_jsonl(a.d1))
     if not rows:
         raise ValueError(f"{a.d1}: no GMNER row (mcr_task gmner or none) to evaluate")

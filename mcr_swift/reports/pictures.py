@@ -26,8 +26,10 @@ from ..jsonl import atomic_open, write_json_atomic, write_text_atomic
 from ..core.metrics import normalize_text
 from ..core.entities import Entity
 from .page import html_page, post_card
-from .posts import (DEFAULT_WIDTH, FILTERS, Post, add_input_args, entity_label, matches, positive_int,
-                    read_and_analyse, select_posts)
+from ..core.argtypes import positive_int
+from ..files import refuse_overwriting_inputs
+from .posts import (DEFAULT_WIDTH, FILTERS, Post, add_input_args, entity_label, matches, read_and_analyse,
+                    select_posts)
 
 #: Box/underline colours (Okabe-Ito bluish green and vermilion: distinct for colour-blind readers).
 GOLD_RGB: Tuple[int, int, int] = (0, 158, 115)
@@ -249,6 +251,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many posts (file order)")
     a = p.parse_args(argv)
     out = Path(a.out or f"{a.result}.pictures")
+    refuse_overwriting_inputs([("result", a.result), ("--gold", a.gold)],
+                              [("--out's pictures.json", out / "pictures.json"), ("--out's index.html", out / "index.html")])
     posts, info = read_and_analyse(a)
     ids = [i.strip() for i in a.posts.split(",") if i.strip()] if a.posts else None
     chosen = select_posts(posts, a.only, ids, a.limit)

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..core.coords import CoordinateSpace, add_space_args, space_from_args
 from ..core.metrics import location_correct, normalize_text, post_counts
 from ..core.entities import Entity
+from ..core.argtypes import positive_int
 
 #: Picture width in pixels (images are scaled to it); configurable with ``--width``.
 DEFAULT_WIDTH = 640
@@ -53,14 +54,6 @@ class Post:
     pred: List[Entity]
     parse_failed: bool = False
     analysis: Dict[str, Any] = field(default_factory=dict)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:

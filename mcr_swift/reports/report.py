@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..files import refuse_overwriting_inputs
 from ..jsonl import write_json_atomic, write_text_atomic
 from ..runs import version_number
 
@@ -398,6 +400,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     for run in runs:
         if not run.is_dir():
             raise ValueError(f"{run}: not a folder")
+    if a.out:
+        # the table may not replace a file of a run it reads (args.json, times.tsv, metrics, D_R ...) nor
+        # a report this command writes: an existing file inside a run folder, or a link to one, is refused
+        out = Path(a.out)
+        for run in runs:
+            refuse_overwriting_inputs([("run report", run / "report.json"), ("run report", run / "report.md")],
+                                      [("--out", out)])
+            if out.exists() and Path(run).resolve() in Path(os.path.realpath(out)).parents:
+                raise ValueError(f"--out {out} is a file of the run folder {run}, which the report reads; "
+                                 f"choose another output")
     rows = []
     for run in runs:
         r = collect_report(run)

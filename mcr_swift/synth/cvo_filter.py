@@ -259,27 +259,37 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..core.argtypes import int_range, non_negative_float, positive_int, top_k_int, top_p_float, unit_float
     from ..core.coords import add_space_args, space_from_args
     from ..core.scoring import RewardConfig, add_reward_args
     from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
+    from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
     p.add_argument("--out", required=True, help="kept queries, e.g. mcr_data/mrsi/d2_filtered.jsonl")
     add_endpoint_args(p, "", "the policy server (swift deploy / vllm serve of the MRSI checkpoint)")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "request seeds derive from it (servers that honour seed)")
-    p.add_argument("-G", "--num-generations", type=int, default=DEFAULT_G, help="responses per query (App. E.4: 8)")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
-    p.add_argument("--min-std", type=float, default=0.1)
-    p.add_argument("--min-max", type=float, default=0.8)
-    p.add_argument("--min-median", type=float, default=0.08)
-    p.add_argument("--max-median", type=float, default=0.6)
+    p.add_argument("-G", "--num-generations", type=int_range(2), default=DEFAULT_G,
+                   help="responses per query, at least 2: the tests need a spread (App. E.4: 8)")
+    p.add_argument("--top-k", type=top_k_int, default=DEFAULT_TOP_K, help="-1: off")
+    p.add_argument("--top-p", type=top_p_float, default=DEFAULT_TOP_P)
+    p.add_argument("--min-std", type=non_negative_float, default=0.1)
+    p.add_argument("--min-max", type=unit_float, default=0.8)
+    p.add_argument("--min-median", type=unit_float, default=0.08)
+    p.add_argument("--max-median", type=unit_float, default=0.6)
     p.add_argument("--std-ddof", type=int, default=0, choices=[0, 1], help="0: population std (default)")
     add_space_args(p)  # the server's resize settings: the reward compares in its coordinate space
     add_reward_args(p)
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N rows")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    refuse_overwriting_inputs([("--input", a.input)], [
+        ("--out", out), ("--out's stats", out.with_name(out.name + ".stats.jsonl")),
+        ("--out's summary", out.with_name(out.name + ".summary.json")),
+        ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
+    if a.min_median > a.max_median:
+        p.error(f"--min-median {a.min_median} is above --max-median {a.max_median}: no query could pass")
     # every setting first (issue 20 §2.8): a bad one stops here, before any request is paid for
     reward = RewardConfig.from_args(a, space=space_from_args(a))
     retry = RetryPolicy.from_args(a)

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..jsonl import iter_jsonl, write_jsonl_atomic
 from ..core.columns import row_task
+from ..core.argtypes import float_range
+from ..files import refuse_overwriting_inputs
 
 __all__ = ["DEFAULT_D1_RATIO", "split_by_post", "style_counts", "task_style_counts", "main"]
 
@@ -99,11 +101,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  description="Split D_R into D1 (MRSI) and D2 (CVO) by post.")
     ap.add_argument("--input", required=True, help="D_R rows (.jsonl) with mcr_id and mcr_style")
     ap.add_argument("--out-dir", required=True, help="folder for d1.jsonl and d2.jsonl")
-    ap.add_argument("--d1-ratio", type=float, default=DEFAULT_D1_RATIO,
+    ap.add_argument("--d1-ratio", type=float_range(0.0, 1.0, lo_open=True, hi_open=True), default=DEFAULT_D1_RATIO,
                     help="fraction of posts in D1 (default 0.5; the paper gives none)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    rows = [row for _, row, _ in iter_jsonl(args.input)]
+    refuse_overwriting_inputs([("--input", args.input)], [("--out-dir's d1.jsonl", Path(args.out_dir) / "d1.jsonl"),
+                                                          ("--out-dir's d2.jsonl", Path(args.out_dir) / "d2.jsonl")])
+    rows = []
+    first_at: Dict[Tuple[str, str, str, str], int] = {}
+    for no, row, _ in iter_jsonl(args.input):
+        rows.append(row)
+        if row.get("mcr_id") is None:
+            continue  # split_by_post names it
+        # the same sample, style and turns twice: a D_R written twice (e.g. synth given one input twice)
+        key = (*_sample(row), _style(row), json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False))
+        first = first_at.setdefault(key, no)
+        if first != no:
+            raise ValueError(f"{args.input}:{no}: duplicated row: {key[0]} sample {key[1]} style "
+                             f"{key[2] or '(none)'} repeats line {first} (same turns); D1 would train on it twice")
     d1, d2 = split_by_post(rows, args.d1_ratio, args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

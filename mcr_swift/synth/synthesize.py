@@ -430,33 +430,43 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..core.argtypes import non_negative_int, positive_int, top_p_float
     from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
+    from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
                         "twitter_gmner, mner_mi and grec: D_R is built over their mixture")
     p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
     p.add_argument("--styles", default=",".join(ALL_STYLES), help=f"comma-separated, from {', '.join(ALL_STYLES)}")
-    p.add_argument("--per-post", type=int, default=DEFAULT_PER_POST,
+    p.add_argument("--per-post", type=non_negative_int, default=DEFAULT_PER_POST,
                    help="styles per sample, balanced over the styles within each task and seeded (default 2, "
                         "App. E.1's count: 55,712 = 2 x 27,856; 0 = every style for every sample)")
     add_endpoint_args(p, "", "both endpoints")
     add_endpoint_args(p, "llm-", "the LLM styles' endpoint (default: --base-url)")
     add_endpoint_args(p, "mllm-", "the MLLM style's endpoint (default: --base-url)")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "template styles' seed; sent to the API as well")
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=top_p_float, default=None)
     p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    refuse_overwriting_inputs([("--input", i) for i in a.input], [
+        ("--out", out), ("--out's rejected rows", out.with_name(out.stem + ".rejected.jsonl")),
+        ("--out's summary", out.with_name(out.name + ".summary.json")),
+        ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
     retry = RetryPolicy.from_args(a)
     rows = []
-    for path in a.input:
+    # (task, mcr_id) -> (input number, file, line): a sample in two inputs (the same file given twice, or
+    # a copy) would be written twice and carried into D1 and D2 by `split`
+    first_at: Dict[Tuple[str, str], Tuple[int, str, int]] = {}
+    for k, path in enumerate(a.input):
         for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
             if a.limit is not None and n >= a.limit:
                 break
@@ -465,6 +475,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             except (KeyError, ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
                                  ) from None
+            key = (row_task(row), str(row["mcr_id"]))
+            first = first_at.setdefault(key, (k, path, lineno))
+            if first[0] != k:
+                raise ValueError(f"{path}:{lineno}: {key[0]} sample {key[1]} is also in --input {first[1]}:"
+                                 f"{first[2]}; a sample may come from one input file only (it would be "
+                                 f"synthesised twice)")
             rows.append(row)
     endpoints = {}
     for s in styles:

@@ -191,6 +191,9 @@ def test_two_balanced_styles_per_sample_reproduce_55712():
     assert plan_styles(keys, ALL_STYLES, 2, seed=1) != plan
     assert plan_styles(keys[:5], ALL_STYLES, 0, seed=0) == [list(ALL_STYLES)] * 5  # 0: all styles
     assert plan_styles(keys[:5], ["llm_qa"], 2, seed=0) == [["llm_qa"]] * 5
+    # repeat: more rows than styles take the styles in turn (one style twice: the w/o D_R row of Table 3)
+    assert plan_styles(keys[:5], ["llm_qa"], 2, seed=0, repeat=True) == [["llm_qa", "llm_qa"]] * 5
+    assert plan_styles(keys[:2], ["llm_qa", "formatted_a"], 3, 0, True) == [["llm_qa", "formatted_a", "llm_qa"]] * 2
     line = paper_count_line(dict(PAPER_TRAIN_SAMPLES), 2, 5, rows=55712)
     assert line.startswith("D_R 27,856 samples x 2 styles = 55,712 planned, 55,712 produced (paper: 55,712")
     sub = paper_count_line({"gmner": 8, "mner_mi": 8, "grec": 8}, 2, 5)
@@ -272,7 +275,7 @@ def test_api_styles_per_task_against_a_scripted_server(mixed, tmp_path):
     with FakeOpenAI(_task_answer) as fake:
         ep = Endpoint(fake.base_url, "fake-model")
         s = synthesize(rows, tmp_path / "dr.jsonl", styles, endpoints={st: ep for st in styles}, per_post=0,
-                       temperature=0.0, progress=False)
+                       temperature=0.0, progress=False, chain_retries=0, replace="none")
         assert s["complete"] and len(fake.requests) == 3 * 18
         for body in fake.requests:
             text = prompt_text(body)

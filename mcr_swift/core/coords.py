@@ -61,6 +61,25 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def giou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Generalized IoU (Rezatofighi et al. 2019), the matching score of gRefCOCO's GREC evaluator:
+    IoU - (C - U) / C, C the area of the smallest box enclosing both, U their union; in [-1, 1].
+    Non-finite input or an empty enclosing box gives -1."""
+    try:
+        if not all(math.isfinite(v) for v in (*a, *b)):
+            return -1.0
+    except TypeError:
+        return -1.0
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = box_area(a) + box_area(b) - inter
+    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
+    if hull <= 0:
+        return -1.0
+    return (inter / union if union > 0 else 0.0) - (hull - union) / hull
+
+
 def best_iou(pred: Sequence[float], golds: Sequence[Sequence[float]]) -> float:
     """IoU of ``pred`` with the best of several gold boxes (0 when there are none)."""
     return max((iou(pred, g) for g in golds), default=0.0)

@@ -36,6 +36,7 @@ ValueError naming the variable):
   iou, entail) or ``"count=0.3,span=0.2,..."`` (missing terms weigh 0). Default 0.2 each.
 * ``MCR_IOU_SIGMA``: sigma of Eq. 8, in [0, 1). Default 0.5.
 * ``MCR_UNMATCHED``: ``drop`` (default) or ``zero``, the reading of "the k matched pairs" of Eq. 6-9.
+* ``MCR_COUNT_READING``: ``literal`` (default) or ``true_count``, the reading of Eq. 14-15 (R_c).
 * ``MCR_REWARD_SPACE``: ``model`` (default) or ``original``, see 3.
 * ``MCR_REWARD_LOG``: a file to which ``gmner_orm`` appends one JSON line per scored completion.
 * the image resize (``MCR_MODEL_FAMILY``, ``MAX_PIXELS``, ``MIN_PIXELS``, ``IMAGE_MAX_TOKEN_NUM``,
@@ -53,10 +54,12 @@ from .coords import CoordinateSpace, clamp_box
 from .columns import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .entities import Entity
 from .parser import completion_text, format_ok, parse_answer
-from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma, check_unmatched,
+from .rewards import (DEFAULT_COUNT_READING, DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, check_sigma,
+                      check_count_reading, check_unmatched,
                       grec_reward_terms, normalize_weights, reward_terms, task_reward, task_weights)
 
 __all__ = ["RewardConfig", "Score", "score_row", "weights_from_env", "sigma_from_env", "unmatched_from_env",
+           "count_reading_from_env",
            "space_mode_from_env", "SPACES", "REWARD_SETTINGS", "add_reward_args", "first_size"]
 
 assert set(TASK_TERMS) == set(TASKS)
@@ -102,12 +105,17 @@ def weights_from_env(env=None) -> Tuple[float, ...]:
 
 def sigma_from_env(env=None) -> float:
     """``MCR_IOU_SIGMA`` (sigma of Eq. 8; default 0.5)."""
-    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: _check_sigma(float(raw)))
+    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: check_sigma(float(raw)))
 
 
 def unmatched_from_env(env=None) -> str:
     """``MCR_UNMATCHED`` (``drop`` or ``zero``; default ``drop``)."""
     return _from_env(env, "MCR_UNMATCHED", DEFAULT_UNMATCHED, check_unmatched)
+
+
+def count_reading_from_env(env=None) -> str:
+    """``MCR_COUNT_READING`` (``literal`` or ``true_count``; default ``literal``)."""
+    return _from_env(env, "MCR_COUNT_READING", DEFAULT_COUNT_READING, check_count_reading)
 
 
 def space_mode_from_env(env=None) -> str:
@@ -122,7 +130,8 @@ def space_mode_from_env(env=None) -> str:
 #: Reward settings: the attribute of a command's flags (or of the ``args`` an ORM is built with) -> the
 #: environment variable it stands for (module docstring). The resize settings are `CoordinateSpace`'s.
 REWARD_SETTINGS = (("mcr_reward_weights", "MCR_REWARD_WEIGHTS"), ("mcr_iou_sigma", "MCR_IOU_SIGMA"),
-                   ("mcr_unmatched", "MCR_UNMATCHED"), ("mcr_reward_space", "MCR_REWARD_SPACE"),
+                   ("mcr_unmatched", "MCR_UNMATCHED"), ("mcr_count_reading", "MCR_COUNT_READING"),
+                   ("mcr_reward_space", "MCR_REWARD_SPACE"),
                    ("mcr_reward_log", "MCR_REWARD_LOG"))
 
 
@@ -136,6 +145,8 @@ def add_reward_args(p) -> None:
                    help="sigma of Eq. 8, in [0, 1) (default $MCR_IOU_SIGMA, else 0.5)")
     g.add_argument("--unmatched", dest="mcr_unmatched", default=None,
                    help="drop or zero: the reading of Eq. 6-9's matched pairs (default $MCR_UNMATCHED, else drop)")
+    g.add_argument("--count-reading", dest="mcr_count_reading", default=None,
+                   help="literal or true_count: the reading of Eq. 14-15 (default $MCR_COUNT_READING, else literal)")
     g.add_argument("--reward-space", dest="mcr_reward_space", default=None,
                    help="model or original (default $MCR_REWARD_SPACE, else model)")
 
@@ -147,6 +158,7 @@ class RewardConfig:
     weights: Tuple[float, ...] = normalize_weights(None)
     sigma: float = DEFAULT_SIGMA
     unmatched: str = DEFAULT_UNMATCHED
+    count_reading: str = DEFAULT_COUNT_READING
     space_mode: str = "model"
     space: CoordinateSpace = field(default_factory=CoordinateSpace)
     log_path: Optional[str] = None
@@ -157,7 +169,7 @@ class RewardConfig:
         """The settings of ``env`` (default os.environ); ``space`` given replaces the resize variables."""
         env = os.environ if env is None else env
         return cls(weights=weights_from_env(env), sigma=sigma_from_env(env), unmatched=unmatched_from_env(env),
-                   space_mode=space_mode_from_env(env),
+                   count_reading=count_reading_from_env(env), space_mode=space_mode_from_env(env),
                    space=CoordinateSpace.from_env(env=env) if space is None else space,
                    log_path=(env.get("MCR_REWARD_LOG") or "").strip() or None)
 
@@ -324,7 +336,7 @@ def _score(text: str, raw: Any, size, task: str, cfg: RewardConfig) -> Score:
     elif task == "grec":
         terms = grec_reward_terms(pred, gold, cfg.sigma)
     else:
-        terms = reward_terms(pred, gold, cfg.sigma, unmatched=cfg.unmatched)
+        terms = reward_terms(pred, gold, cfg.sigma, unmatched=cfg.unmatched, count_reading=cfg.count_reading)
         terms = {t: terms[t] for t in TASK_TERMS[task]}
     return Score(task, text, reward=float(task_reward(terms, cfg.weights, task)), answered=ok, n_pred=len(pred),
                  n_gold=len(gold), pred=pred, gold=gold, **terms)

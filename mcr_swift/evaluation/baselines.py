@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..core.answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
+from ..core.answer import ANSWER_OPEN, pick_box, render_answer
 from ..core.coords import CoordinateSpace, add_space_args, space_from_args
 from ..core.argtypes import non_negative_int, positive_int
 from ..files import refuse_overwriting_inputs
@@ -75,15 +75,32 @@ def select_demos(candidates: Sequence[Sample], k: int, seed: int, exclude: Seque
 
 def demo_answer(sample: Sample, reasoning: bool, space: Optional[CoordinateSpace], multi_box: str = "largest") -> str:
     """The gold triples of a demonstration as the canonical answer, boxes in ``space`` (None:
-    original pixels), after `default_reasoning` when ``reasoning``."""
+    original pixels), after `plain_reasoning` when ``reasoning``."""
     ents = []
     for e in sample.entities:
         box = pick_box(e.boxes, multi_box)
         if box is not None and space is not None:
             box = space.to_model(box, sample.image_size)
         ents.append(Entity(e.text, e.type, () if box is None else (box,)))
-    text, _ = render_answer(ents, default_reasoning(sample.sentence, sample.entities))
+    text, _ = render_answer(ents, plain_reasoning(sample.entities))
     return text if reasoning else text[text.index(ANSWER_OPEN):]
+
+
+_TYPE_WORDS = {"PER": "a person", "LOC": "a location", "ORG": "an organization", "OTHER": "another kind of named entity"}
+
+
+def plain_reasoning(entities: Sequence[Entity]) -> str:
+    """A plain chain-of-thought for a demonstration, one sentence per entity in its own order: what
+    it names and whether the image shows it. No MCR constraint walk (recognition, typing, entailment,
+    grounding as named steps, `default_reasoning`): that would carry the method into the baseline
+    (issue 21 §5)."""
+    if not entities:
+        return "I read the sentence and find no name of a person, place, organization or other thing."
+    out = []
+    for e in entities:
+        where = "The image shows it, so I give its box." if e.boxes else "The image does not show it."
+        out.append(f'"{e.text}" is {_TYPE_WORDS.get(e.type, "a named entity")}. {where}')
+    return " ".join(out)
 
 
 def request_messages(sample: Sample, method: str, demos: Sequence[Sample], space: Optional[CoordinateSpace],

@@ -121,7 +121,8 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
     """Per-post predictions and golds (original pixels) by task, plus the parse-failure counts.
 
     ``preds``/``golds``/``sentences``: the GMNER rows; ``mner_mi``: ``{"preds", "golds"}``; ``grec``:
-    ``{split: {"pred_boxes", "gold_boxes"}}``; ``parse_failures_by_task``.
+    ``{split: {"pred_boxes", "gold_boxes" (first box or None), "gold_sets" (all boxes)}}``;
+    ``parse_failures_by_task``.
     """
     from ..data.grec import answer_boxes
     from ..core.parser import completion_text, parse_answer
@@ -178,9 +179,11 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         elif task == "grec":
             if len(g) != 1:
                 raise ValueError(f"{where}: a GREC row needs exactly one gold expression, got {len(g)}")
-            part = grec.setdefault(str(grow.get("mcr_split") or "unknown"), {"pred_boxes": [], "gold_boxes": []})
+            part = grec.setdefault(str(grow.get("mcr_split") or "unknown"),
+                                   {"pred_boxes": [], "gold_boxes": [], "gold_sets": []})
             part["pred_boxes"].append(None if row.get("_missing") else answer_boxes(pred))
             part["gold_boxes"].append(g[0].box)
+            part["gold_sets"].append([tuple(b) for b in g[0].boxes])  # several: a multi-target sample
         else:
             preds.append(pred)
             golds.append(g)

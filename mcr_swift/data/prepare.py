@@ -22,6 +22,7 @@ from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .rows import ANSWER_ONLY_SUFFIX, answer_only_row, sample_to_row
 from .standin import DEFAULT_SIZE, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
+from ..core.coords import CoordinateSpace, apply_image_budget, budget_from_env
 from ..core.entities import Box, Entity, Sample
 
 #: ``--dataset`` -> (output sub-folder, default splits)
@@ -29,9 +30,19 @@ DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", m
             "grec": ("grec", grec_mod.SPLITS)}
 
 
-def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool) -> None:
-    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`)."""
+#: ``image_budget``: (the run's `CoordinateSpace`, tokens per post) or None (docs/decisions.md).
+ImageBudget = Optional[Tuple[CoordinateSpace, int]]
+
+
+def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool,
+                image_budget: ImageBudget = None) -> None:
+    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`); with ``image_budget`` every row whose
+    images exceed the post budget carries its per-image ``chat_template_kwargs.max_pixels``
+    (`coords.apply_image_budget`)."""
     from tqdm import tqdm
+    if image_budget is not None:
+        space, tokens = image_budget
+        rows = (apply_image_budget(r, space, tokens) for r in rows)
     write_jsonl_atomic(path, tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"))
 
 
@@ -144,7 +155,8 @@ def write_answer_only(source: Path) -> Path:
 def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, image_dir=None,
                           standin_dir=None, limit: Optional[int] = None, on_error: str = "raise",
                           family: str = "qwen2_5_vl", multi_box: str = "largest", tags: str = "conlleval",
-                          verify_images: str = "full", progress: bool = True) -> Dict[str, Dict]:
+                          verify_images: str = "full", progress: bool = True,
+                          image_budget: ImageBudget = None) -> Dict[str, Dict]:
     """Prepare ``splits`` of the release at ``root``; returns the per-split summary.
 
     ``tags``: how BIO tags are read (`twitter.TAG_MODES`); ``verify_images``: "full" decodes every
@@ -172,7 +184,7 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
                                          tags=tags, verify_images=verify_images == "full")
             path = stage.path(f"{split}.jsonl")
             _write_rows(stage.dir / path.name, (sample_to_row(s, family=family, multi_box=multi_box) for s in samples),
-                        len(samples), f"prepare {split}", progress)
+                        len(samples), f"prepare {split}", progress, image_budget)
             write_answer_only(stage.dir / path.name)  # mcr-gmner:<split>_answer_only (Table 1 "+SFT")
             rep = samples.report
             summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
@@ -192,7 +204,7 @@ def _loud(stage: Staging, warnings: Sequence[str]) -> None:
 def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, image_dir=None,
                     twitter2017_dir=None, standin_dir=None, variant: str = "mi", limit: Optional[int] = None,
                     on_error: str = "raise", tags: str = "conlleval", verify_images: str = "full",
-                    progress: bool = True) -> Dict[str, Dict]:
+                    progress: bool = True, image_budget: ImageBudget = None) -> Dict[str, Dict]:
     """Prepare MNER-MI (``variant="plus"``: MNER-MI-Plus) into ``<out_dir>/mner_mi/<split>.jsonl``
     (split names train, dev, test; the release's ``val`` is written as dev). Missing images and a
     complete split's counts that differ from the published ones are printed loudly and recorded in
@@ -220,7 +232,7 @@ def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, i
                                             verify_images=verify_images == "full")
             path = stage.path(f"{name}.jsonl")
             _write_rows(stage.dir / path.name, (mner_mod.mner_mi_row(s, name) for s in samples), len(samples),
-                        f"prepare mner_mi {name}", progress)
+                        f"prepare mner_mi {name}", progress, image_budget)
             rep = samples.report
             warnings = [rep.image_warning()] if rep.image_warning() else []
             line, off = mner_mod.published_check(rep, variant, name) if limit is None else ("", [])
@@ -239,7 +251,8 @@ def prepare_grec(root, out_dir, *, splits: Optional[Sequence[str]] = None, image
                  refs_file=None, instances_file=None, train_size: Optional[int] = grec_mod.DEFAULT_TRAIN_SIZE,
                  seed: int = 0, text_field: str = "sent", entity_type: str = grec_mod.DEFAULT_TYPE,
                  limit: Optional[int] = None, on_error: str = "raise", family: str = "qwen2_5_vl",
-                 multi_target: str = "remove", progress: bool = True) -> Dict[str, Dict]:
+                 multi_target: str = "remove", progress: bool = True, image_budget: ImageBudget = None
+                 ) -> Dict[str, Dict]:
     """Prepare gRefCOCO as GREC into ``<out_dir>/grec/<split>.jsonl``: one row per referring
     sentence, multi-target refs removed (App. E.1), train reduced to ``train_size`` sentences
     (None: all). ``splits`` None: those of train, val, testA, testB the refs file has (an older
@@ -278,7 +291,7 @@ def prepare_grec(root, out_dir, *, splits: Optional[Sequence[str]] = None, image
             chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
             path = stage.path(f"{split}.jsonl")
             _write_rows(stage.dir / path.name, (grec_mod.grec_row(s, split, family=family) for s in chosen),
-                        len(chosen), f"prepare grec {split}", progress)
+                        len(chosen), f"prepare grec {split}", progress, image_budget)
             rep = samples.report
             summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path), "release": release,
                               "warnings": []}
@@ -349,13 +362,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="remove (default, App. E.1): drop multi-target expressions; keep: keep them in val / "
                          "testA / testB with every target box, to score with evaluate --protocol grec "
                          "(train always removes them)")
+    bud = p.add_argument_group("per-post image budget (docs/decisions.md)")
+    bud.add_argument("--image-token-budget", type=non_negative_int, default=None,
+                     help="image tokens one post's images may take together (default $MCR_IMAGE_TOKEN_BUDGET, "
+                          "else 2048; 0: off); a row over it gets its per-image chat_template_kwargs.max_pixels")
+    bud.add_argument("--max-pixels", type=positive_int, default=None,
+                     help="the run's smart-resize max pixels the budget starts from (default $MAX_PIXELS or "
+                          "IMAGE_MAX_TOKEN_NUM, as ms-swift reads them)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     splits = a.splits or (None if a.dataset == "grec" else list(DATASETS[a.dataset][1]))
     for split in splits or ():
         plain_name(split, "--splits value")  # each names <out>/<dataset>/<split>.jsonl
+    env_space = CoordinateSpace.from_env(a.family)
+    space = env_space if a.max_pixels is None else CoordinateSpace(
+        env_space.family, env_space.min_pixels, a.max_pixels, env_space.template_max_pixels)
+    tokens = budget_from_env() if a.image_token_budget is None else a.image_token_budget
     common = dict(splits=splits, image_dir=a.image_dir, standin_dir=a.standin_images, limit=a.limit,
-                  on_error=a.on_error, progress=not a.no_progress)
+                  on_error=a.on_error, progress=not a.no_progress,
+                  image_budget=(space, tokens) if tokens else None)
     if a.dataset == "mner_mi":
         summary = prepare_mner_mi(a.root, a.out, twitter2017_dir=a.twitter2017_image_dir, variant=a.variant,
                                   tags=a.tags, verify_images=a.verify_images, **common)

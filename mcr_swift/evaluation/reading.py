@@ -131,6 +131,7 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
     grec: Dict[str, Dict[str, List]] = {}
     fails_by_task = {t: 0 for t in TASKS}
     n_fail = n_dropped = n_unmatched = 0
+    run_space = space
     for row in rows:
         where = f"{source}:{row['_line']}"
         grow = row if GOLD_COLUMN in row else (gold.find(row) if gold else None)
@@ -145,6 +146,7 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         g = gold_from_row(grow)
         sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
         size = tuple(sizes[0]) if sizes else None
+        space = run_space.for_row(grow)  # the row's own per-post image budget, as ms-swift resized it
         if row.get("_missing"):  # a gold post without a row: all-missed
             pred = []
         elif "entities" in row and row.get("response") is None:

@@ -360,9 +360,9 @@ def score_row(completion: Any, row: Mapping[str, Any], config: RewardConfig) -> 
     if raw is None:
         return Score(task, text, skipped=f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
     size = first_size(row.get(SIZES_COLUMN))
-    row_space = cfg.space.for_row(row)  # a per-post image budget resizes this row's images (coords)
-    if row_space is not cfg.space:
-        cfg = replace(cfg, space=row_space)
+    row_space = config.space.for_row(row)  # a per-post image budget resizes this row's images (coords)
+    if row_space is not config.space:
+        config = replace(config, space=row_space)
     if isinstance(raw, str) and len(text) <= CACHE_MAX_TEXT:
         return _score_cached(text, raw, size, task, config)
     return _score(text, raw, size, task, config)

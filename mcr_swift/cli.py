@@ -2,7 +2,8 @@
 
 One top-level handler (`run_command`) for every command: a user's mistake -- a missing or unreadable
 file, a bad JSON line, bytes that are not UTF-8, an unknown tag, a bad option value -- raises
-ValueError or OSError inside the command, with a message naming the file and line; the handler prints
+ValueError or OSError inside the command, with a message naming the file and line (an endpoint that
+cannot be used, `mcr_swift.endpoint.EndpointError`, is the user's setting too); the handler prints
 it as one line ``mcr-swift <command>: error: <message>`` on stderr and exits 2, without a traceback.
 A bad flag or flag value (argparse) is one line too: ``mcr-swift <command>: error: <what> (see --help)``.
 Ctrl-C exits 130. ``MCR_DEBUG=1`` in the environment re-raises instead, showing the full traceback.
@@ -14,6 +15,8 @@ import importlib
 import os
 import sys
 from typing import List, Optional
+
+from .endpoint import EndpointError
 
 #: command -> (module, help)
 COMMANDS = {
@@ -58,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 #: Exceptions that mean bad input or a bad option value (their message names the file and line).
-USER_ERRORS = (ValueError, OSError, UnicodeError)
+USER_ERRORS = (ValueError, OSError, UnicodeError, EndpointError)
 #: Environment variable that shows the full traceback instead of the one-line error.
 DEBUG_ENV = "MCR_DEBUG"
 

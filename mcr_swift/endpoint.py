@@ -29,13 +29,14 @@ import os
 import random
 import threading
 import time
+import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["Endpoint", "ChatResult", "EndpointError", "EmptyAnswer", "RetryPolicy", "chat", "ResultCache", "cache_key",
-           "run_jobs", "RunStats", "to_openai_messages", "image_data_url", "add_endpoint_args"]
+           "run_jobs", "RunStats", "to_openai_messages", "image_data_url", "add_endpoint_args", "finish_run"]
 
 #: Statuses worth retrying: request timeout, conflict, rate limit, and every server-side error.
 RETRY_STATUS = frozenset({408, 409, 429})
@@ -478,3 +479,15 @@ def file_digest(path: str) -> str:
     """SHA-256 of a file's bytes (cache keys follow image contents, not names)."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def finish_run(complete: bool, interrupted: bool, done: str, what: str = "requests") -> int:
+    """The end of a command that pays for requests (``synth``, ``cvo-filter``, ``baselines``): ``done``
+    on stdout and 0 when every request has its answer; else the resume advice on stderr and 130 (a
+    Ctrl-C) or 3 (some requests failed)."""
+    if complete:
+        print(done)
+        return 0
+    print(f"incomplete: some {what} have no answer yet (see the summary); re-run the same command to resume "
+          "- finished requests are cached and not sent again", file=sys.stderr)
+    return 130 if interrupted else 3

@@ -94,12 +94,6 @@ def write_text_atomic(path, text: str) -> None:
         f.write(text)
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
 def write_json_atomic(path, obj: Any, indent: int = 1, **kwargs) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (``kwargs`` go to ``json.dumps``)."""
     write_text_atomic(path, json.dumps(obj, indent=indent, **kwargs))

@@ -42,15 +42,13 @@ def parse(argv):
 
 
 def dataset_rows(spec: str):
-    from mcr_swift.plugin.registry import ANSWER_ONLY_SUFFIX, DATASETS, data_dir, derive_answer_only
+    from mcr_swift.plugin.registry import DATASETS, data_dir
     if spec.endswith(".jsonl"):                     # a file given directly
         return [json.loads(l) for l in Path(spec).read_text().splitlines() if l.strip()]
     name, _, subset = spec.split("#")[0].partition(":")
     folder, _subsets, default = DATASETS[name]
     subset = subset or default
     path = data_dir() / folder / f"{subset}.jsonl"
-    if subset.endswith(ANSWER_ONLY_SUFFIX):
-        path = derive_answer_only(data_dir() / folder / f"{subset[:-len(ANSWER_ONLY_SUFFIX)]}.jsonl")
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 

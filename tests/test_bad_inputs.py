@@ -76,7 +76,7 @@ def test_prepare_refuses_an_imgid_that_leaves_the_folder(tmp_path):
     assert summary["rows"] == 1 and summary["skipped"] == {"posts with an IMGID that is not a plain file name": 1}
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["work/img/7.jpg", "work/out/twitter_gmner/summary.json", "work/out/twitter_gmner/train.jsonl",
-                       "work/release/txt/train.txt"]
+                       "work/out/twitter_gmner/train_answer_only.jsonl", "work/release/txt/train.txt"]
     # a split name is a file name too
     one_line_error(cli("prepare", "--root", root, "--out", work / "out", "--standin-images", work / "img",
                        "--splits", "../../escape"), "--splits value '../../escape' is not a plain file name")

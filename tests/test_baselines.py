@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from mcr_swift.cli import run_command
 from mcr_swift.endpoint import image_data_url
 from mcr_swift.evaluation.baselines import demo_answer, instruction, main as baselines_main, select_demos
 from mcr_swift.core.coords import CoordinateSpace
@@ -209,17 +210,17 @@ def test_bad_input_is_named(prepared, tmp_path, capsys):
     rows = _rows(prepared, "test", 3)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "images": ["/nowhere/x.jpg"]}) + "\n")
-    assert baselines_main(["--method", "direct", *_args(bad, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
+    assert run_command("baselines", baselines_main, ["--method", "direct", *_args(bad, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
     assert f"{bad}:2: image /nowhere/x.jpg not found" in capsys.readouterr().err
     bad.write_text(json.dumps({**rows[0], "mcr_task": "grec"}) + "\n")
-    assert baselines_main(["--method", "direct", *_args(bad, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
+    assert run_command("baselines", baselines_main, ["--method", "direct", *_args(bad, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
     assert f"{bad}:1: mcr_task 'grec'" in capsys.readouterr().err
     ok = tmp_path / "ok.jsonl"
     ok.write_text(json.dumps(rows[0]) + "\n")
-    assert baselines_main(["--method", "cot_3shot", *_args(ok, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
+    assert run_command("baselines", baselines_main, ["--method", "cot_3shot", *_args(ok, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
     assert f"{tmp_path / 'train.jsonl'}: no train split" in capsys.readouterr().err
     # nothing listens on port 9: the endpoint is named
-    assert baselines_main(["--method", "direct", *_args(ok, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
+    assert run_command("baselines", baselines_main, ["--method", "direct", *_args(ok, tmp_path / "o.jsonl", "http://127.0.0.1:9/v1")]) == 2
     assert "cannot list the models of http://127.0.0.1:9/v1" in capsys.readouterr().err
 
 

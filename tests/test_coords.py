@@ -168,3 +168,24 @@ def test_coordinate_space_does_not_load_torch():
             "sorted({'torch', 'qwen_vl_utils'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "(168, 252) []"
+
+
+def test_space_flags_read_exactly_like_the_variables():
+    """`space_from_args`: ``--max-pixels N`` is ``MAX_PIXELS=N`` as ms-swift reads it (whole tokens of
+    28 x 28 for Qwen2.5-VL), so evaluate/predict/cvo-filter with the flag see the space a run with the
+    variable trained in. The flag used to be taken unrounded: a 1441 x 1500 image then resized to
+    980 x 1008 for the flag but 952 x 1008 for MAX_PIXELS=1000000 (ms-swift)."""
+    from types import SimpleNamespace
+
+    from mcr_swift.core.coords import space_from_args
+    flags = SimpleNamespace(family=None, max_pixels=1000000, min_pixels=None, template_max_pixels=None)
+    by_flag = space_from_args(flags, env={})
+    assert by_flag == CoordinateSpace.from_env(env={"MAX_PIXELS": "1000000"})
+    assert by_flag.max_pixels == 1275 * 784 and by_flag.resized_size(1441, 1500) == (952, 1008)
+    # a flag replaces its variable and the token count that would win over it; the rest is the environment
+    env = {"MAX_PIXELS": "1", "IMAGE_MAX_TOKEN_NUM": "64", "MIN_PIXELS": str(8 * 784), "MCR_MODEL_FAMILY": "qwen2_vl"}
+    got = space_from_args(flags, env=env)
+    assert (got.family, got.max_pixels, got.min_pixels) == ("qwen2_vl", 1000000 // 784 * 784, 8 * 784)
+    assert env["IMAGE_MAX_TOKEN_NUM"] == "64"  # the caller's mapping is not changed
+    with pytest.raises(ValueError, match="MIN_PIXELS='x'"):
+        space_from_args(SimpleNamespace(family=None, max_pixels=None, min_pixels="x", template_max_pixels=None), env={})

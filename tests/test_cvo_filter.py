@@ -8,6 +8,7 @@ import math
 import pytest
 
 from mcr_swift.core.answer import render_answer
+from mcr_swift.core.scoring import RewardConfig
 from mcr_swift.endpoint import Endpoint
 from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.synth.cvo_filter import (FilterThresholds, decide, distribution, filter_d2, format_summary, group_stats,
@@ -15,6 +16,7 @@ from mcr_swift.synth.cvo_filter import (FilterThresholds, decide, distribution, 
 from mcr_swift.jsonl import iter_jsonl
 from mcr_swift.core.columns import gold_from_row
 from mcr_swift.core.entities import Entity
+from mcr_swift.cli import run_command
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text
 from tests.conftest import TINY_MAX_PIXELS
 
@@ -99,7 +101,7 @@ def test_filter_against_scripted_server(d2, tmp_path, monkeypatch):
     keep = {0: False, 1: False, 2: True, 3: False, 4: False, 5: False}
     with _server(d2, space) as fake:
         out = tmp_path / "d2_filtered.jsonl"
-        s = filter_d2(d2, out, Endpoint(fake.base_url, "fake-model"), g=G, concurrency=2, progress=False)
+        s = filter_d2(d2, out, Endpoint(fake.base_url, "fake-model"), g=G, concurrency=2, progress=False, reward=RewardConfig.from_env())
         assert len(fake.requests) == 6  # one request of n=8 per post; the style duplicates merged
         body = fake.requests[0]
         assert (body["n"], body["temperature"], body["top_k"], body["top_p"]) == (8, 1.5, 200, 0.95)  # App. E.4
@@ -121,7 +123,7 @@ def test_servers_that_ignore_n_are_asked_again(d2, tmp_path, monkeypatch):
     monkeypatch.setenv("MAX_PIXELS", str(TINY_MAX_PIXELS))
     with _server(d2[:4], CoordinateSpace.from_env(), ignore_n=True) as fake:
         s = filter_d2(d2[:4], tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=4, concurrency=1,
-                      progress=False)
+                      progress=False, reward=RewardConfig.from_env())
         assert len(fake.requests) == 2 * 4 and s["scored"] == 2
 
 
@@ -140,9 +142,44 @@ def test_cli_resume_and_errors(d2, tmp_path, monkeypatch, capsys):
     assert "kept 6 queries" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"mcr_id": "1", "messages": []}) + "\n")
-    assert filter_main(["--input", str(bad), "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
-                        "--model", "m"]) == 2
+    assert run_command("cvo-filter", filter_main, ["--input", str(bad), "--out", str(tmp_path / "x.jsonl"),
+                                                   "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
     assert "row 1 (mcr_id '1'): no 'mcr_gold'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", [("MCR_UNMATCHED", "foo", None), ("MCR_IOU_SIGMA", "2", None),
+                                     ("MCR_REWARD_WEIGHTS", "1,2", None), ("MCR_REWARD_SPACE", "pixels", None),
+                                     ("MAX_PIXELS", "lots", None), (None, None, ["--unmatched", "foo"])])
+def test_bad_setting_stops_before_any_request(d2, tmp_path, monkeypatch, capsys, setting):
+    """Issue 20 §2.8: a bad reward or resize setting exits 2 naming it before the first request (it
+    used to send every request, then fail while scoring)."""
+    var, value, flags = setting
+    if var:
+        monkeypatch.setenv(var, value)
+    src = tmp_path / "d2.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in d2))
+    with _server(d2, CoordinateSpace()) as fake:
+        rc = run_command("cvo-filter", filter_main, ["--input", str(src), "--out", str(tmp_path / "f.jsonl"),
+                                                     "--base-url", fake.base_url, "--model", "fake-model",
+                                                     "--no-progress", *(flags or [])])
+        assert (rc, len(fake.requests)) == (2, 0)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{var or 'MCR_UNMATCHED'}=" in err and "'" + (value or "foo") + "'" in err
+    assert not list(tmp_path.glob("f.jsonl*"))  # no output, no cache
+
+
+def test_reward_flags_are_used(d2, tmp_path, monkeypatch):
+    """--unmatched / --reward-weights reach the scoring (over the environment) and the summary."""
+    monkeypatch.setenv("MCR_UNMATCHED", "foo")  # a flag wins over the variable
+    src = tmp_path / "d2.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in d2[:2]))
+    with _server(d2[:2], CoordinateSpace("qwen2_5_vl", max_pixels=TINY_MAX_PIXELS)) as fake:
+        assert filter_main(["--input", str(src), "--out", str(tmp_path / "f.jsonl"), "--base-url", fake.base_url,
+                            "--model", "fake-model", "--no-progress", "--max-pixels", str(TINY_MAX_PIXELS),
+                            "--unmatched", "zero", "--reward-weights", "0,0,0,0,1", "-G", "8"]) == 0
+    s = json.loads((tmp_path / "f.jsonl.summary.json").read_text())
+    assert s["reward"]["unmatched"] == "zero" and s["reward"]["weights"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert s["space"]["max_pixels"] == TINY_MAX_PIXELS
 
 
 def test_filter_pays_nothing_for_junk_on_no_entity_posts(prepared, tmp_path, monkeypatch):
@@ -162,7 +199,7 @@ def test_filter_pays_nothing_for_junk_on_no_entity_posts(prepared, tmp_path, mon
         return groups[next(s for s in groups if f"Sentence: {s}" in text)][:body.get("n", 1)]
     with FakeOpenAI(answer) as fake:
         s = filter_d2(empty, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=G, concurrency=1,
-                      progress=False)
+                      progress=False, reward=RewardConfig.from_env())
     stats = {json.loads(l)["mcr_id"]: json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()}
     first, second = stats[empty[0]["mcr_id"]], stats[empty[1]["mcr_id"]]
     assert first["rewards"] == [1.0] * 4 + [0.0] * 4 and first["kept"] is True
@@ -178,7 +215,7 @@ def test_unscorable_rollouts_score_zero_and_are_counted(d2, tmp_path, monkeypatc
     rows = [{**r, "mcr_gold": "[1, 2]"} for r in d2[:2]]   # one post, two styles
     with _server(d2[:2], CoordinateSpace.from_env()) as fake:
         s = filter_d2(rows, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=4, concurrency=1,
-                      progress=False)
+                      progress=False, reward=RewardConfig.from_env())
     stats = [json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()]
     assert stats[0]["rewards"] == [0.0] * 4 and s["kept"] == 0
     assert s["unscorable_rollouts"] == 4

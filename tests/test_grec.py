@@ -252,7 +252,8 @@ def test_grec_reward_terms():
 def test_grec_rows_through_the_swift_orm(monkeypatch, caplog):
     pytest.importorskip("swift.rewards")
     from mcr_swift.plugin import orms as swift_rewards
-    from mcr_swift.plugin.orms import GMNERCountReward, GMNEREntailReward, GMNERReward, task_weights
+    from mcr_swift.core.rewards import task_weights
+    from mcr_swift.plugin.orms import GMNERCountReward, GMNEREntailReward, GMNERReward
     monkeypatch.setattr(swift_rewards, "_malformed", 0)
     for k in ("MCR_REWARD_WEIGHTS", "MCR_REWARD_SPACE", "MIN_PIXELS", "MCR_MODEL_FAMILY"):
         monkeypatch.delenv(k, raising=False)

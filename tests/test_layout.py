@@ -177,3 +177,47 @@ def test_recipe_helpers_are_commands():
 def test_tools_holds_no_command_wrappers():
     assert sorted(p.name for p in (REPO / "tools").iterdir() if p.name != "__pycache__") == [
         "bench_metrics.py", "bench_predict.py", "bench_rewards.py", "bench_stage_repeat.py", "gpu_check.sh", "setup.sh"]
+
+
+def environment_writes(root: Path = REPO):
+    """``file:line`` of every write to ``os.environ`` (item assignment or deletion, ``setdefault``,
+    ``update``, ``pop``, ``clear``, ``os.putenv``) in the package."""
+    found = []
+    for path in sorted((root / "mcr_swift").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            env = None
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+                env = next((t for t in targets if isinstance(t, ast.Subscript)
+                            and ast.unparse(t.value) == "os.environ"), None)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = ast.unparse(node.func.value)
+                if (owner == "os.environ" and node.func.attr in ("setdefault", "update", "pop", "clear", "popitem")
+                        or owner == "os" and node.func.attr in ("putenv", "unsetenv")):
+                    env = node
+            if env is not None:
+                found.append(f"{path.relative_to(root / 'mcr_swift').as_posix()}:{node.lineno}")
+    return found
+
+
+#: The writes to os.environ that stay (issue 24 §3: settings are parameters; the environment is written
+#: only where ms-swift, in this process, reads nothing else), by file -> how many.
+ENVIRONMENT_WRITERS = {
+    "evaluation/predict.py": 2,      # predict's in-process engine: MAX_PIXELS / MIN_PIXELS for qwen-vl-utils
+    "plugin/registry.py": 1,         # inside ms-swift: QWENVL_BBOX_FORMAT=plain for its Qwen templates
+    "pipeline/recipe_args.py": 3,    # the swift-args stand-in's world-size patch (test scaffolding, issue 24 §5)
+}
+
+
+def test_no_module_writes_the_environment_but_the_allowed_ones():
+    from collections import Counter
+    got = Counter(w.rpartition(":")[0] for w in environment_writes())
+    assert dict(got) == ENVIRONMENT_WRITERS, environment_writes()
+
+
+def test_environment_write_check_sees_writes(tmp_path):
+    (tmp_path / "mcr_swift").mkdir()
+    (tmp_path / "mcr_swift" / "x.py").write_text(
+        "import os\nos.environ['A'] = '1'\nos.environ.setdefault('B', '2')\nx = os.environ.get('C')\n"
+        "def f(env=dict(os.environ)):\n    env['D'] = '4'\n    del os.environ['A']\n")
+    assert environment_writes(tmp_path) == ["x.py:2", "x.py:3", "x.py:7"]

@@ -268,7 +268,7 @@ def test_prepare_writes_all_or_nothing(data_v2, tmp_path):
     before = _tree(out, standin)
     dev = (out / "twitter_gmner" / "dev.jsonl").read_bytes()
     assert [p.name for p in (out / "twitter_gmner").iterdir()] and sorted(
-        p.name for p in (out / "twitter_gmner").iterdir()) == ["dev.jsonl", "summary.json"]
+        p.name for p in (out / "twitter_gmner").iterdir()) == ["dev.jsonl", "dev_answer_only.jsonl", "summary.json"]
     (root / "txt" / "train.txt").write_text("".join((data_v2 / "txt" / "train.txt").open().readlines()[:200]))
     one_line_error(cli(*args, "--splits", "train", "test"), "unknown tag")
     assert _tree(out, standin) == before  # no train.jsonl, no train stand-ins, no staging folder
@@ -279,7 +279,8 @@ def test_prepare_writes_all_or_nothing(data_v2, tmp_path):
     # a later good run adds its split beside the earlier one
     ok = cli(*args, "--splits", "train")
     assert ok.returncode == 0, ok.stderr
-    assert sorted(p.name for p in (out / "twitter_gmner").iterdir()) == ["dev.jsonl", "summary.json", "train.jsonl"]
+    assert sorted(p.name for p in (out / "twitter_gmner").iterdir()) == [
+        "dev.jsonl", "dev_answer_only.jsonl", "summary.json", "train.jsonl", "train_answer_only.jsonl"]
 
 
 def test_report_table_may_not_replace_a_file_of_a_run(tmp_path):

@@ -173,7 +173,8 @@ def test_mner_mi_metrics_hand_computed():
 def test_mner_mi_rows_through_the_swift_orm(monkeypatch):
     pytest.importorskip("swift.rewards")
     from mcr_swift.plugin import orms as swift_rewards
-    from mcr_swift.plugin.orms import GMNERIoUReward, GMNERReward, GMNERTypeReward, task_weights
+    from mcr_swift.core.rewards import task_weights
+    from mcr_swift.plugin.orms import GMNERIoUReward, GMNERReward, GMNERTypeReward
     monkeypatch.setattr(swift_rewards, "_malformed", 0)
     for k in ("MCR_REWARD_WEIGHTS", "MCR_REWARD_SPACE", "MCR_MODEL_FAMILY"):
         monkeypatch.delenv(k, raising=False)

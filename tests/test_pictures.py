@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mcr_swift.cli import run_command
 from mcr_swift import Entity
 from mcr_swift.core.metrics import perturb, post_counts
 from mcr_swift.reports.pictures import GOLD_RGB, PRED_RGB, _char_spans, draw_post, main
@@ -146,7 +147,7 @@ def expected_selection(rows, golds, preds):
 
 
 def run_pictures(*args):
-    return main([*args, "--no-progress"])
+    return run_command("pictures", main, [*args, "--no-progress"])
 
 
 @pytest.mark.parametrize("only", ["errors", "textual", "visual", "all"])

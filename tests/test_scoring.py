@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcr_swift.core.answer import render_answer
+from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.core.entities import Entity
 from mcr_swift.core.rewards import DEFAULT_SIGMA, DEFAULT_WEIGHTS
 from mcr_swift.core.scoring import RewardConfig, Score, clear_caches, score_row
@@ -177,7 +178,27 @@ def test_scoring_reads_the_environment_once(monkeypatch):
     cfg = RewardConfig.from_env()
     monkeypatch.setenv("MCR_REWARD_WEIGHTS", "1,0,0,0,0")   # later changes do not reach a built config
     assert score_row(text(PRED), row("gmner"), cfg).reward == 0.5
-    assert score_row(text(PRED), row("gmner")).reward == 1.0  # no config: read now
+    with pytest.raises(TypeError):
+        score_row(text(PRED), row("gmner"))  # no hidden read of the environment: the caller passes one
+
+
+def test_defaults_read_no_environment(monkeypatch):
+    # issue 24 §3: the dataclass defaults are the paper's, whatever the environment says
+    monkeypatch.setenv("MAX_PIXELS", str(280 * 280))
+    monkeypatch.setenv("MCR_MODEL_FAMILY", "qwen2_vl")
+    assert RewardConfig().space == CoordinateSpace("qwen2_5_vl") == CoordinateSpace()
+    assert RewardConfig.from_env().space == CoordinateSpace("qwen2_vl", max_pixels=280 * 280)
+
+
+def test_reward_config_from_args_over_env():
+    from types import SimpleNamespace
+    env = {"MCR_UNMATCHED": "zero", "MCR_IOU_SIGMA": "0.25", "MAX_PIXELS": "100352"}
+    c = RewardConfig.from_args(SimpleNamespace(mcr_unmatched="drop", mcr_iou_sigma=None), env)
+    assert (c.unmatched, c.sigma, c.space.max_pixels) == ("drop", 0.25, 100352)   # flag, env, env
+    sp = CoordinateSpace("qwen2_vl")
+    assert RewardConfig.from_args(None, env, space=sp).space is sp
+    with pytest.raises(ValueError, match="MCR_REWARD_WEIGHTS='1,2'"):
+        RewardConfig.from_args(SimpleNamespace(mcr_reward_weights="1,2"), {})
 
 
 # --------------------------------------------------------------------------- spam never pays

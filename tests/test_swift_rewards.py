@@ -308,8 +308,27 @@ def test_unmatched_reading_from_env(monkeypatch):
         GMNERReward()
 
 
+def test_orm_settings_from_args_over_the_environment(monkeypatch):
+    """The ORM takes its settings from the ``args`` ms-swift builds it with when they carry them, else
+    from the environment (``swift rlhf``'s GRPOConfig carries none); ``config=`` is used as given."""
+    from types import SimpleNamespace
+
+    from mcr_swift.core.scoring import RewardConfig
+    gold = [Entity("Kevin Durant", "PER"), Entity("NBA", "ORG")]
+    kw = grpo_kwargs(1, gold=gold_json(gold))
+    text = '<answer>[{"entity": "Durant", "type": "PER", "bbox": null}]</answer>'
+    drop, zero = pytest.approx(2 / 3), pytest.approx(1 / 3)   # span term, values by hand above
+    monkeypatch.setenv("MCR_UNMATCHED", "drop")
+    assert GMNERSpanReward(args=SimpleNamespace(mcr_unmatched="zero"))([text], **kw) == [zero]
+    assert GMNERSpanReward(args=SimpleNamespace(output_dir="x"))([text], **kw) == [drop]  # no setting: env
+    assert GMNERSpanReward(args=SimpleNamespace(mcr_unmatched=None))([text], **kw) == [drop]
+    assert GMNERSpanReward(config=RewardConfig(unmatched="zero", space=space()))([text], **kw) == [zero]
+    with pytest.raises(ValueError, match="MCR_UNMATCHED='bad'"):
+        GMNERReward(args=SimpleNamespace(mcr_unmatched="bad"))
+
+
 def test_orm_reads_its_config_once(monkeypatch):
-    """The ORM reads `RewardConfig.from_env` when it is built; later changes of the environment do
+    """The ORM reads its `RewardConfig` when it is built; later changes of the environment do
     not reach it (one config object per reward, issue 17)."""
     good, _ = render_answer(in_model_space(GOLD), "r")
     orm = GMNERReward()

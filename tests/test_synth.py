@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mcr_swift.cli import run_command
 from mcr_swift.core.answer import BBOX_PLACEHOLDER
 from mcr_swift.endpoint import Endpoint, RetryPolicy
 from mcr_swift.jsonl import iter_jsonl
@@ -181,7 +182,7 @@ def test_cli_errors(tmp_path, rows, capsys):
     with pytest.raises(SystemExit):
         synth_main(base + ["--styles", "nope"])
     assert "unknown style" in capsys.readouterr().err
-    assert synth_main(base + ["--styles", "llm_qa"]) == 2  # no endpoint configured
+    assert run_command("synth", synth_main, base + ["--styles", "llm_qa"]) == 2  # no endpoint configured
     assert "OPENAI_BASE_URL" in capsys.readouterr().err
     bad = dict(rows[0])
     bad["mcr_gold"] = "{oops"
@@ -190,7 +191,7 @@ def test_cli_errors(tmp_path, rows, capsys):
         synthesize([bad], tmp_path / "o.jsonl", ["formatted_a"], endpoints={}, source=str(tmp_path / "bad.jsonl"),
                    progress=False)
     with FakeOpenAI(lambda b: ["x"], model="other") as fake:  # unknown model: stop at once, exit 2
-        assert synth_main(base + ["--styles", "llm_qa", "--base-url", fake.base_url, "--model", "fake-model",
+        assert run_command("synth", synth_main, base + ["--styles", "llm_qa", "--base-url", fake.base_url, "--model", "fake-model",
                                   "--retries", "0", "--no-progress"]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -12,7 +12,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from mcr_swift.cli import run_command
 from mcr_swift.core.answer import BBOX_PLACEHOLDER
+from mcr_swift.core.scoring import RewardConfig
 from mcr_swift.endpoint import Endpoint
 from mcr_swift.synth.cvo_filter import _query_rows
 from mcr_swift.jsonl import iter_jsonl
@@ -404,7 +406,7 @@ def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
         text = prompt_text(body)
         return [next(a for k, a in answers.items() if text.endswith(k))] * body.get("n", 1)
     with FakeOpenAI(answer) as fake:
-        s = filter_d2(d2, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=2, progress=False,
+        s = filter_d2(d2, tmp_path / "f.jsonl", Endpoint(fake.base_url, "fake-model"), g=2, progress=False, reward=RewardConfig.from_env(),
                       thresholds=FilterThresholds(0, 0, 0, 1))
     assert s["queries_per_task"] == {"grec": 8, "mner_mi": 4} and s["rows_merged_by_post"] == 12
     stats = [json.loads(l) for l in (tmp_path / "f.jsonl.stats.jsonl").read_text().splitlines()]
@@ -450,10 +452,10 @@ def test_synth_cli_mixes_inputs_and_names_a_bad_line(mixed, tmp_path, capsys):
     rows = _read(g)[:2]
     rows[1]["mcr_gold"] = "{oops"
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert synth_main(["--input", str(m), str(bad), "--out", str(tmp_path / "x.jsonl"), "--styles", "formatted_a",
+    assert run_command("synth", synth_main, ["--input", str(m), str(bad), "--out", str(tmp_path / "x.jsonl"), "--styles", "formatted_a",
                        "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}:2: not a prepared row" in err[0]
-    assert synth_main(["--input", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.jsonl"),
+    assert run_command("synth", synth_main, ["--input", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.jsonl"),
                        "--styles", "formatted_a", "--no-progress"]) == 2
     assert "nope.jsonl" in capsys.readouterr().err

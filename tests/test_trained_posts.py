@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from mcr_swift.cli import run_command
 from mcr_swift.evaluation.trained_posts import main, select_trained_posts
 
 
@@ -36,11 +37,11 @@ def test_cli_writes_rows_and_summary(tmp_path, capsys):
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     d1 = tmp_path / "d1.jsonl"
     d1.write_text(json.dumps(_row("a")) + "\n{not json\n")
-    assert main([str(d1), str(tmp_path / "o.jsonl")]) == 2
+    assert run_command("trained-posts", main, [str(d1), str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{d1}:2" in err
     assert not (tmp_path / "o.jsonl").exists()
     only_other = tmp_path / "other.jsonl"
     only_other.write_text(json.dumps(_row("g", "grec")) + "\n")
-    assert main([str(only_other), str(tmp_path / "o.jsonl")]) == 2
+    assert run_command("trained-posts", main, [str(only_other), str(tmp_path / "o.jsonl")]) == 2
     assert "no GMNER row" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import pytest
 from mcr_swift.core.answer import ANSWER_OPEN, THINK_OPEN
 from mcr_swift.core.parser import parse_answer
 from mcr_swift.prompts import load_prompt, task_instruction
-from mcr_swift.plugin.registry import derive_answer_only
+from mcr_swift.data.prepare import write_answer_only
 from mcr_swift.core.columns import gold_from_row
 from mcr_swift.data.rows import answer_only_row
 from tests.conftest import REPO, SHARED
@@ -79,8 +79,12 @@ def test_answer_only_rows_of_the_prepared_train_split(prepared, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(prepared, data)
     src = data / "twitter_gmner" / "train.jsonl"
-    target = derive_answer_only(src)
-    assert target == data / "twitter_gmner" / "train_answer_only.jsonl"
+    target = data / "twitter_gmner" / "train_answer_only.jsonl"
+    # prepare wrote them beside every split (the dataset loader only reads: issue 24 §5)
+    assert sorted(p.name for p in target.parent.glob("*_answer_only.jsonl")) == [
+        "dev_answer_only.jsonl", "test_answer_only.jsonl", "train_answer_only.jsonl"]
+    assert _rows(target) == [answer_only_row(r) for r in _rows(src)]
+    assert write_answer_only(src) == target
     before, after = _rows(src), _rows(target)
     assert len(after) == len(before) == 24
     n_boxes = 0
@@ -104,9 +108,8 @@ def test_answer_only_rows_of_the_prepared_train_split(prepared, tmp_path):
         assert a["mcr_gold"] == b["mcr_gold"] and a["mcr_target"] == "answer_only"
         n_boxes += len(a["objects"]["bbox"])
     assert n_boxes > 0
-    # derived again on every load: a changed source shows up
     src.write_text("\n".join(json.dumps(r) for r in before[:5]) + "\n")
-    assert len(_rows(derive_answer_only(src))) == 5
+    assert len(_rows(write_answer_only(src))) == 5
 
 
 def test_answer_only_drops_the_boxes_of_reasoning_placeholders():
@@ -137,7 +140,7 @@ def test_answer_only_refuses_rows_it_cannot_convert(prepared, tmp_path, change, 
     src.parent.mkdir(parents=True)
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=re.escape(f"{src}:2: ") + ".*" + re.escape(message)):
-        derive_answer_only(src)
+        write_answer_only(src)
     assert not (src.parent / "train_answer_only.jsonl").exists()
 
 
@@ -415,7 +418,7 @@ def test_report_says_tiny_runs_are_plumbing_checks(tmp_path):
 def test_report_refuses_a_missing_folder(tmp_path):
     a = make_run(tmp_path / "a", "sft", "qwen2_5_vl", True, stage_dir="sft")
     p = report(a, tmp_path / "nope")
-    assert p.returncode == 2 and p.stderr.strip() == f"mcr-swift report: {tmp_path / 'nope'}: not a folder"
+    assert p.returncode == 2 and p.stderr.strip().startswith(f"mcr-swift report: error: {tmp_path / 'nope'}: not a folder")
     assert not (a / "report.json").exists()      # nothing written when an argument is bad
 
 

@@ -362,16 +362,37 @@ def add_space_args(p) -> None:
     p.add_argument("--family", default=None, choices=sorted(FAMILIES),
                    help="model family: its box space (default $MCR_MODEL_FAMILY, else qwen2_5_vl)")
     p.add_argument("--max-pixels", type=positive_int, default=None,
-                   help="smart-resize max pixels of the run (default $MAX_PIXELS or qwen-vl-utils')")
+                   help="the run's MAX_PIXELS, read as ms-swift reads the variable (default $MAX_PIXELS, "
+                        "else qwen-vl-utils')")
     p.add_argument("--min-pixels", type=positive_int, default=None, help="MIN_PIXELS (default $MIN_PIXELS)")
     p.add_argument("--template-max-pixels", type=positive_int, default=None, help="the run's ms-swift --max_pixels, if any")
 
 
-def space_from_args(a, family: Optional[str] = None) -> CoordinateSpace:
+#: The resize flags of `add_space_args` -> (the variable ms-swift reads, the token count that would win
+#: over it in ms-swift's rule, which a flag therefore clears).
+SPACE_FLAGS = (("max_pixels", "MAX_PIXELS", "IMAGE_MAX_TOKEN_NUM"), ("min_pixels", "MIN_PIXELS", "IMAGE_MIN_TOKEN_NUM"),
+               ("template_max_pixels", "MCR_TEMPLATE_MAX_PIXELS", None))
+
+
+def space_settings(a, env: Optional[Mapping[str, str]] = None) -> dict:
+    """The resize settings of a run as the environment ms-swift reads: ``env`` (default os.environ) with
+    the `add_space_args` flags that are given in place of their variables (a flag also clears the token
+    count that would win over it). A command passes these to the ms-swift it starts, in-process or as
+    a child (`mcr_swift.pipeline.serve`)."""
+    out = dict(os.environ if env is None else env)
+    for attr, var, shadow in SPACE_FLAGS:
+        flag = getattr(a, attr, None)
+        if flag is not None:
+            out[var] = str(flag)
+            if shadow:
+                out.pop(shadow, None)
+    return out
+
+
+def space_from_args(a, family: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> CoordinateSpace:
     """The coordinate space of a run: the `add_space_args` flags over the environment variables
-    ms-swift reads (`CoordinateSpace.from_env`); ``family`` is the fallback when ``--family`` is unset."""
-    env = CoordinateSpace.from_env(a.family or family)
-    return CoordinateSpace(env.family,
-                           a.min_pixels if a.min_pixels is not None else env.min_pixels,
-                           a.max_pixels if a.max_pixels is not None else env.max_pixels,
-                           a.template_max_pixels if a.template_max_pixels is not None else env.template_max_pixels)
+    ms-swift reads (``env``, default os.environ), each flag read exactly as its variable would be
+    (`CoordinateSpace.from_env`: ``--max-pixels N`` is ``MAX_PIXELS=N``, rounded down to whole
+    tokens as ms-swift does); ``family`` is the fallback when ``--family`` is unset. Raises ValueError
+    naming the setting for a bad value."""
+    return CoordinateSpace.from_env(getattr(a, "family", None) or family, env=space_settings(a, env))

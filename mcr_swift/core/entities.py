@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 Box = Tuple[float, float, float, float]
 
@@ -116,11 +116,3 @@ class Sample:
     @property
     def image_size(self) -> Optional[Tuple[int, int]]:
         return self.image_sizes[0] if self.image_sizes else None
-
-
-def entities_from_dicts(items: Iterable[Mapping[str, Any]]) -> list:
-    return [Entity.from_dict(d) for d in items]
-
-
-def entities_to_dicts(entities: Sequence[Entity]) -> list:
-    return [e.to_dict() for e in entities]

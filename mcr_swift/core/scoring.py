@@ -1,7 +1,8 @@
 """One completion against one dataset row: `score_row` (pure core, no ms-swift).
 
 The ms-swift ORMs (`mcr_swift.plugin.orms`) and the D2 filter (`mcr_swift.synth.cvo_filter`) both score
-through `score_row`; settings come from one `RewardConfig`, read from the environment once.
+through `score_row`; settings come from one `RewardConfig`, built once by the caller (a command's flags,
+an ORM's ``args``, the environment as the fallback: `RewardConfig.from_args`) and passed down.
 
 Per completion (the row's columns ``mcr_task`` (missing = ``gmner``), ``mcr_gold`` (JSON text or a list:
 ``[{"entity", "type", "boxes": [[x1, y1, x2, y2], ..]}, ..]`` in original-image pixels) and
@@ -27,7 +28,9 @@ A row that cannot be scored (no gold column, malformed gold, unknown task, unusa
 boxes need it, a GREC row without exactly one expression) gives a `Score` with ``skipped`` set to the
 reason and R = 0.0; the caller counts it.
 
-Configuration (`RewardConfig.from_env`; bad values raise ValueError naming the variable):
+Configuration (`RewardConfig.from_args`: the attribute of ``args`` named in `REWARD_SETTINGS` when it is
+set, else the environment variable; `RewardConfig.from_env`: the environment alone; bad values raise
+ValueError naming the variable):
 
 * ``MCR_REWARD_WEIGHTS``: the 5 lambdas of Eq. 10, ``"0.2,0.2,0.2,0.2,0.2"`` (order count, span, type,
   iou, entail) or ``"count=0.3,span=0.2,..."`` (missing terms weigh 0). Default 0.2 each.
@@ -57,7 +60,7 @@ from .rewards import (DEFAULT_COUNT_READING, DEFAULT_SIGMA, DEFAULT_UNMATCHED, T
 
 __all__ = ["RewardConfig", "Score", "score_row", "weights_from_env", "sigma_from_env", "unmatched_from_env",
            "count_reading_from_env",
-           "space_mode_from_env", "SPACES", "first_size"]
+           "space_mode_from_env", "SPACES", "REWARD_SETTINGS", "add_reward_args", "first_size"]
 
 assert set(TASK_TERMS) == set(TASKS)
 
@@ -124,24 +127,65 @@ def space_mode_from_env(env=None) -> str:
     return raw
 
 
+#: Reward settings: the attribute of a command's flags (or of the ``args`` an ORM is built with) -> the
+#: environment variable it stands for (module docstring). The resize settings are `CoordinateSpace`'s.
+REWARD_SETTINGS = (("mcr_reward_weights", "MCR_REWARD_WEIGHTS"), ("mcr_iou_sigma", "MCR_IOU_SIGMA"),
+                   ("mcr_unmatched", "MCR_UNMATCHED"), ("mcr_count_reading", "MCR_COUNT_READING"),
+                   ("mcr_reward_space", "MCR_REWARD_SPACE"),
+                   ("mcr_reward_log", "MCR_REWARD_LOG"))
+
+
+def add_reward_args(p) -> None:
+    """The reward flags of a command that scores like GRPO (``cvo-filter``), read with
+    `RewardConfig.from_args`; each defaults to its environment variable, as ``swift rlhf`` reads it."""
+    g = p.add_argument_group("reward settings (default: the environment variables gmner_orm reads)")
+    g.add_argument("--reward-weights", dest="mcr_reward_weights", default=None,
+                   help="the 5 lambdas of Eq. 10 (default $MCR_REWARD_WEIGHTS, else 0.2 each)")
+    g.add_argument("--iou-sigma", dest="mcr_iou_sigma", default=None,
+                   help="sigma of Eq. 8, in [0, 1) (default $MCR_IOU_SIGMA, else 0.5)")
+    g.add_argument("--unmatched", dest="mcr_unmatched", default=None,
+                   help="drop or zero: the reading of Eq. 6-9's matched pairs (default $MCR_UNMATCHED, else drop)")
+    g.add_argument("--count-reading", dest="mcr_count_reading", default=None,
+                   help="literal or true_count: the reading of Eq. 14-15 (default $MCR_COUNT_READING, else literal)")
+    g.add_argument("--reward-space", dest="mcr_reward_space", default=None,
+                   help="model or original (default $MCR_REWARD_SPACE, else model)")
+
+
 @dataclass(frozen=True)
 class RewardConfig:
-    """Every reward setting (module docstring); `from_env` reads them once."""
+    """Every reward setting (module docstring). The defaults are the paper's (no environment is read
+    here): `from_args` / `from_env` build the configuration of a run, once."""
     weights: Tuple[float, ...] = normalize_weights(None)
     sigma: float = DEFAULT_SIGMA
     unmatched: str = DEFAULT_UNMATCHED
     count_reading: str = DEFAULT_COUNT_READING
     space_mode: str = "model"
-    space: CoordinateSpace = field(default_factory=CoordinateSpace.from_env)
+    space: CoordinateSpace = field(default_factory=CoordinateSpace)
     log_path: Optional[str] = None
 
     @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "RewardConfig":
+    def from_env(cls, env: Optional[Mapping[str, str]] = None,
+                 space: Optional[CoordinateSpace] = None) -> "RewardConfig":
+        """The settings of ``env`` (default os.environ); ``space`` given replaces the resize variables."""
         env = os.environ if env is None else env
         return cls(weights=weights_from_env(env), sigma=sigma_from_env(env), unmatched=unmatched_from_env(env),
                    count_reading=count_reading_from_env(env), space_mode=space_mode_from_env(env),
-                   space=CoordinateSpace.from_env(env=env),
+                   space=CoordinateSpace.from_env(env=env) if space is None else space,
                    log_path=(env.get("MCR_REWARD_LOG") or "").strip() or None)
+
+    @classmethod
+    def from_args(cls, args: Any = None, env: Optional[Mapping[str, str]] = None,
+                  space: Optional[CoordinateSpace] = None) -> "RewardConfig":
+        """The settings a run gives: each attribute of `REWARD_SETTINGS` that ``args`` sets (a command's
+        flags, `add_reward_args`; the ``args`` ms-swift builds an ORM with), else its variable in ``env``
+        (default os.environ; ``swift rlhf``'s own arguments carry none of them, so under GRPO this is
+        the environment)."""
+        merged = dict(os.environ if env is None else env)
+        for attr, var in REWARD_SETTINGS:
+            value = getattr(args, attr, None)
+            if value is not None:
+                merged[var] = str(value)
+        return cls.from_env(merged, space)
 
     def task_weights(self, task: str) -> Dict[str, float]:
         return task_weights(self.weights, task)
@@ -303,12 +347,11 @@ def _score_cached(text: str, raw: str, size, task: str, cfg: RewardConfig) -> Sc
     return _score(text, raw, size, task, cfg)
 
 
-def score_row(completion: Any, row: Mapping[str, Any], config: Optional[RewardConfig] = None) -> Score:
+def score_row(completion: Any, row: Mapping[str, Any], config: RewardConfig) -> Score:
     """Score one completion (text, or a list of chat messages) against one dataset row's
     ``mcr_task``/``mcr_gold``/``mcr_image_sizes`` (module docstring). Never raises on model output or a
     malformed row (the `Score` says ``skipped``); repeated calls with the same completion and row are
     served from a cache (the separate-term ORMs of one GRPO step share the work)."""
-    cfg = RewardConfig.from_env() if config is None else config
     text = completion_text(completion)
     task = row.get(TASK_COLUMN) or "gmner"
     if not isinstance(task, str) or task not in TASK_TERMS:
@@ -317,12 +360,12 @@ def score_row(completion: Any, row: Mapping[str, Any], config: Optional[RewardCo
     if raw is None:
         return Score(task, text, skipped=f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
     size = first_size(row.get(SIZES_COLUMN))
-    row_space = cfg.space.for_row(row)  # a per-post image budget resizes this row's images (coords)
-    if row_space is not cfg.space:
-        cfg = replace(cfg, space=row_space)
+    row_space = config.space.for_row(row)  # a per-post image budget resizes this row's images (coords)
+    if row_space is not config.space:
+        config = replace(config, space=row_space)
     if isinstance(raw, str) and len(text) <= CACHE_MAX_TEXT:
-        return _score_cached(text, raw, size, task, cfg)
-    return _score(text, raw, size, task, cfg)
+        return _score_cached(text, raw, size, task, config)
+    return _score(text, raw, size, task, config)
 
 
 def clear_caches() -> None:

@@ -18,8 +18,8 @@ from . import grec as grec_mod
 from . import mner_mi as mner_mod
 from ..core.argtypes import non_negative_int, positive_int
 from ..files import VERIFY_MODES, plain_name
-from ..jsonl import write_json_atomic, write_jsonl_atomic
-from .rows import sample_to_row
+from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from .rows import ANSWER_ONLY_SUFFIX, answer_only_row, sample_to_row
 from .standin import DEFAULT_SIZE, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
 from ..core.coords import CoordinateSpace, apply_image_budget, budget_from_env
@@ -136,6 +136,22 @@ def _summary(stage: Staging, summary: Dict[str, Dict]) -> Dict[str, Dict]:
     return summary
 
 
+def write_answer_only(source: Path) -> Path:
+    """Write ``<split>_answer_only.jsonl`` beside a prepared Twitter-GMNER ``<split>.jsonl``
+    (`answer_only_row` on every line: the Table 1 "+SFT" rows, dataset ``mcr-gmner:<split>_answer_only``)
+    and return its path. Raises ValueError naming ``file:line`` for a row it cannot convert, and then
+    writes nothing (`jsonl.write_jsonl_atomic`)."""
+    target = source.with_name(source.stem + ANSWER_ONLY_SUFFIX + ".jsonl")
+    out = []
+    for no, row, _ in iter_jsonl(source):
+        try:
+            out.append(answer_only_row(row))
+        except ValueError as e:
+            raise ValueError(f"{source}:{no}: {e}") from None
+    write_jsonl_atomic(target, out)
+    return target
+
+
 def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, image_dir=None,
                           standin_dir=None, limit: Optional[int] = None, on_error: str = "raise",
                           family: str = "qwen2_5_vl", multi_box: str = "largest", tags: str = "conlleval",
@@ -169,6 +185,7 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
             path = stage.path(f"{split}.jsonl")
             _write_rows(stage.dir / path.name, (sample_to_row(s, family=family, multi_box=multi_box) for s in samples),
                         len(samples), f"prepare {split}", progress, image_budget)
+            write_answer_only(stage.dir / path.name)  # mcr-gmner:<split>_answer_only (Table 1 "+SFT")
             rep = samples.report
             summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
                               "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,

@@ -222,7 +222,7 @@ def _read(path: str, limit: Optional[int] = None) -> Tuple[List[Dict[str, Any]],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
     p = argparse.ArgumentParser(prog="mcr-swift baselines", description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--input", required=True, help="prepared split to answer, e.g. mcr_data/twitter_gmner/test.jsonl")
@@ -248,31 +248,28 @@ def main(argv: Optional[List[str]] = None) -> int:
                                ("--cache", a.cache or Path(a.out).with_name(Path(a.out).name + ".cache.jsonl"))])
     shots = METHODS[a.method][1] if a.shots is None else a.shots
     space = None if a.box_space == "original" else space_from_args(a)
-    try:
-        rows, lines = _read(a.input, a.limit)
-        samples = _samples(rows, a.input, lines)
-        demos: List[Sample] = []
-        if shots > 0:
-            train = a.train or str(Path(a.input).with_name("train.jsonl"))
-            if not Path(train).is_file():
-                raise ValueError(f"{train}: no train split for the demonstrations; pass --train")
-            t_rows, t_lines = _read(train)
-            demos = select_demos(_samples(t_rows, train, t_lines, check_images=False), shots, a.seed,
-                                 [s.id for s in samples])
-            if len(demos) < shots:
-                raise ValueError(f"{train}: only {len(demos)} posts with entities for {shots} demonstrations")
-            absent = [im for d in demos for im in d.images if not Path(im).is_file()]
-            if absent:
-                raise ValueError(f"{train}: demonstration image {absent[0]} not found")
-        ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
-        summary = run_baselines(rows, samples, Path(a.out), ep, a.method, demos=demos, space=space,
-                                multi_box=a.multi_box, temperature=a.temperature, max_tokens=a.max_tokens,
-                                seed=a.seed, concurrency=a.concurrency,
-                                retry=RetryPolicy.from_args(a),
-                                cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress)
-    except (EndpointError, OSError, ValueError) as e:
-        print(f"mcr-swift baselines: {e}", file=sys.stderr)
-        return 2
+    retry = RetryPolicy.from_args(a)
+    rows, lines = _read(a.input, a.limit)
+    samples = _samples(rows, a.input, lines)
+    demos: List[Sample] = []
+    if shots > 0:
+        train = a.train or str(Path(a.input).with_name("train.jsonl"))
+        if not Path(train).is_file():
+            raise ValueError(f"{train}: no train split for the demonstrations; pass --train")
+        t_rows, t_lines = _read(train)
+        demos = select_demos(_samples(t_rows, train, t_lines, check_images=False), shots, a.seed,
+                             [s.id for s in samples])
+        if len(demos) < shots:
+            raise ValueError(f"{train}: only {len(demos)} posts with entities for {shots} demonstrations")
+        absent = [im for d in demos for im in d.images if not Path(im).is_file()]
+        if absent:
+            raise ValueError(f"{train}: demonstration image {absent[0]} not found")
+    ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
+    summary = run_baselines(rows, samples, Path(a.out), ep, a.method, demos=demos, space=space,
+                            multi_box=a.multi_box, temperature=a.temperature, max_tokens=a.max_tokens,
+                            seed=a.seed, concurrency=a.concurrency,
+                            retry=retry,
+                            cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress)
     r = summary["requests"]
     print(f"{a.method}: {summary['posts']} posts, {summary['answered']} answered ({summary['parse_failures']} "
           f"unparseable), {summary['entities']} entities; requests {r['total']} ({r['cached']} cached, {r['done']} "
@@ -280,14 +277,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if demos:
         print(f"demonstrations (seed {a.seed}): {', '.join(d['mcr_id'] for d in summary['demos'])} "
               f"(covering {' and '.join(summary['demo_coverage'])} entities)")
-    if summary["complete"]:
-        print(f"results -> {a.out}; score with: mcr-swift evaluate {a.out}")
-        return 0
-    for e in r["first_errors"]:
-        print(f"  {e}", file=sys.stderr)
-    print("incomplete: some posts have no answer yet (see the summary); re-run the same command to resume "
-          "- finished requests are cached and not sent again", file=sys.stderr)
-    return 130 if r["interrupted"] else 3
+    if not summary["complete"]:
+        for e in r["first_errors"]:
+            print(f"  {e}", file=sys.stderr)
+    return finish_run(summary["complete"], r["interrupted"],
+                      f"results -> {a.out}; score with: mcr-swift evaluate {a.out}", "posts")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[Coordi
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(EVAL_PROTOCOLS)}, got {protocol!r}")
     path = Path(path)
-    space = space or CoordinateSpace.from_env()
+    space = space or CoordinateSpace()  # the default space; a command builds its own from flags (space_from_args)
     rows = read_rows(path, progress)
     missing = missing_gold_rows(rows, gold, str(path))
     c = collect(rows + missing, gold, space, str(path), entities_space)

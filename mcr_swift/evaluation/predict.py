@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..core.coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
 from ..core.argtypes import positive_int
+from ..core.coords import FAMILIES, SPACE_FLAGS, CoordinateSpace, add_space_args, space_from_args
 from ..files import refuse_overwriting_inputs
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -388,6 +388,21 @@ def describe_space(space: Optional[CoordinateSpace]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- command line
+#: The resize variables ms-swift's engine reads (``MCR_TEMPLATE_MAX_PIXELS`` is mcr-swift's own).
+RESIZE_ENV = ("MAX_PIXELS", "MIN_PIXELS")
+
+
+def _engine_resize_env(a) -> None:
+    """ms-swift's in-process engine (qwen-vl-utils) reads the resize bounds only from this process's
+    environment: the flags go there, as ms-swift's own variables (a flag clears the token count that
+    would win over it). The one place a command writes os.environ (tests/test_layout.py)."""
+    for attr, var, shadow in SPACE_FLAGS:
+        if var in RESIZE_ENV and getattr(a, attr) is not None:
+            os.environ[var] = str(getattr(a, attr))
+            if shadow:
+                os.environ.pop(shadow, None)
+
+
 def _fail(msg: str) -> int:
     print(f"mcr-swift predict: {msg}", file=sys.stderr)
     return 2
@@ -432,9 +447,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             [("--input", a.input)] + [("--image", i) for i in a.image or []],
             [("--out", out_path), ("--out's summary", out_path.with_name(out_path.name + ".summary.json")),
              ("--cache", a.cache or out_path.with_name(out_path.name + ".cache.jsonl"))])
-    for flag, var in ((a.max_pixels, "MAX_PIXELS"), (a.min_pixels, "MIN_PIXELS")):
-        if flag is not None:  # the local engine (qwen-vl-utils) reads the resize bounds from the environment
-            os.environ[var] = str(flag)
     family = a.template if a.template in FAMILIES else None
     space = space_from_args(a, family)
     instruction = task_instruction(space.family, a.prompt)
@@ -458,6 +470,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if engine == "local":
             if not a.model:
                 p.error("--engine local needs --model DIR (or give --base-url for an endpoint)")
+            _engine_resize_env(a)
             backend = LocalBackend(a.model, a.adapters, a.template, a.max_tokens, a.temperature, a.seed,
                                    batch_size=a.batch_size, infer_backend=a.infer_backend)
         else:

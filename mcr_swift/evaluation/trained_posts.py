@@ -55,14 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     refuse_overwriting_inputs([("d1", a.d1)], [("out", a.out), ("out's summary", Path(a.out).with_name(
         Path(a.out).name + ".summary.json"))])
-    try:
-        rows, counts = select_trained_posts(r for _, r, _ in iter_jsonl(a.d1))
-    except (OSError, ValueError) as e:
-        print(f"trained_posts: {e}", file=sys.stderr)
-        return 2
+    rows, counts = select_trained_posts(r for _, r, _ in iter_jsonl(a.d1))
     if not rows:
-        print(f"trained_posts: {a.d1}: no GMNER row (mcr_task gmner or none) to evaluate", file=sys.stderr)
-        return 2
+        raise ValueError(f"{a.d1}: no GMNER row (mcr_task gmner or none) to evaluate")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = out.with_name(out.name + ".summary.json")

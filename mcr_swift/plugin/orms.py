@@ -2,8 +2,12 @@
 
 Thin glue: GRPO calls ``reward(completions, **columns)`` with every dataset column as a list aligned
 with ``completions``; each ORM scores row by row with the pure `mcr_swift.core.scoring.score_row` (tasks,
-gold in the model's box space, terms, Eq. 10, F1 and the settings of `mcr_swift.core.scoring.RewardConfig`,
-read from the environment once, when the ORM is built) and returns one field of the `Score`.
+gold in the model's box space, terms, Eq. 10, F1) and returns one field of the `Score`. The settings
+(`mcr_swift.core.scoring.RewardConfig`) are built once, when the ORM is built: from the ``args`` ms-swift
+builds it with (`RewardConfig.from_args`: an attribute such as ``mcr_unmatched`` when ``args`` has one),
+else from the environment; ``swift rlhf``'s arguments carry none, so under ``swift rlhf`` the
+environment variables (``MCR_REWARD_WEIGHTS``, ``MCR_UNMATCHED``, ``MAX_PIXELS``, ...) are the way to set
+them. Outside ms-swift (TRL, verl, a notebook) pass ``config=RewardConfig(...)``.
 
 Registered names (`REWARD_NAMES`, `register_rewards`): ``gmner_orm`` (`GMNERReward`, R of Eq. 10 with
 the task-rescaled lambdas), ``gmner_count``, ``gmner_span``, ``gmner_type``, ``gmner_iou``,
@@ -27,14 +31,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from swift.rewards import ORM
 
 from ..core.parser import completion_text
-from ..core.rewards import TASK_TERMS, TERMS, task_weights
-from ..core.scoring import (RewardConfig, Score, score_row, sigma_from_env, space_mode_from_env, unmatched_from_env,
-                       weights_from_env)
+from ..core.rewards import TERMS
+from ..core.scoring import RewardConfig, Score, score_row
 
 __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
            "GMNEREntailReward", "GMNERFormatReward", "GMNERF1Reward", "REWARD_NAMES", "register_rewards",
-           "weights_from_env", "sigma_from_env", "unmatched_from_env", "space_mode_from_env", "malformed_rows",
-           "completion_text", "TASK_TERMS", "task_weights"]
+           "malformed_rows"]
 
 logger = logging.getLogger("mcr_swift.core.rewards")
 
@@ -91,9 +93,9 @@ def _log(path: str, scores: Sequence[Score], rewards: Sequence[float], rows: Seq
 class _ScoreORM(ORM):
     """Scores every completion with `score_row`; a subclass says which value it returns (`value`)."""
 
-    def __init__(self, args=None, **kwargs):
+    def __init__(self, args=None, config: Optional[RewardConfig] = None, **kwargs):
         super().__init__(args, **kwargs)
-        self.config = RewardConfig.from_env()
+        self.config = RewardConfig.from_args(args) if config is None else config
 
     def value(self, s: Score) -> Optional[float]:
         raise NotImplementedError
@@ -119,8 +121,8 @@ class GMNERReward(_ScoreORM):
     """R = sum_j lambda_j R_j (Eq. 10), task-rescaled lambdas from ``MCR_REWARD_WEIGHTS``; logs to
     ``MCR_REWARD_LOG``."""
 
-    def __init__(self, args=None, **kwargs):
-        super().__init__(args, **kwargs)
+    def __init__(self, args=None, config: Optional[RewardConfig] = None, **kwargs):
+        super().__init__(args, config, **kwargs)
         zero = self.config.zero_weight_tasks()
         if zero:
             logger.warning("mcr-swift reward: MCR_REWARD_WEIGHTS gives weight 0 to every term of "

@@ -1,4 +1,4 @@
-"""Registration with ms-swift: datasets (and rewards, when that module is present).
+"""Registration with ms-swift: datasets and rewards.
 
 Registered dataset names (read from ``$MCR_DATA_DIR``, default ``./mcr_data``, written by
 ``mcr-swift prepare``):
@@ -22,10 +22,10 @@ continues MRSI by SFT on them).
 grounding, ``mcr_task`` ``grec``) are written by ``mcr-swift prepare --dataset mner_mi|grec`` (Sec. 5.3).
 
 ms-swift's dataset syntax applies: ``mcr-gmner:dev``, ``mcr-gmner:train#64`` (sample 64 rows).
-``mcr-gmner:<split>_answer_only`` (Table 1 "+SFT": plain fine-tuning, no reasoning) is derived from
-``<split>.jsonl`` each time it is loaded (`mcr_swift.data.rows.answer_only_row`: the answer-only instruction,
-the ``<answer>`` part alone as target) and written beside it as ``<split>_answer_only.jsonl``, so that
-``mcr-swift evaluate --gold`` can join the inference output to the very prompts it saw.
+``mcr-gmner:<split>_answer_only`` (Table 1 "+SFT": plain fine-tuning, no reasoning) is the file
+``<split>_answer_only.jsonl`` that ``mcr-swift prepare`` writes beside ``<split>.jsonl``
+(`mcr_swift.data.prepare.write_answer_only`: the answer-only instruction, the ``<answer>`` part alone as
+target), so that ``mcr-swift evaluate --gold`` can join the inference output to the very prompts it saw.
 
 Train through these names only: a ``.jsonl`` file passed directly as ``--dataset path/to/train.jsonl`` is
 read by ms-swift alone, without the checks below (a missing image or an image-tag mismatch then trains on
@@ -44,11 +44,7 @@ import os
 from pathlib import Path
 from typing import Dict, List
 
-from ..jsonl import iter_jsonl, write_jsonl_atomic
-
-#: Subset suffix of the answer-only rows (kept equal to mcr_swift.data.rows.ANSWER_ONLY_SUFFIX, which
-#: this module does not import at load time: rows pulls the prompt files).
-ANSWER_ONLY_SUFFIX = "_answer_only"
+from ..jsonl import iter_jsonl
 
 #: dataset name -> (sub-folder of $MCR_DATA_DIR, subsets, default subset)
 DATASETS: Dict[str, tuple] = {
@@ -131,25 +127,6 @@ def validate_jsonl(path: Path, check_images: bool = False, full: bool = False) -
     return n
 
 
-def derive_answer_only(source: Path) -> Path:
-    """Write ``<split>_answer_only.jsonl`` beside a prepared ``<split>.jsonl`` (`answer_only_row` on
-    every line) and return its path; a missing source returns the (absent) target path, for the
-    loader's "not prepared" message. Raises ValueError naming ``file:line`` for a row it cannot convert.
-    Written atomically (`jsonl.write_jsonl_atomic`)."""
-    from ..data.rows import answer_only_row
-    target = source.with_name(source.stem + ANSWER_ONLY_SUFFIX + ".jsonl")
-    if not source.is_file():
-        return target
-    out = []
-    for no, row, _ in iter_jsonl(source):
-        try:
-            out.append(answer_only_row(row))
-        except ValueError as e:
-            raise ValueError(f"{source}:{no}: {e}") from None
-    write_jsonl_atomic(target, out)  # a unique temporary file: ranks loading at once never see half a file
-    return target
-
-
 def _make_loader_class():
     from swift.dataset.loader import DatasetLoader
 
@@ -165,8 +142,6 @@ def _make_loader_class():
                 if subset not in subsets:
                     raise ValueError(f"dataset {name!r} has no subset {subset!r}; choose from {subsets}")
                 path = data_dir() / folder / f"{subset}.jsonl"
-                if subset.endswith(ANSWER_ONLY_SUFFIX):
-                    path = derive_answer_only(data_dir() / folder / f"{subset[:-len(ANSWER_ONLY_SUFFIX)]}.jsonl")
                 if not path.is_file():
                     raise FileNotFoundError(
                         f"{path}: not prepared. Run `mcr-swift prepare` (or set MCR_DATA_DIR to the "
@@ -198,11 +173,6 @@ def register() -> None:
             dataset_name=name, ms_dataset_id=_meta_id(name), loader=loader,
             subsets=[SubsetDataset(name=s, subset=s) for s in subsets],
             help=f"mcr-swift: prepared {name} from $MCR_DATA_DIR"), exist_ok=True)
-    try:
-        from .orms import register_rewards
-    except ImportError as e:  # rewards module not importable: datasets still work
-        if "swift_rewards" not in str(e):
-            raise
-    else:
-        register_rewards()
+    from .orms import register_rewards
+    register_rewards()
     _REGISTERED = True

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -124,9 +123,8 @@ def main(argv: Optional[list] = None) -> int:
     a = p.parse_args(argv)
     t = time.time()
     if a.hidden < 32 or a.hidden % 16 or a.layers < 1:
-        print(f"mcr-swift tiny-model: --hidden must be a multiple of 16, at least 32, and --layers at least 1 "
-              f"(got --hidden {a.hidden} --layers {a.layers})", file=sys.stderr)
-        return 2
+        p.error(f"--hidden must be a multiple of 16, at least 32, and --layers at least 1 "
+                f"(got --hidden {a.hidden} --layers {a.layers})")
     out = build_tiny_qwen25vl(a.out_dir, seed=a.seed, hidden=a.hidden, layers=a.layers, overwrite=a.overwrite)
     info = json.loads((out / "mcr_tiny.json").read_text())
     print(f"tiny Qwen2.5-VL at {out} ({info['parameters'] / 1e6:.1f} M parameters, {time.time() - t:.1f} s)")

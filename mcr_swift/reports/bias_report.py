@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -146,14 +145,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(a.out or f"{a.result}.bias")
     refuse_overwriting_inputs([("result", a.result), ("--gold", a.gold)],
                               [("--out's bias_report.json", out / "bias_report.json"), ("--out's index.html", out / "index.html")])
-    try:
-        posts, info = read_and_analyse(a)
-        worst = {"textual": worst_textual(posts, a.top), "visual": worst_visual(posts, a.top)}
-        chosen = list({q.index: q for q in worst["textual"] + worst["visual"]}.values())
-        rel, counts = render_pictures(chosen, out, a.width, a.allow_missing_images, progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    posts, info = read_and_analyse(a)
+    worst = {"textual": worst_textual(posts, a.top), "visual": worst_visual(posts, a.top)}
+    chosen = list({q.index: q for q in worst["textual"] + worst["visual"]}.values())
+    rel, counts = render_pictures(chosen, out, a.width, a.allow_missing_images, progress=not a.no_progress)
     rep: Dict[str, Any] = {"file": str(a.result), "posts": len(posts), **info, **bias_numbers(posts),
                            "worst": {k: [_case(q, rel[q.index]) for q in v] for k, v in worst.items()},
                            "pictures": counts}

@@ -253,14 +253,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(a.out or f"{a.result}.pictures")
     refuse_overwriting_inputs([("result", a.result), ("--gold", a.gold)],
                               [("--out's pictures.json", out / "pictures.json"), ("--out's index.html", out / "index.html")])
-    try:
-        posts, info = read_and_analyse(a)
-        ids = [i.strip() for i in a.posts.split(",") if i.strip()] if a.posts else None
-        chosen = select_posts(posts, a.only, ids, a.limit)
-        rel, counts = render_pictures(chosen, out, a.width, a.allow_missing_images, progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    posts, info = read_and_analyse(a)
+    ids = [i.strip() for i in a.posts.split(",") if i.strip()] if a.posts else None
+    chosen = select_posts(posts, a.only, ids, a.limit)
+    rel, counts = render_pictures(chosen, out, a.width, a.allow_missing_images, progress=not a.no_progress)
     n_match = {f: sum(1 for q in posts if matches(q, f)) for f in FILTERS[1:]}
     head = (f"<h1>{html.escape(Path(a.result).name)}: {len(chosen)} post(s), filter {a.only}</h1>"
             f"<p class=\"note\">{len(posts)} posts in the file; {n_match['errors']} with errors, "

@@ -86,7 +86,7 @@ def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,
     from ..evaluation.reading import GoldIndex, collect, image_paths, missing_gold_rows, read_rows
     from ..core.columns import GOLD_COLUMN, SIZES_COLUMN
     path = Path(path)
-    space = space or CoordinateSpace.from_env()
+    space = space or CoordinateSpace()  # the default space; a command builds its own from flags (space_from_args)
     gold = GoldIndex(read_rows(Path(gold_path), progress), str(gold_path)) if gold_path else None
     rows = read_rows(path, progress)
     missing = missing_gold_rows(rows, gold, str(path))

@@ -438,8 +438,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runs = [Path(d) for d in a.run_dir]
     for run in runs:
         if not run.is_dir():
-            print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
-            return 2
+            raise ValueError(f"{run}: not a folder")
     if a.out:
         # the table may not replace a file of a run it reads (args.json, times.tsv, metrics, D_R ...) nor
         # a report this command writes: an existing file inside a run folder, or a link to one, is refused

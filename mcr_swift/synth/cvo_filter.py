@@ -16,7 +16,8 @@ generations, temperature 1.5, top-k 200, top-p 0.95), so the filter sees the gro
 std is the population standard deviation (``--std-ddof 0``); completions are capped at
 ``--max-tokens`` 1024; ``--temperature 0`` (greedy) asks once and repeats the answer G times. The reward compares in the completion's coordinate space, so the filter
 must know the server's resize settings (``--max-pixels``/``--min-pixels``, default ``$MAX_PIXELS``,
-as for the reward in GRPO).
+as for the reward in GRPO), and scores with GRPO's reward settings (``--unmatched`` etc., default the
+``MCR_*`` variables ``gmner_orm`` reads). Every setting is read and checked before the first request.
 
 Requests are cached on disk (key: query, prompt, model, G, sampling), so re-runs resume; the
 summary gives the kept fraction, why queries were dropped, and the distribution of the three
@@ -25,7 +26,6 @@ statistics.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import zlib
 from collections import Counter
@@ -133,10 +133,11 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
               temperature: float = DEFAULT_TEMPERATURE, top_k: Optional[int] = DEFAULT_TOP_K,
               top_p: Optional[float] = DEFAULT_TOP_P, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0,
               thresholds: FilterThresholds = FilterThresholds(), concurrency: int = 8, retry=None,
-              cache_path: Optional[Path] = None, progress: bool = True, source: str = "input") -> Dict[str, Any]:
-    """Sample, score, decide; writes ``out`` (kept queries), ``out.stats.jsonl`` and the summary."""
+              cache_path: Optional[Path] = None, progress: bool = True, source: str = "input",
+              reward) -> Dict[str, Any]:
+    """Sample, score with ``reward`` (a `mcr_swift.core.scoring.RewardConfig`, its space the server's),
+    decide; writes ``out`` (kept queries), ``out.stats.jsonl`` and the summary."""
     from ..endpoint import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
-    from ..core.scoring import RewardConfig
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,6 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         return ChatResult(r.texts[:1] * g, r.finish_reasons[:1] * g, r.prompt_tokens, r.completion_tokens)
     run_jobs(jobs, work if temperature > 0 else work_greedy, cache, concurrency=concurrency, desc="cvo-filter", progress=progress, stats=st)
 
-    reward = RewardConfig.from_env()
     skipped: Counter = Counter()
     kept, records, fails = [], [], Counter()
     values: Dict[str, List[float]] = {"std": [], "max": [], "median": []}
@@ -226,7 +226,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
                    "space_mode": reward.space_mode},
         # rollouts of queries whose row could not be scored (scored 0.0, as in GRPO), by reason
         "unscorable_rollouts": sum(skipped.values()), "unscorable_reasons": dict(skipped),
-        "space": _space_dict(),
+        "space": _space_dict(reward.space),
     }
     if complete:
         write_jsonl_atomic(out, kept)
@@ -235,10 +235,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
     return summary
 
 
-def _space_dict() -> Dict[str, Any]:
-    """The resize settings the reward resolves from the environment (`CoordinateSpace.from_env`)."""
-    from ..core.coords import CoordinateSpace
-    sp = CoordinateSpace.from_env()
+def _space_dict(sp) -> Dict[str, Any]:
+    """The resize settings the reward compares in."""
     return {"family": sp.family, "min_pixels": sp.min_pixels, "max_pixels": sp.max_pixels,
             "template_max_pixels": sp.template_max_pixels}
 
@@ -263,10 +261,11 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
-    from ..core.coords import add_space_args
-    from ..files import refuse_overwriting_inputs
     from ..core.argtypes import int_range, non_negative_float, positive_int, top_k_int, top_p_float, unit_float
+    from ..core.coords import add_space_args, space_from_args
+    from ..core.scoring import RewardConfig, add_reward_args
+    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
+    from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
     p.add_argument("--out", required=True, help="kept queries, e.g. mcr_data/mrsi/d2_filtered.jsonl")
@@ -282,6 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-median", type=unit_float, default=0.6)
     p.add_argument("--std-ddof", type=int, default=0, choices=[0, 1], help="0: population std (default)")
     add_space_args(p)  # the server's resize settings: the reward compares in its coordinate space
+    add_reward_args(p)
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N rows")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
@@ -292,35 +292,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
     if a.min_median > a.max_median:
         p.error(f"--min-median {a.min_median} is above --max-median {a.max_median}: no query could pass")
-    for flag, var, shadow in ((a.max_pixels, "MAX_PIXELS", "IMAGE_MAX_TOKEN_NUM"),
-                              (a.min_pixels, "MIN_PIXELS", "IMAGE_MIN_TOKEN_NUM"),
-                              (a.template_max_pixels, "MCR_TEMPLATE_MAX_PIXELS", None),
-                              (a.family, "MCR_MODEL_FAMILY", None)):
-        if flag is not None:  # the reward reads the coordinate space from the environment, as in GRPO
-            os.environ[var] = str(flag)
-            if shadow:  # a token count in the environment would win over the flag (ms-swift's rule)
-                os.environ.pop(shadow, None)
-    from ..core.coords import CoordinateSpace
-    CoordinateSpace.from_env()  # the resize settings are range-checked before the first request
+    # every setting first (issue 20 §2.8): a bad one stops here, before any request is paid for
+    reward = RewardConfig.from_args(a, space=space_from_args(a))
+    retry = RetryPolicy.from_args(a)
     rows = [row for _, row, _ in iter_jsonl(a.input)][:a.limit]
-    try:
-        ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
-        summary = filter_d2(rows, Path(a.out), ep, g=a.num_generations, temperature=a.temperature, top_k=a.top_k,
-                            top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
-                            thresholds=FilterThresholds(a.min_std, a.min_max, a.min_median, a.max_median,
-                                                        a.std_ddof),
-                            concurrency=a.concurrency, retry=RetryPolicy.from_args(a),
-                            cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress,
-                            source=a.input)
-    except (EndpointError, ValueError) as e:
-        print(f"mcr-swift cvo-filter: {e}", file=sys.stderr)
-        return 2
+    ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
+    summary = filter_d2(rows, Path(a.out), ep, g=a.num_generations, temperature=a.temperature, top_k=a.top_k,
+                        top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
+                        thresholds=FilterThresholds(a.min_std, a.min_max, a.min_median, a.max_median, a.std_ddof),
+                        concurrency=a.concurrency, retry=retry, cache_path=Path(a.cache) if a.cache else None,
+                        progress=not a.no_progress, source=a.input, reward=reward)
     print(format_summary(summary))
-    if summary["complete"]:
-        print(f"kept {summary['kept']} queries -> {a.out}")
-        return 0
-    print("incomplete: some queries have no responses yet; re-run the same command to resume", file=sys.stderr)
-    return 130 if summary["requests"]["interrupted"] else 3
+    return finish_run(summary["complete"], summary["requests"]["interrupted"],
+                      f"kept {summary['kept']} queries -> {a.out}", "queries")
 
 
 if __name__ == "__main__":

@@ -641,8 +641,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     from ..core.argtypes import non_negative_int, positive_int, top_p_float
+    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
     from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
@@ -693,70 +693,54 @@ def main(argv: Optional[List[str]] = None) -> int:
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
+    retry = RetryPolicy.from_args(a)
     rows = []
     # (task, mcr_id) -> (input number, file, line): a sample in two inputs (the same file given twice, or
     # a copy) would be written twice and carried into D1 and D2 by `split`
     first_at: Dict[Tuple[str, str], Tuple[int, str, int]] = {}
-    try:
-        for k, path in enumerate(a.input):
-            for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
-                if a.limit is not None and n >= a.limit:
-                    break
-                try:
-                    sample_from_row(row)
-                except (KeyError, ValueError, TypeError, AttributeError) as e:
-                    raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
-                                     ) from None
-                key = (row_task(row), str(row["mcr_id"]))
-                first = first_at.setdefault(key, (k, path, lineno))
-                if first[0] != k:
-                    raise ValueError(f"{path}:{lineno}: {key[0]} sample {key[1]} is also in --input {first[1]}:"
-                                     f"{first[2]}; a sample may come from one input file only (it would be "
-                                     f"synthesised twice)")
-                rows.append(row)
-    except (OSError, ValueError) as e:
-        print(f"mcr-swift synth: {e}", file=sys.stderr)
-        return 2
+    for k, path in enumerate(a.input):
+        for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
+            if a.limit is not None and n >= a.limit:
+                break
+            try:
+                sample_from_row(row)
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
+                                 ) from None
+            key = (row_task(row), str(row["mcr_id"]))
+            first = first_at.setdefault(key, (k, path, lineno))
+            if first[0] != k:
+                raise ValueError(f"{path}:{lineno}: {key[0]} sample {key[1]} is also in --input {first[1]}:"
+                                 f"{first[2]}; a sample may come from one input file only (it would be "
+                                 f"synthesised twice)")
+            rows.append(row)
     endpoints = {}
-    try:
-        for s in styles:
-            if s not in API_STYLES:
-                continue
-            pre = "mllm" if API_STYLES[s][1] else "llm"
-            args = [getattr(a, f"{pre}_{k}") or getattr(a, k) for k in ("base_url", "model", "api_key")]
-            endpoints[s] = Endpoint.resolve(*args, timeout=a.timeout)
-            if pre == "mllm" and a.mllm2_base_url:
-                second = Endpoint.resolve(a.mllm2_base_url, a.mllm2_model, a.mllm2_api_key or args[2],
-                                          timeout=a.timeout)
-                endpoints[s] = [endpoints[s], second]
-    except EndpointError as e:
-        print(f"mcr-swift synth: {e}", file=sys.stderr)
-        return 2
+    for s in styles:
+        if s not in API_STYLES:
+            continue
+        pre = "mllm" if API_STYLES[s][1] else "llm"
+        args = [getattr(a, f"{pre}_{k}") or getattr(a, k) for k in ("base_url", "model", "api_key")]
+        endpoints[s] = Endpoint.resolve(*args, timeout=a.timeout)
+        if pre == "mllm" and a.mllm2_base_url:
+            second = Endpoint.resolve(a.mllm2_base_url, a.mllm2_model, a.mllm2_api_key or args[2],
+                                      timeout=a.timeout)
+            endpoints[s] = [endpoints[s], second]
     counter = None
     if a.max_completion_length:
         from ..core.coords import space_from_args
         from ..data.lengths import TokenCounter, load_tokenizer
         counter = TokenCounter(load_tokenizer(a.tokenizer), space_from_args(a))
-    try:
-        summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
-                             cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
-                             retry=RetryPolicy.from_args(a), temperature=a.temperature,
-                             top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
-                             repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
-                             source=", ".join(a.input), chain_retries=a.chain_retries, replace=a.replace,
-                             repeat_styles=a.repeat_styles, length_counter=counter,
-                             max_completion=a.max_completion_length)
-    except EndpointError as e:
-        print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
-        return 2
+    summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
+                         cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
+                         retry=retry, temperature=a.temperature,
+                         top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
+                         repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
+                         source=", ".join(a.input), chain_retries=a.chain_retries, replace=a.replace,
+                         repeat_styles=a.repeat_styles, length_counter=counter,
+                         max_completion=a.max_completion_length)
     print(format_summary(summary))
-    if summary["complete"]:
-        print(f"D_R: {summary['rows']} rows -> {a.out}")
-        return 0
     interrupted = any((d.get("requests") or {}).get("interrupted") for d in summary["per_style"].values())
-    print("incomplete: some requests have no answer yet (see the summary); re-run the same command to resume "
-          "- finished requests are cached and not sent again", file=sys.stderr)
-    return 130 if interrupted else 3
+    return finish_run(summary["complete"], interrupted, f"D_R: {summary['rows']} rows -> {a.out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import math
 import re
 from typing import Any, Optional
 
+from ..answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN  # noqa: F401 (the answer format's tags)
+
 #: Characters of text examined (first 64 KiB after the last <answer>, or last 64 KiB otherwise).
 MAX_SCAN = 64 * 1024
 #: Parenthesised groups longer than this are not read as tuples.
@@ -18,8 +20,6 @@ MAX_JSON_FAILS = 200
 #: Lines examined by the line-format branch.
 MAX_LINES = 2000
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REF_OPEN, REF_CLOSE = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_OPEN, BOX_CLOSE = "<|box_start|>", "<|box_end|>"
 

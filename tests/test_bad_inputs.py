@@ -163,11 +163,12 @@ def test_every_writer_uses_the_shared_atomic_helper():
     """No module writes an output file by hand (write_text / open(..., 'w') / save(path) / savefig(path));
     they all go through mcr_swift.jsonl's helpers. Streams that are not output files stay: the log of a
     background server (serve.py) and the append-only journals (the request cache, whose torn last line
-    is dropped on reading, and the reward log)."""
+    is dropped on reading, the reward log, and the run's times.tsv)."""
     import re
     allowed = {("pipeline/serve.py", 'with open(log, "w") as f:'),
                ("endpoint.py", 'with open(self.path, "a", encoding="utf-8") as f:'),
-               ("plugin/orms.py", 'with _lock, open(path, "a", encoding="utf-8") as f:')}
+               ("plugin/orms.py", 'with _lock, open(path, "a", encoding="utf-8") as f:'),
+               ("pipeline/runner.py", 'with open(times, "a") as f:')}   # times.tsv: one line per stage run
     bad, seen = [], set()
     for f in sorted((REPO / "mcr_swift").rglob("*.py")):  # every subpackage
         name = f.relative_to(REPO / "mcr_swift").as_posix()

@@ -205,7 +205,6 @@ def environment_writes(root: Path = REPO):
 ENVIRONMENT_WRITERS = {
     "evaluation/predict.py": 2,      # predict's in-process engine: MAX_PIXELS / MIN_PIXELS for qwen-vl-utils
     "plugin/registry.py": 1,         # inside ms-swift: QWENVL_BBOX_FORMAT=plain for its Qwen templates
-    "pipeline/recipe_args.py": 3,    # the swift-args stand-in's world-size patch (test scaffolding, issue 24 §5)
 }
 
 

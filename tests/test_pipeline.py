@@ -51,8 +51,8 @@ def test_dry_run_prints_every_command_and_writes_nothing(tmp_path):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     stages = [l[2:].split(" ")[0] for l in out.splitlines() if l.startswith("# ")]
-    assert stages == ["prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo", "infer-eval",
-                      "report"]
+    assert stages == ["prepare", "synth", "split", "preflight", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo",
+                      "infer-eval", "report"]
     # on 8 GPUs the training stages are their configs, as the paper runs them
     assert f"  $ swift sft recipes/qwen25vl_7b/mrsi_sft.yaml --output_dir {run}/mrsi_sft" in out
     assert f"--model \"$(cat {run}/mrsi_merged/last_checkpoint.txt)\"" in out
@@ -70,7 +70,8 @@ def _fake_swift(folder: Path) -> str:
 def test_a_second_run_on_a_locked_folder_stops_at_once(tmp_path):
     run = tmp_path / "run"
     env = {"RUN_DIR": str(run), "MODEL": str(tmp_path / "model"), "LIMIT": "2", "STANDIN": "1",
-           "SOURCES": "gmner", "SYNTH_STYLES": "formatted_a", "SWIFT": _fake_swift(tmp_path)}
+           "SOURCES": "gmner", "SYNTH_STYLES": "formatted_a", "SWIFT": _fake_swift(tmp_path),
+           "PREFLIGHT": "false", "SYNTH_MAX_COMPLETION_LENGTH": "0"}   # no tokenizer in the fake model folder
     first = pipeline(**env)
     try:
         deadline = time.time() + 120
@@ -105,14 +106,14 @@ def test_a_stage_is_done_only_from_its_own_evidence(tmp_path):
     exe.chmod(0o755)
     run = tmp_path / "run"
     p = pipeline(RUN_DIR=str(run), MODEL=str(tmp_path / "model"), LIMIT="2", STANDIN="1", SOURCES="gmner",
-                 SYNTH_STYLES="formatted_a", SWIFT=str(exe))
+                 SYNTH_STYLES="formatted_a", SWIFT=str(exe), PREFLIGHT="false", SYNTH_MAX_COMPLETION_LENGTH="0")
     out, err = p.communicate(timeout=300)
     assert p.returncode == 1, err
     assert "stage mrsi-sft failed: exited 0 but left no checkpoint" in err and "mrsi-sft: FAILED, not done" in out
     assert [l.split("\t")[0] for l in (run / "times.tsv").read_text().splitlines()] == ["prepare", "synth", "split"]
     exe.write_text("#!/bin/sh\nexit 3\n")
     p = pipeline(RUN_DIR=str(run), MODEL=str(tmp_path / "model"), LIMIT="2", STANDIN="1", SOURCES="gmner",
-                 SYNTH_STYLES="formatted_a", SWIFT=str(exe))
+                 SYNTH_STYLES="formatted_a", SWIFT=str(exe), PREFLIGHT="false", SYNTH_MAX_COMPLETION_LENGTH="0")
     out, err = p.communicate(timeout=300)
     assert p.returncode == 1 and "stage mrsi-sft failed: command exited 3" in err
     assert "mrsi-sft: FAILED, not done" in out

@@ -89,7 +89,8 @@ def test_mrsi_defaults_are_the_papers(gpus, per_device, accum):
     assert (a["per_device_train_batch_size"], a["gradient_accumulation_steps"]) == (per_device, accum)
     assert a["external_plugins"].endswith("mcr_swift_plugin.py")
     assert a["deepspeed"] == ("zero2" if gpus != "1" else "")   # ZeRO-2 only with several processes
-    assert a["_env"]["NPROC_PER_NODE"] == gpus and a["_env"]["MAX_PIXELS"] == "1003520"
+    # one process: a plain python launch, NPROC_PER_NODE removed (issue 20; tests/test_stage_launch.py)
+    assert a["_env"]["NPROC_PER_NODE"] == (gpus if gpus != "1" else None) and a["_env"]["MAX_PIXELS"] == "1003520"
 
 
 def test_the_paper_run_is_the_config_itself():
@@ -219,7 +220,7 @@ def test_merge_and_infer_commands(tmp_path):
     assert ev.argv[3:6] == ["evaluate", "runs/eval/infer.jsonl", "--gold"] and ev.argv[6] == "d/twitter_gmner/test.jsonl"
     cpu = recipe_args("infer-eval", 0, ADAPTERS="ck/checkpoint-5")
     assert (cpu["infer_backend"], cpu["adapters"], cpu["_env"]["NPROC_PER_NODE"]) == ("transformers",
-                                                                                      "ck/checkpoint-5", "1")
+                                                                                      "ck/checkpoint-5", None)
     out = run_recipe("infer_eval", fake_gpus(tmp_path / "g", 8), ADAPTERS="ck/checkpoint-5")
     assert out.returncode == 0 and "swift export recipes/qwen25vl_7b/merge_lora.yaml --adapters ck/checkpoint-5" in out.stdout
 

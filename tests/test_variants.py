@@ -328,7 +328,7 @@ def test_cvo_only_queries_all_of_d_r_by_default(tmp_path):
     out = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh", "--dry-run"], cwd=REPO, capture_output=True,
                          text=True, env={**env, "PROFILE": "tiny", "VARIANT": "cvo_only", "RUN_DIR": str(tmp_path / "r")})
     assert out.returncode == 0, out.stderr
-    line = next(l for l in out.stdout.splitlines() if " cvo-filter " in l)
+    line = next(l for l in out.stdout.splitlines() if l.lstrip().startswith("$ mcr-swift cvo-filter "))
     assert f"--input {tmp_path / 'r' / 'data' / 'mrsi' / 'd_r.jsonl'} " in line
 
 

@@ -97,11 +97,39 @@ def target_text(content: str, row: Mapping[str, Any], space: CoordinateSpace,
     return content
 
 
+#: the files of a model repository the tokenizer and chat template need (no weights)
+TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+def tokenizer_folder(model: str) -> Path:
+    """A local folder with ``model``'s tokenizer: ``model`` itself when it is a folder; for a hub name
+    (``Qwen/Qwen2.5-VL-7B-Instruct``, as the paper profile's configs name it) only its tokenizer and
+    config files, from the local cache or downloaded (Hugging Face, then ModelScope, ms-swift's default
+    hub), a few MB, no weights. FileNotFoundError naming the model when neither works (e.g. offline)."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    if not str(model).count("/") == 1 or str(model).startswith((".", "/")):
+        raise FileNotFoundError(f"{model}: model folder not found (a local folder with the tokenizer, or a hub "
+                                f"name such as Qwen/Qwen2.5-VL-7B-Instruct)")
+    errors = []
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(str(model), allow_patterns=TOKENIZER_FILES))
+    except Exception as e:  # noqa: BLE001 (offline, unknown repository, no access: try the next hub)
+        errors.append(f"Hugging Face: {type(e).__name__}")
+    try:
+        from modelscope import snapshot_download as ms_download
+        return Path(ms_download(str(model), allow_patterns=TOKENIZER_FILES))
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"ModelScope: {type(e).__name__}")
+    raise FileNotFoundError(f"{model}: not a local folder, and its tokenizer files could not be fetched "
+                            f"({'; '.join(errors)}); set MODEL to a local model folder")
+
+
 def load_tokenizer(model_dir: str):
-    """The model folder's tokenizer (AutoTokenizer; local files only, nothing is downloaded)."""
-    p = Path(model_dir)
-    if not p.is_dir():
-        raise FileNotFoundError(f"{p}: model folder not found (--model: a local folder with the tokenizer)")
+    """The model's tokenizer (AutoTokenizer over `tokenizer_folder`; no weights are read)."""
+    p = tokenizer_folder(model_dir)
     from transformers import AutoTokenizer
     try:
         return AutoTokenizer.from_pretrained(str(p), local_files_only=True)

@@ -55,11 +55,18 @@ class Synth:
     llm_model: Optional[str]
     mllm_base_url: Optional[str]
     mllm_model: Optional[str]
+    mllm2_base_url: Optional[str]
+    mllm2_model: Optional[str]
+    chain_retries: int
+    replace: str
+    repeat_styles: bool
+    max_completion_length: Optional[int]
 
 
 @dataclass
 class Split:
     d1_ratio: float
+    unit: str
 
 
 @dataclass
@@ -135,6 +142,7 @@ class RunConfig:
     trained_eval: bool
     curves: bool
     preflight: bool
+    preflight_accept_losses: int
     stages: Stages
     sources: Sources
     synth: Synth
@@ -166,7 +174,10 @@ ENV_VARS: Dict[str, str] = {
     "SYNTH_MAX_TOKENS": "synth.max_tokens", "SYNTH_CONCURRENCY": "synth.concurrency",
     "SYNTH_BASE_URL": "synth.base_url", "SYNTH_MODEL": "synth.model", "SYNTH_LLM_BASE_URL": "synth.llm_base_url",
     "SYNTH_LLM_MODEL": "synth.llm_model", "SYNTH_MLLM_BASE_URL": "synth.mllm_base_url",
-    "SYNTH_MLLM_MODEL": "synth.mllm_model", "D1_RATIO": "split.d1_ratio",
+    "SYNTH_MLLM_MODEL": "synth.mllm_model", "SYNTH_MLLM2_BASE_URL": "synth.mllm2_base_url",
+    "SYNTH_MLLM2_MODEL": "synth.mllm2_model", "SYNTH_CHAIN_RETRIES": "synth.chain_retries",
+    "SYNTH_REPLACE": "synth.replace", "SYNTH_MAX_COMPLETION_LENGTH": "synth.max_completion_length", "D1_RATIO": "split.d1_ratio", "SPLIT_UNIT": "split.unit",
+    "PREFLIGHT_ACCEPT_LOSSES": "preflight_accept_losses",
     "SFT_BATCH_SIZE": "sft.batch_size", "SFT_PER_DEVICE_BATCH_SIZE": "sft.per_device_batch_size",
     "SFT_MAX_STEPS": "sft.max_steps", "SFT_EPOCHS": "sft.epochs", "SFT_LEARNING_RATE": "sft.learning_rate",
     "SFT_TUNER": "sft.tuner", "SFT_EXTRA_ARGS": "sft.extra_args",

@@ -143,7 +143,7 @@ class Run:
             o.update(tuner_type="full", save_only_model=True)
         return train(["sft"], stage_config("mrsi_sft"), o, nproc=self.nproc,
                      nnodes=c.nnodes, batch=c.sft.batch_size, per_device=c.sft.per_device_batch_size,
-                     env=self.env, extra=extra)
+                     env=self.env, extra=extra, dry_run=self.ex.dry_run)
 
 
 # ---- the stages ------------------------------------------------------------------------------------
@@ -210,12 +210,14 @@ def do_synth(r: Run) -> None:
     else:
         for flag, v in (("--base-url", s.base_url), ("--model", s.model), ("--llm-base-url", s.llm_base_url),
                         ("--llm-model", s.llm_model), ("--mllm-base-url", s.mllm_base_url),
-                        ("--mllm-model", s.mllm_model)):
+                        ("--mllm-model", s.mllm_model), ("--mllm2-base-url", s.mllm2_base_url),
+                        ("--mllm2-model", s.mllm2_model)):
             if v:
                 ep += [flag, v]
     cmd = mcr("synth", "--input", *inputs, "--out", r.data / "mrsi" / "d_r.jsonl", "--styles", ",".join(s.styles),
               "--per-post", s.per_post, "--seed", c.seed, "--temperature", s.temperature, "--max-tokens",
-              s.max_tokens, "--concurrency", s.concurrency, "--no-progress", *ep)
+              s.max_tokens, "--concurrency", s.concurrency, "--chain-retries", s.chain_retries, "--replace",
+              s.replace, *(["--repeat-styles"] if s.repeat_styles else []), *_chain_cap(r), "--no-progress", *ep)
     try:
         r.ex.run(cmd)
     finally:
@@ -223,10 +225,24 @@ def do_synth(r: Run) -> None:
             r.unserve()
 
 
+def _completion_cap(r: Run) -> int:
+    """GRPO's completion cap (the run's, else cvo_grpo.yaml's): the longest chain CVO can reward."""
+    return int(r.c.grpo.max_completion_length or read_config(stage_config("cvo_grpo"))["max_completion_length"])
+
+
+def _chain_cap(r: Run) -> List[str]:
+    """synth rejects a chain over the completion cap (issue 21 §2), counted with the model's tokenizer
+    (a local folder, or a hub name whose tokenizer files `tokenizer_folder` fetches)."""
+    cap = r.c.synth.max_completion_length
+    if cap == 0:     # SYNTH_MAX_COMPLETION_LENGTH=0: no check
+        return []
+    return ["--max-completion-length", cap or _completion_cap(r), "--tokenizer", r.model]
+
+
 def do_split(r: Run) -> None:
     tmp, mrsi = r.data / "mrsi.tmp", r.data / "mrsi"
     r.ex.run(mcr("split", "--input", mrsi / "d_r.jsonl", "--out-dir", tmp, "--d1-ratio", r.c.split.d1_ratio,
-                 "--seed", r.c.seed))
+                 "--split-unit", r.c.split.unit, "--seed", r.c.seed))
     r.ex.log(f"  $ mv {tmp}/d1.jsonl {tmp}/d2.jsonl {mrsi}/   (d2.jsonl last: the stage's output)")
     if not r.ex.dry_run:
         os.replace(tmp / "d1.jsonl", mrsi / "d1.jsonl")
@@ -235,13 +251,32 @@ def do_split(r: Run) -> None:
 
 
 def do_preflight(r: Run) -> None:
-    """Hook (issue 21, 1): ``mcr-swift preflight`` over every row the run trains or infers on, against
-    the stage configs' max_length / max_completion_length, before the first training stage."""
-    sft, grpo = read_config(stage_config("mrsi_sft")), read_config(stage_config("cvo_grpo"))
-    files = [r.data / "mrsi" / "d1.jsonl", r.data / "mrsi" / "d2.jsonl", r.data / "twitter_gmner" / "test.jsonl"]
-    r.ex.run(mcr("preflight", *[f for f in files if r.ex.dry_run or f.is_file()], "--max-length", sft["max_length"],
-                 "--max-completion-length", r.c.grpo.max_completion_length or grpo["max_completion_length"],
-                 "--out", r.dir / "preflight.json"))
+    """Issue 21 §1: ``mcr-swift preflight`` over every row the run trains on (D1 and D2, or the +SFT rows)
+    against mrsi_sft.yaml's max_length, GRPO's completion cap and vLLM's model length, with the checkpoint
+    disk of the training stages; then over the test rows against inference's token budget. Exit 2 stops
+    the run before any training, naming the rows and the setting that would keep them."""
+    sft = read_config(stage_config("mrsi_sft"))
+    infer = read_config(stage_config("infer"))
+    c = r.c
+    if c.variant == "sft":
+        train = [r.data / d / "train.jsonl" for d in ("twitter_gmner", "mner_mi", "grec")]
+    else:
+        train = [r.data / "mrsi" / "d1.jsonl", r.data / "mrsi" / "d2.jsonl"]
+    test = [r.data / "twitter_gmner" / "test.jsonl"]
+    present = lambda files: [f for f in files if r.ex.dry_run or f.is_file()]  # noqa: E731
+    keep = int(sft.get("save_total_limit") or 2)
+    tuner = "full" if c.sft.tuner == "full" else "lora"
+    disk = ["--stage", f"mrsi_sft:{tuner}:{keep}" + (":merge" if tuner == "lora" and c.merge else "")]
+    if c.stages.cvo and not c.stages.cvo_by_sft:
+        disk += ["--stage", f"cvo_grpo:lora:{keep}:merge"]
+    common = ["--model", r.model, "--template", r.template, "--accept-losses", c.preflight_accept_losses,
+              "--no-progress"]
+    vllm_len = infer.get("vllm_max_model_len") if c.infer.backend == "vllm" else 0
+    r.ex.run(mcr("preflight", *present(train), "--max-length", sft["max_length"], "--max-completion-length",
+                 _completion_cap(r), "--vllm-max-model-len", sft["max_length"] if c.grpo.use_vllm else 0,
+                 "--out", r.dir / "preflight" / "train", "--disk-dir", r.dir, *disk, *common))
+    r.ex.run(mcr("preflight", *present(test), "--max-length", 0, "--max-completion-length", c.infer.max_new_tokens,
+                 "--vllm-max-model-len", vllm_len or 0, "--out", r.dir / "preflight" / "test", *common))
 
 
 def _sft_steps(r: Run):
@@ -377,7 +412,7 @@ def stages(r: Run) -> List[Stage]:
     # ---- hook: the preflight (issue 21, 1) measures every row against the run's limits here, before the
     # first training stage (PREFLIGHT=true / `preflight: true`; on by default once the command exists)
     if c.preflight:
-        s.append(Stage("preflight", last("preflight.json"), do_preflight))
+        s.append(Stage("preflight", lambda run: run.dir / "preflight" / "test" / "preflight.json", do_preflight))
     if c.stages.mrsi:
         s.append(Stage("sft" if c.variant == "sft" else "mrsi-sft", last(c.sft.dir, "last_checkpoint.txt"), do_sft))
         if c.merge and c.stages.cvo and c.sft.tuner != "full":

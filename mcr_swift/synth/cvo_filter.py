@@ -132,7 +132,7 @@ def _score_group(texts: Sequence[str], q: Mapping[str, Any], config, skipped: Co
 def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int = DEFAULT_G,
               temperature: float = DEFAULT_TEMPERATURE, top_k: Optional[int] = DEFAULT_TOP_K,
               top_p: Optional[float] = DEFAULT_TOP_P, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0,
-              thresholds: FilterThresholds = FilterThresholds(), concurrency: int = 8, retry=None,
+              thresholds: FilterThresholds = FilterThresholds(), concurrency: Any = None, retry=None,
               cache_path: Optional[Path] = None, progress: bool = True, source: str = "input") -> Dict[str, Any]:
     """Sample, score, decide; writes ``out`` (kept queries), ``out.stats.jsonl`` and the summary."""
     from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
@@ -177,7 +177,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         if not r.texts:
             raise RuntimeError(f"post {pid}: the endpoint returned no choices")
         return ChatResult(r.texts[:1] * g, r.finish_reasons[:1] * g, r.prompt_tokens, r.completion_tokens)
-    run_jobs(jobs, work if temperature > 0 else work_greedy, cache, concurrency=concurrency, desc="cvo-filter", progress=progress, stats=st)
+    run_jobs(jobs, work if temperature > 0 else work_greedy, cache, concurrency=concurrency, desc="cvo-filter",
+             progress=progress, stats=st)
 
     reward = RewardConfig.from_env()
     skipped: Counter = Counter()
@@ -230,6 +231,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         write_jsonl_atomic(out, kept)
         write_jsonl_atomic(out.with_name(out.name + ".stats.jsonl"), records)
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
+    cache.close()  # the lock is held until the outputs are written
     return summary
 
 
@@ -261,7 +263,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from .client import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     from ..coords import add_space_args
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
@@ -295,7 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                             top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
                             thresholds=FilterThresholds(a.min_std, a.min_max, a.min_median, a.max_median,
                                                         a.std_ddof),
-                            concurrency=a.concurrency, retry=RetryPolicy.from_args(a),
+                            concurrency=Concurrency.from_args(a, a.num_generations if a.temperature > 0 else 1),
+                            retry=RetryPolicy.from_args(a),
                             cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress,
                             source=a.input)
     except (EndpointError, ValueError) as e:

@@ -297,12 +297,15 @@ def paper_count_line(task_samples: Mapping[str, int], per_post: int, n_styles: i
 
 
 def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[str], *, endpoints: Mapping[str, Any],
-               cache_path: Optional[Path] = None, concurrency: int = 8, retry=None, temperature: float =
+               cache_path: Optional[Path] = None, concurrency: Any = None, retry=None, temperature: float =
                DEFAULT_TEMPERATURE, top_p: Optional[float] = None, max_tokens: int = DEFAULT_MAX_TOKENS,
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
                progress: bool = True, source: str = "input") -> Dict[str, Any]:
-    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`."""
-    from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs
+    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`;
+    ``concurrency``: an int pins the requests in flight, a `Concurrency` (default adaptive) sets one
+    `AdaptiveLimit` per endpoint, carried across the styles it serves."""
+    from .client import (AdaptiveLimit, ChatResult, Concurrency, ResultCache, RetryPolicy, RunStats, cache_key, chat,
+                         run_jobs)
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +321,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     plan = [(i, s) for i in range(len(samples)) for s in chosen[i]]
     keys: Dict[Tuple[int, str], str] = {}
     stats: Dict[str, Any] = {}
+    limits: Dict[Tuple[str, str], AdaptiveLimit] = {}  # one per endpoint: the LLM styles share theirs
     for style in [s for s in styles if s in API_STYLES]:
         ep = endpoints[style]
         jobs = []
@@ -335,8 +339,9 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         def work(msgs, ep=ep, st=st, client=client):
             return chat(ep, msgs, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                         retry=retry, client=client, on_retry=st.note_retry)
-        stats[style] = run_jobs(jobs, work, cache, concurrency=concurrency, desc=f"synth {style}",
-                                progress=progress, stats=st)
+        limit = limits.setdefault((ep.base_url, ep.model), AdaptiveLimit(Concurrency.of(concurrency)))
+        stats[style] = run_jobs(jobs, work, cache, desc=f"synth {style}", progress=progress, stats=st,
+                                limiter=limit)
         if st.interrupted:
             break
     produced: List[Dict[str, Any]] = []
@@ -393,6 +398,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         write_jsonl_atomic(out, produced)
         write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), rejected)
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
+    cache.close()  # the lock is held until the outputs are written
     return summary
 
 
@@ -429,7 +435,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from .client import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
@@ -481,7 +487,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
-                             cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
+                             cache_path=Path(a.cache) if a.cache else None, concurrency=Concurrency.from_args(a),
                              retry=RetryPolicy.from_args(a), temperature=a.temperature,
                              top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                              repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,

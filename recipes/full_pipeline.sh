@@ -165,7 +165,12 @@ FILTER_TOP_P=${FILTER_TOP_P:-0.95}; FILTER_MAX_TOKENS=${FILTER_MAX_TOKENS:-1024}
 FILTER_MIN_STD=${FILTER_MIN_STD:-0.1}; FILTER_MIN_MAX=${FILTER_MIN_MAX:-0.8}
 FILTER_MIN_MEDIAN=${FILTER_MIN_MEDIAN:-0.08}; FILTER_MAX_MEDIAN=${FILTER_MAX_MEDIAN:-0.6}
 SYNTH_TEMPERATURE=${SYNTH_TEMPERATURE:-0.7}; SYNTH_MAX_TOKENS=${SYNTH_MAX_TOKENS:-2048}
-SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-8}
+SYNTH_CONCURRENCY=${SYNTH_CONCURRENCY:-}   # empty: adaptive requests in flight (docs/pipeline.md#requests-in-flight)
+# the sequences the filter's policy server batches at once (engines x sequences an engine batches: vLLM
+# data parallel x ms-swift's vllm_max_num_seqs 256; transformers: max_batch_size 1); the filter's
+# requests in flight start at what fills it
+if [ "$INFER_BACKEND" = vllm ]; then FILTER_SERVER_BATCH=${FILTER_SERVER_BATCH:-$(( ${GPUS:-1} * 256 ))}
+else FILTER_SERVER_BATCH=${FILTER_SERVER_BATCH:-1}; fi
 MERGE=${MERGE:-true}
 TIMES="$RUN_DIR/times.tsv"
 SERVER_PID="$RUN_DIR/.server.pid"
@@ -257,7 +262,7 @@ do_synth() {
   fi
   python -m mcr_swift.cli synth --input "${inputs[@]}" --out "$MCR_DATA_DIR/mrsi/d_r.jsonl" \
     --styles "$SYNTH_STYLES" --per-post "$SYNTH_PER_POST" --seed "$SEED" --temperature "$SYNTH_TEMPERATURE" \
-    --max-tokens "$SYNTH_MAX_TOKENS" --concurrency "$SYNTH_CONCURRENCY" --no-progress "${ep[@]}"
+    --max-tokens "$SYNTH_MAX_TOKENS" ${SYNTH_CONCURRENCY:+--concurrency "$SYNTH_CONCURRENCY"} --no-progress "${ep[@]}"
   [ "$served" = 1 ] && unserve
   return 0
 }
@@ -303,7 +308,8 @@ do_filter() {
   python -m mcr_swift.cli cvo-filter --input "$MCR_DATA_DIR/mrsi/$CVO_QUERIES.jsonl" --out "$MCR_DATA_DIR/mrsi/d2_filtered.jsonl" \
     --base-url "$BASE_URL" -G "$FILTER_G" --temperature "$FILTER_TEMPERATURE" --top-k "$FILTER_TOP_K" \
     --top-p "$FILTER_TOP_P" --max-tokens "$FILTER_MAX_TOKENS" --seed "$SEED" --min-std "$FILTER_MIN_STD" \
-    --min-max "$FILTER_MIN_MAX" --min-median "$FILTER_MIN_MEDIAN" --max-median "$FILTER_MAX_MEDIAN" --no-progress
+    --min-max "$FILTER_MIN_MAX" --min-median "$FILTER_MIN_MEDIAN" --max-median "$FILTER_MAX_MEDIAN" \
+    --server-batch "$FILTER_SERVER_BATCH" --no-progress
   unserve
 }
 do_grpo() {

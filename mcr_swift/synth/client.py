@@ -34,10 +34,11 @@ import hashlib
 import json
 import mimetypes
 import os
+import queue
 import random
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -522,8 +523,10 @@ ADDITIVE_DIV = 16
 #: A window must hold at least this many completions and last this long before it is judged.
 MIN_WINDOW = 8
 MIN_WINDOW_S = 0.05
-#: 5xx answers count as overload above this share of a window's answers (a rare 500 is noise).
+#: 5xx answers count as overload when a window has at least `MIN_5XX` of them and they exceed this
+#: share of its answers (a rare 500 is noise, not a full server).
 OVERLOAD_5XX_SHARE = 0.05
+MIN_5XX = 3
 #: Windows to hold at a found plateau before probing one additive step again.
 PROBE_EVERY = 4
 
@@ -574,9 +577,9 @@ class Concurrency:
 class AdaptiveLimit:
     """The number of requests to keep in flight, adjusted from what the endpoint does (thread-safe).
 
-    Windows: after each change the client waits until a request sent under the new limit finishes,
-    then counts ``max(limit, MIN_WINDOW)`` finished requests (and at least ``MIN_WINDOW_S``) and
-    compares their rate with the last window's:
+    Windows: after each change the client counts ``max(limit, MIN_WINDOW)`` answers to requests sent
+    under the new limit (over at least ``MIN_WINDOW_S``), takes their rate as limit / mean time in
+    flight (Little's law) and compares it with the last window's:
 
     * a clean window (no retried request) whose rate grew by at least half of what the step
       promises (rate ~ limit below the server's capacity) grows the limit: doubling until the first
@@ -602,11 +605,11 @@ class AdaptiveLimit:
         self.slow_start = True
         self.peak = self._limit
         self.increases = self.decreases = 0
+        self.overload_cuts = 0  # the decreases an overload signal made (the others: plateaus)
         self.history: List[Tuple[float, int, str]] = [(0.0, self._limit, "start")]
         self._t0 = clock()
         self._reset_window()
         self._prev: Optional[Tuple[int, float]] = None  # (limit, rate) of the last judged window
-        self._best: Optional[Tuple[int, float]] = None
         self._hold = 0
 
     @property
@@ -616,16 +619,16 @@ class AdaptiveLimit:
     def _reset_window(self) -> None:
         self._w_started: Optional[float] = None
         self._w_done = 0
+        self._w_latency = 0.0
         self._w_5xx = 0
         self._w_retried = 0
 
     def _set(self, value: int, why: str) -> None:
-        """A new limit starts a new epoch, whose window opens when its first request finishes; the same
-        limit just opens the next window now."""
+        """A new limit starts a new epoch (its window counts only requests sent under it); the same
+        limit just opens the next window."""
         value = max(1, min(self.maximum, int(value)))
         self._reset_window()
         if value == self._limit:
-            self._w_started = self.clock()
             return
         if value > self._limit:
             self.increases += 1
@@ -636,23 +639,24 @@ class AdaptiveLimit:
         self.history.append((round(self.clock() - self._t0, 3), value, why))
         self.epoch += 1
 
-    def done(self, epoch: int) -> None:
-        """A request sent under ``epoch`` finished with an answer."""
-        if self.fixed:
+    def done(self, epoch: int, latency: float) -> None:
+        """A request sent under ``epoch`` finished with an answer ``latency`` seconds after it was sent."""
+        if self.fixed or epoch != self.epoch:  # only requests sent under this limit say what it gives
             return
         with self._lock:
             if epoch != self.epoch:
-                if self._w_started is None:
-                    return  # an older request: the window has not started
+                return
             now = self.clock()
             if self._w_started is None:
                 self._w_started = now
-                return
             self._w_done += 1
+            self._w_latency += max(1e-6, float(latency))
             if self._w_done < max(self._limit, MIN_WINDOW) or now - self._w_started < MIN_WINDOW_S:
                 return
-            rate = self._w_done / (now - self._w_started)
-            if self._w_5xx > OVERLOAD_5XX_SHARE * max(1, self._w_done):
+            # Little's law: requests/s = requests in flight / mean time in flight (no bias from answers
+            # that arrive in bursts, as a batched server's do)
+            rate = self._limit * self._w_done / self._w_latency
+            if self._w_5xx >= MIN_5XX and self._w_5xx > OVERLOAD_5XX_SHARE * self._w_done:
                 self._overload_locked("5xx")
                 return
             clean = not self._w_retried
@@ -661,18 +665,16 @@ class AdaptiveLimit:
             if not clean:
                 self._set(self._limit, "unclean window")
                 return
-            if self._best is None or rate > self._best[1]:
-                self._best = (self._limit, rate)
             grew = prev is None or (self._limit > prev[0] and
                                     rate >= prev[1] * (1 + 0.5 * (self._limit / prev[0] - 1)))
             if prev is None or grew:
                 step = self._limit if self.slow_start else max(1, self._limit // ADDITIVE_DIV)
                 self._hold = 0
                 self._set(self._limit + step, "throughput grew" if prev else "first window")
-            elif self._limit > prev[0]:  # the step bought nothing: back to the best limit
+            elif self._limit > prev[0]:  # the step bought nothing: back to the limit that got this rate
                 self.slow_start = False
                 self._hold = 0
-                self._set(min(self._limit, self._best[0]) if self._best else prev[0], "plateau")
+                self._set(prev[0], "plateau")
             else:
                 self._hold += 1
                 if self._hold >= PROBE_EVERY:
@@ -694,14 +696,14 @@ class AdaptiveLimit:
                 self._overload_locked(kind)
 
     def _overload_locked(self, kind: str) -> None:
+        self.overload_cuts += 1
         self.slow_start = False
         self._prev = None
-        self._best = None
         self._set(max(1, int(self._limit * DECREASE)), f"overload ({kind})")
 
     def describe(self) -> Dict[str, Any]:
         return {**self.spec.describe(), "final": self._limit, "peak": self.peak, "increases": self.increases,
-                "decreases": self.decreases}
+                "decreases": self.decreases, "overload_cuts": self.overload_cuts}
 
 
 def overload_kind(exc: BaseException) -> Optional[str]:
@@ -827,12 +829,14 @@ def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache:
         return stats
     pool = ThreadPoolExecutor(max_workers=limiter.maximum)
     pending: Dict[Any, Tuple[str, int]] = {}
+    finished: "queue.SimpleQueue[Any]" = queue.SimpleQueue()  # futures as they finish (no O(n) wait)
     it = iter(todo)
 
-    def run_one(payload: Any, epoch: int) -> Any:
+    def run_one(payload: Any, epoch: int) -> Tuple[Any, float]:
         _JOB.epoch = epoch
+        t0 = time.monotonic()
         try:
-            return work(payload)
+            return work(payload), time.monotonic() - t0
         finally:
             _JOB.epoch = None
     try:
@@ -842,17 +846,22 @@ def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache:
                 if nxt is None:
                     return
                 epoch = limiter.epoch
-                pending[pool.submit(run_one, nxt[1], epoch)] = (nxt[0], epoch)
+                fut = pool.submit(run_one, nxt[1], epoch)
+                pending[fut] = (nxt[0], epoch)
+                fut.add_done_callback(finished.put)
 
         fill()
         while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                key, epoch = pending.pop(fut)
-                exc = fut.exception()
-                record(key, exc, None if exc is not None else fut.result())
-                if exc is None:
-                    limiter.done(epoch)
+            try:
+                fut = finished.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            key, epoch = pending.pop(fut)
+            exc = fut.exception()
+            res, latency = (None, 0.0) if exc is not None else fut.result()
+            record(key, exc, res)
+            if exc is None:
+                limiter.done(epoch, latency)
             fill()
             bar.set_postfix(in_flight=f"{len(pending)}/{limiter.limit}", failed=stats.failed,
                             retries=stats.retries, refresh=False)

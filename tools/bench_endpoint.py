@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_V2 = Path("/work/shared/data/twitter_gmner_v2")
+DATA_V2 = Path(os.environ.get("MCR_SHARED_DIR", REPO.parent / "shared")) / "data" / "twitter_gmner_v2"
 
 
 # --------------------------------------------------------------------------- the servers
@@ -214,13 +214,13 @@ class ServerProcess:
 
 
 # --------------------------------------------------------------------------- the runs
-def _prepare(work: Path, posts: int) -> Path:
+def _prepare(work: Path, posts: int, data: Path = DATA_V2) -> Path:
     """``posts`` Twitter-GMNER train posts with stand-in images (prepared once per size)."""
     out = work / f"prepared_{posts}"
     train = out / "data" / "twitter_gmner" / "train.jsonl"
     if not train.is_file():
         from mcr_swift.data.prepare import prepare_twitter_gmner
-        prepare_twitter_gmner(DATA_V2, out / "data", splits=("train",), standin_dir=out / "images", limit=posts,
+        prepare_twitter_gmner(data, out / "data", splits=("train",), standin_dir=out / "images", limit=posts,
                               progress=False)
     return train
 
@@ -260,23 +260,26 @@ def _run(cmd: str, train: Path, out: Path, base_url: str, extra: List[str]) -> D
 
 
 def bench(work: Path, *, short: bool = False, extra: Optional[List[str]] = None,
-          which: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+          which: Optional[List[str]] = None, data: Path = DATA_V2) -> List[Dict[str, Any]]:
     """Run every (command, server) case; returns one record per case."""
     extra = list(extra or [])
     synth_posts, filter_posts = (150, 120) if short else (2000, 2000)
+    # the short mode's rate limits sit below what the starting 8 requests in flight ask (8 / 0.25 s =
+    # 32 req/s, 8 / 0.5 s = 16 req/s), so that the limit must fall on any machine
+    synth_rate, filter_rate = (20.0, 10.0) if short else (80.0, 40.0)
     cases = [  # name, command, posts, server kind, server settings, sequences per request
         ("synth / batched", "synth", synth_posts, "batched", {"capacity": 32, "latency": 0.25}, 1),
         ("synth / rate-limited", "synth", synth_posts, "ratelimited",
-         {"rate": 80.0, "latency": 0.25, "error_share": 0.01}, 1),
+         {"rate": synth_rate, "latency": 0.25, "error_share": 0.01}, 1),
         ("cvo-filter / batched", "cvo-filter", filter_posts, "batched", {"capacity": 256, "latency": 0.5}, 8),
         ("cvo-filter / rate-limited", "cvo-filter", filter_posts, "ratelimited",
-         {"rate": 40.0, "latency": 0.5, "error_share": 0.01}, 1),
+         {"rate": filter_rate, "latency": 0.5, "error_share": 0.01}, 1),
     ]
     results = []
     for name, cmd, posts, kind, settings, per_request in cases:
         if which and not any(w in name for w in which):
             continue
-        train = _prepare(work, posts)
+        train = _prepare(work, posts, data)
         out = work / f"run_{cmd}_{kind}_{time.time_ns()}" / "out.jsonl"
         out.parent.mkdir(parents=True)
         with ServerProcess(kind, **settings) as server:
@@ -314,6 +317,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--extra", action="append", default=[], help="a flag passed to both commands (repeatable)")
     p.add_argument("--case", action="append", default=None, help="only cases whose name contains this")
     p.add_argument("--json-out", default=None, help="write the results as JSON here")
+    p.add_argument("--data", default=str(DATA_V2), help="the Twitter-GMNER release whose posts are sent "
+                                                        "(default: the shared twitter_gmner_v2)")
     g = p.add_argument_group("server mode (used by the benchmark itself)")
     g.add_argument("--serve", choices=["batched", "ratelimited"], default=None)
     g.add_argument("--capacity", type=int, default=32)
@@ -328,7 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     extra = [x for e in a.extra for x in e.split("=", 1)] if a.extra else []
     with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
-        results = bench(work, short=a.short, extra=extra, which=a.case)
+        results = bench(work, short=a.short, extra=extra, which=a.case, data=Path(a.data))
     print(format_table(results))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))

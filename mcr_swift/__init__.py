@@ -17,15 +17,15 @@ import sys
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Entity": "entities", "Sample": "entities", "ENTITY_TYPES": "entities", "Box": "entities",
+    "Entity": "core.entities", "Sample": "core.entities", "ENTITY_TYPES": "core.entities", "Box": "core.entities",
     "load_twitter_gmner": "data.twitter", "ReadReport": "data.twitter", "GMNERFormatError": "data.twitter",
     "load_mner_mi": "data.mner_mi", "load_grec": "data.grec",
-    "CoordinateSpace": "coords", "iou": "coords", "smart_resize": "coords",
-    "render_answer": "answer",
-    "parse_answer": "evaluation.parser", "ParseResult": "evaluation.parser",
-    "reward_terms": "rewards", "gmner_reward": "rewards",
-    "gmner_metrics": "evaluation.metrics", "mner_mi_metrics": "evaluation.metrics",
-    "grec_metrics": "evaluation.metrics",
+    "CoordinateSpace": "core.coords", "iou": "core.coords", "smart_resize": "core.coords",
+    "render_answer": "core.answer",
+    "parse_answer": "core.parser", "ParseResult": "core.parser",
+    "reward_terms": "core.rewards", "gmner_reward": "core.rewards",
+    "gmner_metrics": "core.metrics", "mner_mi_metrics": "core.metrics",
+    "grec_metrics": "core.metrics",
     "register": "plugin.registry", "plugin_path": "plugin.registry",
 }
 

@@ -59,3 +59,29 @@ def safe_join(folder, relative, what: str = "path") -> Path:
     if not str(relative) or r.is_absolute() or ".." in r.parts or "\0" in str(relative) or r.anchor:
         raise ValueError(f"{what} {str(relative)!r} leaves its folder {folder} (absolute or with '..')")
     return Path(folder) / r
+
+
+def _same_file(a, b) -> bool:
+    """True when paths ``a`` and ``b`` name one file: the same inode and device (a symlink or a hard
+    link to it included), or the same resolved path when one of them does not exist yet."""
+    import os
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): equal only if they resolve to one path
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_inputs(inputs, outputs) -> None:
+    """The check every command runs before it writes: no output file may be one of its input files.
+
+    ``inputs`` and ``outputs`` are ``(label, path)`` pairs (label: the flag, e.g. ``--input``); paths
+    are compared resolved, symlinks and hard links included (`_same_file`). Raises ValueError naming
+    both (the CLI handler prints it as one line, exit 2) before anything is read or written."""
+    inputs = [(label, p) for label, p in inputs if p is not None and str(p) != ""]
+    for out_label, out in outputs:
+        if out is None or str(out) == "":
+            continue
+        for in_label, inp in inputs:
+            if _same_file(out, inp):
+                raise ValueError(f"{out_label} {out} is the same file as {in_label} {inp}: writing it would "
+                                 f"overwrite the input; choose another output")

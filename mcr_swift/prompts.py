@@ -9,7 +9,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from .coords import FAMILIES
+from .core.coords import FAMILIES
 
 
 def prompts_dir() -> Path:

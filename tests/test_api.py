@@ -9,7 +9,7 @@ import random
 import pytest
 from PIL import Image
 
-from mcr_swift.synth.client import (Endpoint, EndpointError, ResultCache, RetryPolicy, RunStats, cache_key, chat,
+from mcr_swift.endpoint import (Endpoint, EndpointError, ResultCache, RetryPolicy, RunStats, cache_key, chat,
                            image_data_url, run_jobs, to_openai_messages)
 from tests._fake_openai import FakeOpenAI
 

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from mcr_swift.synth.client import image_data_url
+from mcr_swift.endpoint import image_data_url
 from mcr_swift.evaluation.baselines import demo_answer, instruction, main as baselines_main, select_demos
-from mcr_swift.coords import CoordinateSpace
+from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.evaluation.evaluate import evaluate_file
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from mcr_swift.data.rows import sample_from_row
-from mcr_swift.entities import Entity, Sample
+from mcr_swift.core.entities import Entity, Sample
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text
 from tests.conftest import REPO, TINY_MAX_PIXELS
 
@@ -68,8 +68,13 @@ def test_demo_answer_in_model_original_and_norm1000_space():
     assert '"bbox": [100, 100, 500, 500]' in demo_answer(s, False, CoordinateSpace("qwen2_vl"))
     assert '"bbox": [10, 10, 20, 20]' in demo_answer(s, False, None, multi_box="first")
     cot = demo_answer(s, True, SPACE)
-    assert cot.startswith("<think>\nEntity recognition (text): the sentence mentions \"Kevin Durant\", \"MSG\".")
-    assert cot.endswith(model)
+    # a plain chain of thought, not MCR's constraint walk (issue 21 §5: no method leak into the baseline)
+    assert cot == ('<think>\n"Kevin Durant" is a person. The image shows it, so I give its box. "MSG" is a '
+                   'location. The image does not show it.\n</think>\n' + model)
+    for word in ("recognition", "Type classification", "entailment", "grounding", "constraint"):
+        assert word.lower() not in cot.lower()
+    empty = Sample("Y", ["hello"], [], ["/y.jpg"], [(64, 64)])
+    assert demo_answer(empty, True, SPACE).startswith("<think>\nI read the sentence and find no name")
     # the original-pixel prompt tells the model the image size; the model-space one the family's line
     assert "640 pixels wide and 480 pixels high" in instruction("baseline_cot", None, (640, 480))
     assert "as you see it" in instruction("baseline_cot", SPACE, (640, 480))

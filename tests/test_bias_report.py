@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from mcr_swift.reports.bias_report import main
-from mcr_swift.evaluation.evaluate import GoldIndex, read_rows, evaluate_file
+from mcr_swift.evaluation.evaluate import evaluate_file
+from mcr_swift.evaluation.reading import GoldIndex, read_rows
 from mcr_swift.reports.pictures import GOLD_RGB, PRED_RGB
 from tests.test_pictures import colours, perturbed_prepared, write_hand_file
 
@@ -94,8 +95,8 @@ def test_whole_test_split_default_perturbation(data_v2, tmp_path):
     every N error is a dropped text-only entity, nothing is outside the sentence, and only the shifted
     boxes leave the located-located cell's IoU >= 0.5 count. No images: counted placeholders."""
     from mcr_swift import load_twitter_gmner
-    from mcr_swift.evaluation.metrics import perturb
-    from mcr_swift.data.rows import gold_json
+    from mcr_swift.core.metrics import perturb
+    from mcr_swift.core.columns import gold_json
     samples = load_twitter_gmner(data_v2, "test")
     golds = [list(s.entities) for s in samples]
     preds = perturb(golds, seed=0)

@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from mcr_swift.synth import client as client_mod
-from mcr_swift.synth.client import (AdaptiveLimit, CacheLocked, Concurrency, Endpoint, ResultCache, RetryPolicy,
+from mcr_swift import endpoint as client_mod
+from mcr_swift.endpoint import (AdaptiveLimit, CacheLocked, Concurrency, Endpoint, ResultCache, RetryPolicy,
                                     RunStats, chat, retry_after, run_jobs)
 from tests._fake_openai import FakeOpenAI
 
@@ -97,7 +97,7 @@ def test_a_pinned_value_never_changes():
 
 
 def test_concurrency_from_flags_and_from_the_deploy():
-    from mcr_swift.synth.client import add_request_args
+    from mcr_swift.endpoint import add_request_args
     import argparse
     p = argparse.ArgumentParser()
     add_request_args(p, 10, 0.5)
@@ -152,13 +152,13 @@ def test_run_jobs_grows_against_a_slow_server_and_keeps_everything(tmp_path):
 def test_a_second_cache_on_the_same_file_in_another_process_is_refused(tmp_path):
     path = tmp_path / "c.jsonl"
     with ResultCache(path):
-        p = subprocess.run([sys.executable, "-c", "import sys; from mcr_swift.synth.client import ResultCache; "
+        p = subprocess.run([sys.executable, "-c", "import sys; from mcr_swift.endpoint import ResultCache; "
                             f"ResultCache({str(path)!r})"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
         assert p.returncode == 1 and "CacheLocked" in p.stderr and f"in use by pid {os.getpid()}" in p.stderr
         assert ResultCache(path) is not None  # the same process: shared
     # released on close: another process may take it now
-    p = subprocess.run([sys.executable, "-c", "from mcr_swift.synth.client import ResultCache; "
+    p = subprocess.run([sys.executable, "-c", "from mcr_swift.endpoint import ResultCache; "
                         f"ResultCache({str(path)!r}).close()"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stderr
@@ -166,7 +166,7 @@ def test_a_second_cache_on_the_same_file_in_another_process_is_refused(tmp_path)
 
 def test_a_killed_holders_lock_is_taken_over(tmp_path):
     path = tmp_path / "c.jsonl"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mcr_swift.synth.client import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mcr_swift.endpoint import "
                                f"ResultCache; c = ResultCache({str(path)!r}); print('held', flush=True); "
                                "time.sleep(60)"], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -232,7 +232,7 @@ def test_a_sync_follows_within_the_time_bound(tmp_path):
 
 _WRITER = """
 import sys
-from mcr_swift.synth.client import ResultCache
+from mcr_swift.endpoint import ResultCache
 c = ResultCache(sys.argv[1], sync_records=10_000, sync_seconds=3600)  # nothing synced before the kill
 i = 0
 while True:

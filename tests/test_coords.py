@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from mcr_swift.coords import (CoordinateSpace, best_iou, clamp_box, iou, is_valid_box, smart_resize,
+from mcr_swift.core.coords import (CoordinateSpace, best_iou, clamp_box, iou, is_valid_box, smart_resize,
                               template_rescale)
 
 
@@ -58,7 +58,7 @@ def test_smart_resize_hand_computed():
 @pytest.mark.parametrize("min_px,max_px", [(3136, 12845056), (3136, 1003520), (3136, 50176), (200704, 1003520)])
 def test_smart_resize_equals_reference_arithmetic(xml_data, min_px, max_px):
     """Same (h, w) as qwen-vl-utils (what ms-swift feeds the model) and transformers, on every xml size."""
-    from mcr_swift.coords import _smart_resize
+    from mcr_swift.core.coords import _smart_resize
     from qwen_vl_utils.vision_process import smart_resize as qvu_resize
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_resize
     sizes, _ = xml_data
@@ -145,7 +145,7 @@ def test_smart_resize_uses_qwen_vl_utils_when_loaded_and_ours_at_extreme_ratios(
     side (near the 200:1 limit under a small max_pixels) ours keeps one factor; bad input is our
     ValueError, not its assert / ZeroDivisionError."""
     import qwen_vl_utils
-    from mcr_swift.coords import _smart_resize
+    from mcr_swift.core.coords import _smart_resize
     assert qwen_vl_utils.smart_resize(28, 5600, 28, 3136, 50176) == (0, 3164)      # its floor hits 0
     assert smart_resize(28, 5600, 28, 3136, 50176) == _smart_resize(28, 5600, 28, 3136, 50176) == (28, 3164)
     assert smart_resize(30, 5900, 28, 3136, 50176) == (28, 3136)
@@ -163,7 +163,7 @@ def test_coordinate_space_does_not_load_torch():
     """Outside ms-swift processes the box conversion stays cheap: no qwen-vl-utils, no torch."""
     import subprocess
     import sys
-    code = ("import sys; from mcr_swift.coords import CoordinateSpace; "
+    code = ("import sys; from mcr_swift.core.coords import CoordinateSpace; "
             "print(CoordinateSpace('qwen2_5_vl', max_pixels=50176).resized_size(500, 706), "
             "sorted({'torch', 'qwen_vl_utils'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

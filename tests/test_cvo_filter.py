@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from mcr_swift.answer import render_answer
-from mcr_swift.synth.client import Endpoint
-from mcr_swift.coords import CoordinateSpace
+from mcr_swift.core.answer import render_answer
+from mcr_swift.endpoint import Endpoint
+from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.synth.cvo_filter import (FilterThresholds, decide, distribution, filter_d2, format_summary, group_stats,
     main as filter_main)
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.data.rows import gold_from_row
-from mcr_swift.entities import Entity
+from mcr_swift.core.columns import gold_from_row
+from mcr_swift.core.entities import Entity
 from tests._fake_openai import FakeOpenAI, image_parts, prompt_text
 from tests.conftest import TINY_MAX_PIXELS
 
@@ -173,7 +173,7 @@ def test_filter_pays_nothing_for_junk_on_no_entity_posts(prepared, tmp_path, mon
 
 def test_unscorable_rollouts_score_zero_and_are_counted(d2, tmp_path, monkeypatch):
     """A query whose gold cannot be read scores 0.0 per rollout, as in GRPO, and the summary counts
-    those rollouts with the reason (`mcr_swift.scoring.score_row`)."""
+    those rollouts with the reason (`mcr_swift.core.scoring.score_row`)."""
     monkeypatch.setenv("MAX_PIXELS", str(TINY_MAX_PIXELS))
     rows = [{**r, "mcr_gold": "[1, 2]"} for r in d2[:2]]   # one post, two styles
     with _server(d2[:2], CoordinateSpace.from_env()) as fake:

@@ -34,7 +34,8 @@ def _cmd(*args):
 
 def _synth(inp, out, base_url, *extra):
     return _cmd("synth", "--input", str(inp), "--out", str(out), "--styles", STYLES, "--base-url", base_url,
-                "--temperature", "0", "--max-tokens", "24", "--concurrency", "1", "--per-post", "0", *extra)
+                "--temperature", "0", "--max-tokens", "24", "--concurrency", "1", "--per-post", "0", "--chain-retries", "0",
+                *extra)
 
 
 def _lines(path):

@@ -10,7 +10,7 @@ import pytest
 
 from mcr_swift import CoordinateSpace
 from mcr_swift.plugin.registry import plugin_path
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
 
 
@@ -77,8 +77,8 @@ def test_perturbed_test_split_through_the_command(data_v2, tmp_path):
     """The documented perturbation of the full shared test split (metrics.perturb, seed 0: drop,
     retype, shift 10 % each, 10 % spurious) scored by the command gives the exact counts."""
     from mcr_swift import load_twitter_gmner
-    from mcr_swift.evaluation.metrics import perturb
-    from mcr_swift.data.rows import gold_json
+    from mcr_swift.core.metrics import perturb
+    from mcr_swift.core.columns import gold_json
     samples = load_twitter_gmner(data_v2, "test")
     preds = perturb([list(s.entities) for s in samples], seed=0, drop=0.1, shift=0.1, retype=0.1, spurious=0.1)
     path = tmp_path / "perturbed.jsonl"
@@ -144,7 +144,7 @@ def test_every_gold_post_is_scored_and_duplicates_are_refused(prepared, tmp_path
 def test_protocol_option_recorded_and_applied(prepared, tmp_path):
     """--protocol hindex: a prediction repeated for a text that occurs once counts only once (its last)."""
     rows, preds = _perfect_rows(prepared)
-    from mcr_swift.evaluation.metrics import _occurrences
+    from mcr_swift.core.metrics import _occurrences
     # a post whose first gold entity has a box, a text occurring once, and no other gold of that text
     r = next(r for r in rows if gold_from_row(r) and gold_from_row(r)[0].boxes
              and _occurrences(gold_from_row(r)[0].text, r["mcr_sentence"].split()) == 1

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from mcr_swift.rewards import grec_reward_terms
+from mcr_swift.core.rewards import grec_reward_terms
 from mcr_swift.data.grec import (GRECFormatError, GRefCOCO, answer_boxes, grec_row, load_grec,
                             select_train)
-from mcr_swift.evaluation.metrics import grec_metrics
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.metrics import grec_metrics
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.plugin.registry import validate_jsonl
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests.conftest import REPO
 from tests.fixtures.grec.make_pickle import make_pickle
 
@@ -75,7 +75,7 @@ def test_pickle_variant_reads_the_same_and_refuses_code(tmp_path):
     # a pickle that refers to any class is refused before anything runs
     evil = d / "evil.p"
     evil.write_bytes(pickle.dumps([{"ref_id": 1, "x": Entity("a", "PER")}]))
-    with pytest.raises(GRECFormatError, match=r"evil\.p: unreadable refs file: .*mcr_swift\.entities\.Entity"):
+    with pytest.raises(GRECFormatError, match=r"evil\.p: unreadable refs file: .*mcr_swift\.core\.entities\.Entity"):
         GRefCOCO.load(d, refs_file=evil)
     (d / "broken.json").write_text('[{"ref_id": 1,')
     with pytest.raises(GRECFormatError, match=r"broken\.json: unreadable refs file"):
@@ -232,6 +232,10 @@ def test_grec_reward_terms():
     assert grec_reward_terms([], n) == {"iou": 1.0, "entail": 1.0}
     assert grec_reward_terms(ans(None), n) == {"iou": 1.0, "entail": 1.0}  # an item with null: no box
     assert grec_reward_terms(ans((0, 0, 5, 5)), n) == {"iou": 0.0, "entail": 0.0}
+    # several entities localise nothing either, located or not (else extra entities would be free)
+    assert grec_reward_terms(ans((0, 0, 100, 100), None), g) == {"iou": 0.0, "entail": 1.0}
+    assert grec_reward_terms(ans(None, None), n) == {"iou": 0.0, "entail": 1.0}
+    assert grec_reward_terms(ans(None, None), g) == {"iou": 0.0, "entail": 0.0}
     with pytest.raises(ValueError, match="exactly one gold expression"):
         grec_reward_terms([], g + n)
 
@@ -264,7 +268,7 @@ def test_grec_rows_through_the_swift_orm(monkeypatch, caplog):
     assert task_weights((0.2,) * 5, "grec") == {"iou": 0.5, "entail": 0.5}
     assert task_weights((0.1, 0.2, 0.3, 0.2, 0.2), "grec") == pytest.approx({"iou": 0.5, "entail": 0.5})
     monkeypatch.setenv("MCR_REWARD_WEIGHTS", "count=1")
-    with caplog.at_level(logging.WARNING, logger="mcr_swift.rewards"):
+    with caplog.at_level(logging.WARNING, logger="mcr_swift.core.rewards"):
         r = GMNERReward()
     assert "weight 0 to every term of task(s) grec" in caplog.text
     assert r(completions, **cols) == [0.0] * 7

@@ -1,4 +1,6 @@
-"""The package layout (issue 17): the pure core and the stage packages import nothing from ms-swift."""
+"""The package layout (issues 17, 24): the pure core and the stage packages import nothing from ms-swift,
+and imports run only down the layers (`LAYERS`)."""
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -8,13 +10,117 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 #: The pure core: no ms-swift (the project's standard), checked in a fresh interpreter.
-CORE = ["mcr_swift.entities", "mcr_swift.coords", "mcr_swift.answer", "mcr_swift.rewards", "mcr_swift.scoring",
-        "mcr_swift.evaluation.parser", "mcr_swift.evaluation.metrics"]
+CORE = ["mcr_swift.core.entities", "mcr_swift.core.coords", "mcr_swift.core.answer", "mcr_swift.core.rewards", "mcr_swift.core.scoring",
+        "mcr_swift.core.parser", "mcr_swift.core.metrics"]
 #: Stage packages: importing one must stay cheap (no ms-swift, no torch).
 STAGES = ["mcr_swift", "mcr_swift.data", "mcr_swift.synth", "mcr_swift.plugin", "mcr_swift.evaluation",
           "mcr_swift.reports", "mcr_swift.pipeline",
           # the D2 filter scores rollouts with the pure scoring, not the ms-swift ORM (issue 17)
           "mcr_swift.synth.cvo_filter"]
+
+
+#: The layers, lowest first: a module imports only from its own unit and the layers before it. Units
+#: in one layer sit side by side and import nothing from each other (synth and evaluation both build on
+#: data and the endpoint client; plugin and pipeline both drive ms-swift). A unit is a module or a
+#: package with everything below it; ``mcr_swift`` itself is the package's front (``__init__.py``).
+LAYERS = [
+    ["mcr_swift.core"],
+    ["mcr_swift.jsonl", "mcr_swift.files", "mcr_swift.prompts", "mcr_swift.endpoint", "mcr_swift.runs"],
+    ["mcr_swift.data"],
+    ["mcr_swift.synth", "mcr_swift.evaluation"],
+    ["mcr_swift.reports"],
+    ["mcr_swift.plugin", "mcr_swift.pipeline"],
+    ["mcr_swift.cli", "mcr_swift"],
+]
+#: Inside the core, the same rule (data model, then coordinates and answer format, then parser and
+#: rewards, then metrics and one completion's score).
+CORE_LAYERS = [
+    ["mcr_swift.core.entities", "mcr_swift.core.argtypes"],
+    ["mcr_swift.core.columns", "mcr_swift.core.coords", "mcr_swift.core.answer"],
+    ["mcr_swift.core.parsing", "mcr_swift.core.rewards"],
+    ["mcr_swift.core.parser", "mcr_swift.core.metrics"],
+    ["mcr_swift.core.scoring"],
+    ["mcr_swift.core"],
+]
+
+
+def _module_name(path: Path, root: Path = REPO) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, root: Path = REPO):
+    """(line, imported module) of every ``mcr_swift`` import in a file, function-level ones too."""
+    name = _module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            targets = [f"{target}.{a.name}" for a in node.names] if not node.module else [target]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for t in targets:
+            if t == "mcr_swift" or t.startswith("mcr_swift."):
+                yield node.lineno, t
+
+
+def _unit(module: str, layers):
+    """(layer index, unit) of the longest unit that holds ``module``, or None."""
+    best = None
+    for i, units in enumerate(layers):
+        for u in units:
+            inside = module == u or (u != "mcr_swift" and module.startswith(u + "."))  # the front is one file
+            if inside and (best is None or len(u) > len(best[1])):
+                best = (i, u)
+    return best
+
+
+def layer_violations(layers, within: str = "", root: Path = REPO):
+    bad = []
+    for path in sorted((root / "mcr_swift").rglob("*.py")):
+        src = _unit(_module_name(path, root), layers)
+        if src is None or (within and not _module_name(path, root).startswith(within)):
+            continue
+        for line, target in imports_of(path, root):
+            dst = _unit(target, layers)
+            if dst is None or dst[1] == src[1] or dst[0] < src[0]:
+                continue
+            where = f"{path.relative_to(root)}:{line}"
+            bad.append(f"{where}: {src[1]} imports {target} ({'same layer' if dst[0] == src[0] else 'a higher layer'})")
+    return bad
+
+
+def test_every_module_has_a_layer():
+    homeless = [_module_name(p) for p in (REPO / "mcr_swift").rglob("*.py")
+                if _unit(_module_name(p), LAYERS) is None]
+    assert not homeless
+
+
+def test_imports_run_down_the_layers():
+    assert layer_violations(LAYERS) == []
+
+
+def test_core_imports_run_down_its_layers():
+    assert layer_violations(CORE_LAYERS, within="mcr_swift.core") == []
+
+
+def test_layer_check_sees_back_and_side_imports(tmp_path):
+    # the check is not vacuous: lazy imports up from the core and across a layer are caught, and
+    # imports down the layers or inside a unit are not
+    files = {"core/x.py": "def f():\n    from ..evaluation.predict import main\n    from .entities import Entity\n",
+             "synth/y.py": "import mcr_swift.evaluation.reading\nfrom ..data import rows\nfrom . import split\n"}
+    for rel, text in files.items():
+        (tmp_path / "mcr_swift" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mcr_swift" / rel).write_text(text)
+    assert layer_violations(LAYERS, root=tmp_path) == [
+        "mcr_swift/core/x.py:2: mcr_swift.core imports mcr_swift.evaluation.predict (a higher layer)",
+        "mcr_swift/synth/y.py:1: mcr_swift.synth imports mcr_swift.evaluation.reading (same layer)"]
 
 
 def _loaded_after(modules):

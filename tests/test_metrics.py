@@ -12,10 +12,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.coords import best_iou, iou
-from mcr_swift.evaluation.metrics import (TASKS, _kuhn, _scipy_matching, gmner_metrics, location_correct, max_matching,
+from mcr_swift.core.coords import best_iou, iou
+from mcr_swift.core.metrics import (TASKS, _kuhn, _scipy_matching, gmner_metrics, location_correct, max_matching,
                                metrics_table, normalize_text, perturb, post_counts, prf)
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 
 E = Entity
 
@@ -475,7 +475,7 @@ def test_protocol_box_at_exactly_iou_half():
     # just above 0.5 (0,0,10,5.1): IoU 0.51, right under both
     above = [[Entity("Kevin", "PER", [(0, 0, 10, 5.1)])]]
     assert gmner_metrics(above, gold, protocol="hindex")["gmner"]["correct"] == 1
-    from mcr_swift.evaluation.metrics import location_correct
+    from mcr_swift.core.metrics import location_correct
     assert location_correct(pred[0][0], gold[0][0]) and not location_correct(pred[0][0], gold[0][0], strict=True)
     with pytest.raises(ValueError, match="protocol must be one of mcr, hindex"):
         gmner_metrics(pred, gold, protocol="conll")
@@ -486,7 +486,7 @@ def test_protocol_hindex_duplicates_keep_first_c_minus_1_and_last():
     gold = [Entity("Kevin", "PER"), Entity("Kevin", "PER"), Entity("NBA", "ORG")]
     pred = [Entity("Kevin", "PER"), Entity("Kevin", "LOC"), Entity("Kevin", "PER"), Entity("Kevin", "ORG"),
             Entity("NBA", "ORG"), Entity("NBA", "PER"), Entity("Apple", "ORG"), Entity("Apple", "ORG")]
-    from mcr_swift.evaluation.metrics import hindex_kept, post_counts
+    from mcr_swift.core.metrics import hindex_kept, post_counts
     # Kevin: n=4 > c=2 -> first c-1=1 (index 0) and the last (3); NBA: n=2 > c=1 -> the last (5);
     # Apple absent -> both kept.
     assert hindex_kept(pred, sentence) == [0, 3, 5, 6, 7]

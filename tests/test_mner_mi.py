@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from mcr_swift.evaluation.metrics import mner_mi_metrics
+from mcr_swift.core.metrics import mner_mi_metrics
 from mcr_swift.data.mner_mi import MNERMIFormatError, load_mner_mi, mner_mi_row
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.plugin.registry import validate_jsonl
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests.conftest import REPO
 
 FIX = REPO / "tests" / "fixtures" / "mner_mi"

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.answer import render_answer
-from mcr_swift.evaluation.parser import (MAX_SCAN, ParseResult, clean_entity_text, format_ok, normalize_type,
-                              parse_answer)
-from mcr_swift.entities import ENTITY_TYPES, Entity
+from mcr_swift.core.answer import render_answer
+from mcr_swift.core.parser import (MAX_SCAN, TYPE_SYNONYMS, ParseResult, clean_entity_text, format_ok,
+                                   normalize_type, parse_answer)
+from mcr_swift.core.entities import ENTITY_TYPES, Entity
 
 KD = Entity("Kevin Durant", "PER", (10, 11, 37, 38))
 NBA = Entity("NBA", "ORG")
@@ -243,6 +243,35 @@ def test_truncated_json_keeps_complete_objects():
     check(wrap('[{"entity": "NBA", "type": "ORG", "bbox": null},]'), [NBA], "json", repaired=1)
 
 
+def test_a_cut_answer_recovers_alike_in_every_structure():
+    # issue 20: the list-of-lists form used to read as [B] with nothing counted
+    A, B = Entity("A", "PER"), Entity("B", "ORG", ((1, 2, 3, 4),))
+    for body, fmt in (('[["A","PER",null],["B","ORG",[1,2,3,4]],["C"', "json"),
+                      ('[{"entity":"A","type":"PER","bbox":null},{"entity":"B","type":"ORG","bbox":[1,2,3,4]},'
+                       '{"entity":"C"', "json"),
+                      ('[("A","PER",None),("B","ORG",[1,2,3,4]),("C"', "json"),
+                      ('{"entities": [["A","PER",null],["B","ORG",[1,2,3,4]],["C","LOC",[5,', "json"),
+                      ('(A, PER, None), (B, ORG, [1,2,3,4]), (C', "tuple"),
+                      ("A | PER | None\nB | ORG | [1,2,3,4]\nC |", "lines"),
+                      ("<|object_ref_start|>A<|object_ref_end|> PER\n<|object_ref_start|>B<|object_ref_end|>"
+                       "<|box_start|>(1,2),(3,4)<|box_end|> ORG\n<|object_ref_start|>C", "qwen_tokens")):
+        check("<answer>" + body, [A, B], fmt, dropped=1, repaired=1)
+    # grouped by type: the cut name is lost, the whole ones keep their type
+    check('<answer>{"PER": ["A", "B"], "ORG": ["C", "D', [Entity("A", "PER"), Entity("B", "PER"),
+                                                      Entity("C", "ORG")], "json", dropped=1, repaired=1)
+    # an item that is only a type word is dropped and counted once (it used to count twice)
+    check('<answer>[["PER"], ["NBA", "ORG", null]]</answer>', [NBA], "json", dropped=1)
+    # a malformed item (an unquoted type) is dropped and counted, the others kept
+    check('<answer>[["A",PER,null],["B","ORG",[1,2,3,4]]]</answer>', [B], "json", dropped=1, repaired=1)
+
+
+def test_a_list_of_lists_past_the_window_is_cut_there():
+    body = json.dumps([[f"Spam{i}", "PER", None] for i in range(30_000)])
+    res = parse_answer(f"<answer>{body}</answer>")  # used to read as one entity (Spam2775)
+    assert res.entities == [Entity(f"Spam{i}", "PER") for i in range(200)] and res.repaired == 1
+    assert res.dropped > 2000
+
+
 def test_duplicates_are_kept_and_max_entities():
     body = json.dumps([{"entity": "NBA", "type": "ORG", "bbox": None}] * 5)
     assert len(parse_answer(wrap(body)).entities) == 5
@@ -418,7 +447,121 @@ def test_partial_answers_keep_what_they_read():
     assert r.answered and r.entities == [Entity("NBA", "ORG")] and r.repaired == 1
 
 
-def test_a_cut_single_object_is_salvaged_or_not_answered():
+def test_a_cut_single_object_is_lost_and_not_answered():
+    # the object the cut runs through is lost, in every form (it may have lost its box): nothing
+    # read, one dropped, one repair (the closed list), so no reward is paid for it
     r = parse_answer('<answer>[{"entity": "NBA", "type": "ORG"')
-    assert r.answered and r.entities == [Entity("NBA", "ORG")]
+    assert not r.answered and (r.entities, r.dropped, r.repaired) == ([], 1, 1)
     assert not parse_answer("<answer>[").answered
+
+
+# --------------------------------------------------------------------------- every answer form alike
+# The same entity list in each form the parser reads: a record ends at the end returned with it
+# (its closing bracket, or the line break of the line forms); what follows it up to the next record is
+# a separator.
+_NOT_TEXT = frozenset(["none", "null", "nil", "na", "no", "false", "true", "nan", "inf", "infinity",
+                       "undefined", "nothing", "unlocated"]) | frozenset(TYPE_SYNONYMS)
+_word = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=2, max_size=8).filter(
+    lambda w: w.lower() not in _NOT_TEXT)
+
+
+@st.composite
+def _form_entity(draw):
+    text = " ".join(draw(st.lists(_word, min_size=1, max_size=3)))
+    box = None
+    if draw(st.booleans()):
+        x1, y1 = draw(st.integers(0, 900)), draw(st.integers(0, 900))
+        box = (x1, y1, x1 + draw(st.integers(1, 99)), y1 + draw(st.integers(1, 99)))
+    return Entity(text, draw(st.sampled_from(ENTITY_TYPES)), (box,) if box else ())
+
+
+def _box_text(e):
+    return "[%d, %d, %d, %d]" % e.box if e.boxes else "None"
+
+
+def _records(form, ents):
+    """(opening, [(record, separator after it)], closing) of ``ents`` written in ``form``."""
+    if form == "json_objects":
+        recs = [json.dumps({"entity": e.text, "type": e.type, "bbox": list(e.box) if e.boxes else None})
+                for e in ents]
+        return "[", [(r, ", ") for r in recs], "]"
+    if form == "json_lists":
+        return "[", [(json.dumps([e.text, e.type, list(e.box) if e.boxes else None]), ", ") for e in ents], "]"
+    if form == "python_tuples":
+        return "[", [(repr((e.text, e.type, list(e.box) if e.boxes else None)), ", ") for e in ents], "]"
+    if form == "tuples":
+        return "", [(f"({e.text}, {e.type}, {_box_text(e)})", ", ") for e in ents], ""
+    if form == "lines":
+        return "", [(f"{e.text} | {e.type} | {_box_text(e)}\n", "") for e in ents], ""
+    if form == "qwen_tokens":
+        return "", [("<|object_ref_start|>%s<|object_ref_end|>%s %s\n" % (
+            e.text, "<|box_start|>(%d,%d),(%d,%d)<|box_end|>" % e.box if e.boxes else "", e.type), "")
+            for e in ents], ""
+    raise ValueError(form)
+
+
+_FORMS = ("json_objects", "json_lists", "python_tuples", "tuples", "lines", "qwen_tokens")
+_FORMAT_OF = {"json_objects": "json", "json_lists": "json", "python_tuples": "python", "tuples": "tuple",
+              "lines": "lines", "qwen_tokens": "qwen_tokens"}
+
+
+def _render(form, ents):
+    """The answer body and, per record, the offset where it ends."""
+    opening, recs, closing = _records(form, ents)
+    body, ends = opening, []
+    for i, (r, sep) in enumerate(recs):
+        body += r
+        ends.append(len(body))
+        if i < len(recs) - 1:
+            body += sep
+    return body + closing, ends
+
+
+@pytest.mark.parametrize("form", _FORMS)
+@settings(max_examples=60, deadline=None)
+@given(ents=st.lists(_form_entity(), min_size=1, max_size=8))
+def test_every_form_reads_the_same_entities(form, ents):
+    body, _ = _render(form, ents)
+    res = parse_answer(f"<think>r</think><answer>{body}</answer>")
+    assert res.entities == ents, (body, triples(res))
+    assert (res.format, res.dropped, res.repaired) == (_FORMAT_OF[form], 0, 0)
+
+
+@pytest.mark.parametrize("form", _FORMS)
+@settings(max_examples=60, deadline=None)
+@given(ents=st.lists(_form_entity(), min_size=1, max_size=6), data=st.data())
+def test_a_cut_answer_keeps_its_whole_records_in_every_form(form, ents, data):
+    """Cut anywhere (the end of the text, no ``</answer>``): never raises, reads exactly the records
+    that ended before the cut, and counts one dropped item iff a record was begun after them."""
+    body, ends = _render(form, ents)
+    cut = data.draw(st.integers(0, len(body)), label="cut")
+    prefix = body[:cut]
+    res = parse_answer("<answer>" + prefix)
+    whole = sum(1 for e in ends if e <= cut)
+    assert res.entities == ents[:whole], (prefix, triples(res))
+    opening, _, closing = _records(form, ents)
+    rest = prefix[ends[whole - 1]:] if whole else prefix[len(opening):]
+    begun = rest.lstrip(", \n") not in ("", closing)
+    # (with no whole record, a text form reads as prose, nothing counted, unless a bracket or a
+    # reference token opened the record)
+    counted = begun and (whole > 0 or opening == "[" or "<|object_ref_start|>" in prefix)
+    assert res.dropped == (1 if counted else 0), (prefix, res)
+    assert res.answered == bool(whole)
+    # a cut inside the tag itself, or of the whole text from its start, never raises either
+    assert isinstance(parse_answer(("<answer>" + prefix)[:cut]), ParseResult)
+
+
+@pytest.mark.parametrize("form", _FORMS)
+def test_spam_in_every_form_is_read_up_to_max_entities_and_counted(form):
+    """30,000 entities in any form: 200 read, the rest of the 64 KiB window counted as dropped (the
+    list-of-lists form used to read as 1 entity past the window, and scored 0.9)."""
+    ents = [Entity(f"Spam{i}", "PER", ((1, 2, 30, 40),) if i % 2 else ()) for i in range(30_000)]
+    body, _ = _render(form, ents)
+    t = time.perf_counter()
+    res = parse_answer(f"<answer>{body}</answer>")
+    assert time.perf_counter() - t < 1.0
+    assert res.entities == ents[:200], form
+    assert res.dropped >= 100 and res.answered  # (the window, or MAX_TOKENS tokens, are counted)
+    # the same spam with no tags (the last 64 KiB are read: the start of the text is cut off there)
+    res = parse_answer(body)
+    assert len(res.entities) == 200 and res.dropped > 0, (form, len(res.entities))

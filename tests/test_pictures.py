@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from mcr_swift import Entity
-from mcr_swift.evaluation.metrics import perturb, post_counts
+from mcr_swift.core.metrics import perturb, post_counts
 from mcr_swift.reports.pictures import GOLD_RGB, PRED_RGB, _char_spans, draw_post, main
 from mcr_swift.reports.posts import Post, analyse, span_pairs
-from mcr_swift.data.rows import gold_from_row, gold_json
+from mcr_swift.core.columns import gold_from_row, gold_json
 
 SENTENCE = "Iggy got it RT Kevin Durant : NBA CHAMPION"
 

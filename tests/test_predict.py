@@ -12,8 +12,8 @@ import time
 import pytest
 from PIL import Image
 
-from mcr_swift.synth.client import image_data_url, to_openai_messages
-from mcr_swift.coords import CoordinateSpace
+from mcr_swift.endpoint import image_data_url, to_openai_messages
+from mcr_swift.core.coords import CoordinateSpace
 from mcr_swift.jsonl import iter_jsonl
 from mcr_swift.evaluation.predict import (ImageError, LocalBackend, Post, answer_entities, image_size, main as predict_main,
                                post_messages, predict_posts, read_posts, resolve_image)
@@ -272,7 +272,7 @@ class _BatchFake:
         self.batch_size, self.calls = batch_size, []
 
     def complete_many(self, items):
-        from mcr_swift.synth.client import ChatResult
+        from mcr_swift.endpoint import ChatResult
         self.calls.append([m[0]["content"].rsplit("Sentence: ", 1)[1] for m, _ in items])
         return [RuntimeError("engine broke") if "fail" in m[0]["content"] else
                 ChatResult([f'[{{"entity": "{m[0]["content"].rsplit(" ", 1)[1]}", "type": "PER", "bbox": null}}]'],

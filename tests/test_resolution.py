@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mcr_swift.coords import CoordinateSpace
+from mcr_swift.core.coords import CoordinateSpace
 from tests.conftest import REPO, SHARED
 
 #: the full pipeline recipe (paper profile, swift stubbed) on the shared data: an integration test

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr_swift.rewards import (TERMS, count_reward, gmner_reward, match_entities, normalize_weights,
+from mcr_swift.core.rewards import (TERMS, count_reward, gmner_reward, match_entities, normalize_weights,
                                reward_terms, span_f1)
-from mcr_swift.entities import ENTITY_TYPES, Entity
+from mcr_swift.core.entities import ENTITY_TYPES, Entity
 
 ONES = {t: 1.0 for t in TERMS}
 
@@ -58,6 +58,30 @@ def test_count_reward_w_u_is_indexed_by_p_and_w_o_by_q():
     assert count_reward(8, 2) == 0.0
     # p=4, q=3: w_o(3) = 0.2 -> 0.8 (indexed by p=4 it would also be 0.2: check q=5 side instead)
     assert count_reward(9, 5) == pytest.approx(0.6)  # w_o(5) = 0.1: 1 - 4*0.1
+
+
+@pytest.mark.parametrize("p,q,literal,true_count", [
+    (1, 3, 0.0, 0.4),    # literal: 1 - 2 w_u(1) = 1 - 2*0.5; true count: 1 - 2 w_u(3) = 1 - 2*0.3
+    (0, 1, 0.0, 0.5),    # literal: p = 0 is "otherwise"; true count: 0 <= p < q, 1 - 1 w_u(1)
+    (0, 5, 0.0, 0.0),    # 1 - 5 w_u(5) = 1 - 5*0.2 = 0
+    (4, 7, 0.1, 0.4),    # literal 1 - 3 w_u(4) = 1 - 0.9; true count 1 - 3 w_u(7) = 1 - 0.6
+    (2, 2, 1.0, 1.0), (5, 3, 0.6, 0.6), (3, 0, 0.0, 0.0), (0, 0, 1.0, 1.0)])  # other branches agree
+def test_count_reward_two_readings_of_eq14(p, q, literal, true_count):
+    """App. D.1: Eq. 14 indexes w_u by p (default, literal); the text says the penalty "is scaled by
+    the true count" (q), and w_u's domain 0 <= p suggests p = 0 belongs to the under-recall branch."""
+    assert count_reward(p, q) == pytest.approx(literal, abs=1e-12)
+    assert count_reward(p, q, "literal") == pytest.approx(literal, abs=1e-12)
+    assert count_reward(p, q, "true_count") == pytest.approx(true_count, abs=1e-12)
+    with pytest.raises(ValueError, match="count reading"):
+        count_reward(p, q, "q")
+
+
+def test_count_reading_reaches_the_reward_terms():
+    from mcr_swift.core.entities import Entity
+    gold = [Entity("A", "PER"), Entity("B", "ORG"), Entity("C", "LOC")]
+    assert reward_terms([Entity("A", "PER")], gold)["count"] == 0.0
+    assert reward_terms([Entity("A", "PER")], gold, count_reading="true_count")["count"] == pytest.approx(0.4)
+    assert reward_terms([], gold[:1], count_reading="true_count")["count"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("p,q", [(-1, 0), (0, -2), (1.5, 1), (True, 1)])

@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from mcr_swift import Entity, Sample
-from mcr_swift.answer import pick_box, render_answer
+from mcr_swift.core.answer import pick_box, render_answer
 from mcr_swift.plugin.registry import validate_jsonl
-from mcr_swift.data.rows import gold_from_row, sample_to_row
+from mcr_swift.core.columns import gold_from_row
+from mcr_swift.data.rows import sample_to_row
 from tests.conftest import REPO
 
 SAMPLE = Sample("42", ["Kevin", "Durant", "and", "the", "NBA"],

@@ -1,15 +1,17 @@
-"""`mcr_swift.scoring`: score_row per task against hand-computed values, and RewardConfig.from_env."""
+"""`mcr_swift.core.scoring`: score_row per task against hand-computed values, and RewardConfig.from_env."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mcr_swift.answer import render_answer
-from mcr_swift.entities import Entity
-from mcr_swift.rewards import DEFAULT_SIGMA, DEFAULT_WEIGHTS
-from mcr_swift.scoring import RewardConfig, Score, clear_caches, score_row
+from mcr_swift.core.answer import render_answer
+from mcr_swift.core.entities import Entity
+from mcr_swift.core.rewards import DEFAULT_SIGMA, DEFAULT_WEIGHTS
+from mcr_swift.core.scoring import RewardConfig, Score, clear_caches, score_row
 
 #: A 280 x 280 image is not resized under MAX_PIXELS = 280 * 280: model space = original pixels.
 ENV = {"MAX_PIXELS": str(280 * 280)}
@@ -150,8 +152,9 @@ def test_weights_sigma_unmatched_change_the_score():
 
 def test_reward_config_from_env():
     d = RewardConfig.from_env({})
-    assert (d.weights, d.sigma, d.unmatched, d.space_mode, d.log_path) == (
-        DEFAULT_WEIGHTS, DEFAULT_SIGMA, "drop", "model", None)
+    assert (d.weights, d.sigma, d.unmatched, d.space_mode, d.log_path, d.count_reading) == (
+        DEFAULT_WEIGHTS, DEFAULT_SIGMA, "drop", "model", None, "literal")
+    assert RewardConfig.from_env({"MCR_COUNT_READING": " True_Count"}).count_reading == "true_count"
     c = RewardConfig.from_env({"MCR_REWARD_WEIGHTS": "type=0.5, entail=0.5", "MCR_IOU_SIGMA": "0.25",
                                "MCR_UNMATCHED": "zero", "MCR_REWARD_SPACE": "Original", "MCR_REWARD_LOG": "/x/r.jsonl",
                                "MAX_PIXELS": "100352", "MCR_MODEL_FAMILY": "qwen2_5_vl"})
@@ -162,7 +165,8 @@ def test_reward_config_from_env():
     hash(c)  # frozen and hashable: a cache key
     assert RewardConfig.from_env({"MCR_REWARD_WEIGHTS": "1,0,0,0,0"}).weights == (1.0, 0.0, 0.0, 0.0, 0.0)
     for var, bad in (("MCR_REWARD_WEIGHTS", "1,2"), ("MCR_REWARD_WEIGHTS", "a=1"), ("MCR_IOU_SIGMA", "1.5"),
-                     ("MCR_IOU_SIGMA", "x"), ("MCR_UNMATCHED", "nope"), ("MCR_REWARD_SPACE", "bogus")):
+                     ("MCR_IOU_SIGMA", "x"), ("MCR_UNMATCHED", "nope"), ("MCR_REWARD_SPACE", "bogus"),
+                     ("MCR_COUNT_READING", "by_q")):
         with pytest.raises(ValueError, match=var):
             RewardConfig.from_env({var: bad})
 
@@ -174,3 +178,97 @@ def test_scoring_reads_the_environment_once(monkeypatch):
     monkeypatch.setenv("MCR_REWARD_WEIGHTS", "1,0,0,0,0")   # later changes do not reach a built config
     assert score_row(text(PRED), row("gmner"), cfg).reward == 0.5
     assert score_row(text(PRED), row("gmner")).reward == 1.0  # no config: read now
+
+
+# --------------------------------------------------------------------------- spam never pays
+def _forms(ents):
+    """``ents`` written in each answer form the parser reads (whole answers, in <answer> tags)."""
+    def box(e, fmt="[%d, %d, %d, %d]"):
+        return fmt % e.box if e.boxes else None
+    forms = {
+        "json_objects": json.dumps([{"entity": e.text, "type": e.type, "bbox": list(e.box) if e.boxes else None}
+                                    for e in ents]),
+        "json_lists": json.dumps([[e.text, e.type, list(e.box) if e.boxes else None] for e in ents]),
+        "python": repr([(e.text, e.type, list(e.box) if e.boxes else None) for e in ents]),
+        "tuples": ", ".join(f"({e.text}, {e.type}, {box(e) or 'None'})" for e in ents),
+        "lines": "".join(f"{e.text} | {e.type} | {box(e) or 'None'}\n" for e in ents),
+        "qwen_tokens": "".join("<|object_ref_start|>%s<|object_ref_end|>%s %s\n" % (
+            e.text, box(e, "<|box_start|>(%d,%d),(%d,%d)<|box_end|>") or "", e.type) for e in ents),
+    }
+    return {k: f"<think>r</think><answer>{v}</answer>" for k, v in forms.items()}
+
+
+KD_GOLD = [Entity("Kevin Durant", "PER", ((0, 0, 100, 100),))]
+
+
+@pytest.mark.parametrize("unmatched", ["drop", "zero"])
+def test_spam_in_every_form_pays_at_most_the_drop_reading(unmatched):
+    """30,000 spammed entities, in every form, scored as GRPO scores them (the list-of-lists form used
+    to read as one entity past the 64 KiB window, and scored 0.9)."""
+    cfg = dataclasses.replace(CFG, unmatched=unmatched)
+    copies = _forms(KD_GOLD * 30_000)
+    junk = _forms(KD_GOLD + [Entity(f"Spam{i}", "PER", ((0, 0, 100, 100),)) for i in range(30_000)])
+    noise = _forms([Entity(f"Spam{i}", "PER", ((0, 0, 100, 100),)) for i in range(30_000)])
+    for form in copies:
+        for name, answer in (("copies", copies[form]), ("gold+junk", junk[form])):
+            s = score_row(answer, row("gmner", KD_GOLD), cfg)
+            assert s.n_pred == 200, (form, name)  # max_entities read: the count term sees the spam
+            assert s.count == 0.0  # Eq. 15: p = 200 > q = 1, 1 - 199 * 0.4 < 0
+            if unmatched == "drop":  # the one matched pair is perfect: every other term 1 (docs/rewards.md)
+                assert s.reward == pytest.approx(0.8), (form, name)
+            else:  # the padded assignment: each term 1/200
+                assert s.reward == pytest.approx(0.2 * 4 / 200), (form, name)
+        assert score_row(noise[form], row("gmner", KD_GOLD), cfg).reward == 0.0, form
+        m = score_row(copies[form], row("mner_mi", KD_GOLD), cfg)  # count, span, type
+        assert m.reward == pytest.approx((2 if unmatched == "drop" else 2 / 200) / 3), form
+        g = score_row(copies[form], row("grec", KD_GOLD), cfg)  # several entities localise nothing
+        assert (g.iou, g.entail) == (0.0, 1.0), form
+
+
+def test_two_hundred_copies_of_the_one_gold_entity():
+    """The numbers docs/rewards.md quotes: 200 copies of the one correct entity (p = 200, q = 1)."""
+    answer = text(KD_GOLD * 200)
+    d = score_row(answer, row("gmner", KD_GOLD), CFG)
+    assert (d.count, d.span, d.type, d.iou, d.entail) == (0.0, 1.0, 1.0, 1.0, 1.0)
+    assert d.reward == pytest.approx(0.8)  # passes App. D.3's max >= 0.8
+    z = score_row(answer, row("gmner", KD_GOLD), dataclasses.replace(CFG, unmatched="zero"))
+    assert (z.count, z.span, z.type, z.iou, z.entail) == (0.0, 0.005, 0.005, 0.005, 0.005)
+    assert z.reward == pytest.approx(0.004)
+    two = score_row(text(KD_GOLD * 2), row("gmner", KD_GOLD), CFG)  # one extra copy: R_c = 1 - 0.4
+    assert (two.count, two.reward) == (pytest.approx(0.6), pytest.approx(0.92))
+    two = score_row(text(KD_GOLD * 2), row("gmner", KD_GOLD), dataclasses.replace(CFG, unmatched="zero"))
+    assert (two.span, two.reward) == (0.5, pytest.approx(0.52))
+
+
+_letters = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=6)
+
+
+@st.composite
+def _gold_entity(draw, located=None):
+    text = " ".join(draw(st.lists(_letters, min_size=1, max_size=3)))
+    box = None
+    if draw(st.booleans()) if located is None else located:
+        x1, y1 = draw(st.integers(0, 200)), draw(st.integers(0, 200))
+        box = (x1, y1, x1 + draw(st.integers(1, 79)), y1 + draw(st.integers(1, 79)))
+    return Entity(text, draw(st.sampled_from(["PER", "LOC", "ORG", "OTHER"])), (box,) if box else ())
+
+
+@pytest.mark.parametrize("unmatched", ["drop", "zero"])
+@pytest.mark.parametrize("task", ["gmner", "mner_mi", "grec"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_the_exact_gold_answer_beats_it_plus_spurious_entities(task, unmatched, data):
+    gold = data.draw(st.lists(_gold_entity(), min_size=1, max_size=1) if task == "grec"
+                     else st.lists(_gold_entity(), max_size=5), label="gold")
+    extra = data.draw(st.lists(st.one_of(_gold_entity(), st.sampled_from(gold) if gold else _gold_entity()),
+                               min_size=1, max_size=5), label="spurious")
+    answer = data.draw(st.permutations(gold + extra), label="answer")
+    weights = data.draw(st.one_of(st.just(DEFAULT_WEIGHTS), st.tuples(*[st.floats(0.05, 1.0)] * 5)),
+                        label="weights")
+    reading = data.draw(st.sampled_from(["literal", "true_count"]), label="count reading")
+    cfg = dataclasses.replace(CFG, unmatched=unmatched, weights=tuple(weights), count_reading=reading)
+    exact = score_row(text(gold), row(task, gold), cfg)
+    spammed = score_row(text(answer), row(task, gold), cfg)
+    assert exact.n_pred == len(gold) and spammed.n_pred == len(answer)
+    assert exact.reward == pytest.approx(sum(cfg.task_weights(task).values()))
+    assert exact.reward > spammed.reward, (exact, spammed)

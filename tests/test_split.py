@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.synth.split import main, split_by_post
+from mcr_swift.synth.split import main, split_by_post, split_by_row, split_rows
 
 STYLES = ("formatted_a", "formatted_b", "llm_qa", "llm_conclusions", "mllm_distill")
 
@@ -77,10 +77,16 @@ def test_cli(tmp_path, capsys):
     src = tmp_path / "D_R.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out"
-    assert main(["--input", str(src), "--out-dir", str(out), "--d1-ratio", "0.4", "--seed", "3"]) == 0
+    assert main(["--input", str(src), "--out-dir", str(out), "--d1-ratio", "0.4", "--seed", "3",
+                 "--split-unit", "post"]) == 0
     d1 = [r for _, r, _ in iter_jsonl(out / "d1.jsonl")]
     d2 = [r for _, r, _ in iter_jsonl(out / "d2.jsonl")]
     assert (d1, d2) == split_by_post(rows, 0.4, seed=3)
+    assert "split unit: post" in capsys.readouterr().out
+    assert main(["--input", str(src), "--out-dir", str(out), "--d1-ratio", "0.4", "--seed", "3"]) == 0
+    d1 = [r for _, r, _ in iter_jsonl(out / "d1.jsonl")]
+    d2 = [r for _, r, _ in iter_jsonl(out / "d2.jsonl")]
+    assert (d1, d2) == split_by_row(rows, 0.4, seed=3)       # row is the default unit
     text = capsys.readouterr().out
     for st in STYLES:
         assert st in text
@@ -106,3 +112,65 @@ def test_grounded_samples_are_a_stratum_of_their_own():
         rows1 = [{**r, "mcr_gold": box if i == lone else nobox} for i, r in enumerate(rows)]
         d1, _ = split_by_post(rows1, 0.5, seed=lone)
         assert [r["mcr_id"] for r in d1 if r["mcr_gold"] == box] == [f"p{lone}"]
+
+
+def _two_style_rows(n_posts, seed=3):
+    rng = random.Random(seed)
+    rows = []
+    for p in range(n_posts):
+        for st in rng.sample(STYLES, 2):
+            rows.append({"mcr_id": f"p{p}", "mcr_style": st, "k": len(rows)})
+    rng.shuffle(rows)
+    return rows
+
+
+def test_split_by_row_two_styles_each_sample_once_per_half():
+    """Eq. 5 / D2 = D_R \\ D1 as sets of rows: with two styles per sample, every sample has exactly one
+    row in D1 (MRSI sees it once) and one in D2 (CVO queries it once), and within each style mix each
+    style goes to D1 for half of the samples (+-1)."""
+    rows = _two_style_rows(600)
+    d1, d2 = split_by_row(rows, 0.5, seed=0)
+    assert len(d1) == len(d2) == 600
+    assert Counter(r["mcr_id"] for r in d1) == Counter({f"p{p}": 1 for p in range(600)})
+    assert Counter(r["mcr_id"] for r in d2) == Counter({f"p{p}": 1 for p in range(600)})
+    pos = {r["k"]: i for i, r in enumerate(rows)}
+    assert [pos[r["k"]] for r in d1] == sorted(pos[r["k"]] for r in d1)  # input order kept
+    by_mix = defaultdict(list)
+    for pid, posts in _strata(rows).items():
+        by_mix[pid] = posts
+    for mix, posts in by_mix.items():
+        for st in mix:
+            n = sum(1 for r in d1 if r["mcr_style"] == st and r["mcr_id"] in posts)
+            assert abs(n - len(posts) / 2) <= 1, (mix, st, n, len(posts))
+
+
+def test_split_by_row_hand_case():
+    """Four samples with styles a, b in one stratum: the k-th sample (stratum order) rotates its rows
+    by k, so D1 gets a, b, a, b: two of each style, one row per sample."""
+    rows = [{"mcr_id": f"p{p}", "mcr_style": st} for p in range(4) for st in ("formatted_a", "formatted_b")]
+    d1, d2 = split_by_row(rows, 0.5, seed=0)
+    assert Counter(r["mcr_style"] for r in d1) == {"formatted_a": 2, "formatted_b": 2}
+    assert sorted(r["mcr_id"] for r in d1) == sorted(r["mcr_id"] for r in d2) == ["p0", "p1", "p2", "p3"]
+    # one row per sample (ratio 0.5): samples alternate between the halves
+    single = [{"mcr_id": f"s{p}", "mcr_style": "formatted_a"} for p in range(6)]
+    s1, s2 = split_by_row(single, 0.5, seed=0)
+    assert len(s1) == len(s2) == 3
+    assert (s1, s2) == split_by_post(single, 0.5, seed=0)   # one row per sample: the same cut as by post
+
+
+def test_split_by_row_grounded_samples_in_both_halves():
+    box = json.dumps([{"entity": "A", "type": "PER", "boxes": [[1, 2, 3, 4]]}])
+    nobox = json.dumps([{"entity": "B", "type": "LOC", "boxes": []}])
+    rows = [{"mcr_id": f"p{i}", "mcr_style": st, "mcr_gold": box if i == 5 else nobox}
+            for i in range(8) for st in ("formatted_a", "llm_qa")]
+    d1, d2 = split_by_row(rows, 0.5, seed=1)
+    assert [r["mcr_id"] for r in d1 if r["mcr_gold"] == box] == ["p5"]
+    assert [r["mcr_id"] for r in d2 if r["mcr_gold"] == box] == ["p5"]
+
+
+def test_split_rows_unit():
+    rows = _two_style_rows(50)
+    assert split_rows(rows, 0.5, 0, "post") == split_by_post(rows, 0.5, 0)
+    assert split_rows(rows, 0.5, 0) == split_by_row(rows, 0.5, 0)
+    with pytest.raises(ValueError, match="split unit"):
+        split_rows(rows, 0.5, 0, "sample")

@@ -8,13 +8,13 @@ from collections import Counter
 
 import pytest
 
-from mcr_swift.answer import BBOX_PLACEHOLDER, pick_box
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.answer import BBOX_PLACEHOLDER, pick_box
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.prompts import load_prompt
 from mcr_swift.plugin.registry import validate_jsonl
 from mcr_swift.synth.styles import TEMPLATE_STYLES, step_order, template_chain, template_row
 from mcr_swift.data.twitter import load_twitter_gmner
-from mcr_swift.entities import Entity, Sample
+from mcr_swift.core.entities import Entity, Sample
 
 
 @pytest.fixture(scope="module")

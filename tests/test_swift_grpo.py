@@ -12,7 +12,7 @@ import pytest
 
 from mcr_swift import CoordinateSpace, gmner_reward, parse_answer, reward_terms
 from mcr_swift.plugin.registry import plugin_path
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
 
 pytestmark = pytest.mark.swift

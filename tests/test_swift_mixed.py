@@ -13,7 +13,7 @@ import pytest
 from mcr_swift import CoordinateSpace
 from mcr_swift.data.prepare import prepare_grec, prepare_mner_mi, prepare_twitter_gmner
 from mcr_swift.plugin.registry import plugin_path
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from tests.conftest import REPO, TINY_MAX_PIXELS, swift_bin
 
 FIX = REPO / "tests" / "fixtures"

@@ -9,13 +9,13 @@ import pytest
 swift_rewards_mod = pytest.importorskip("swift.rewards")
 
 from mcr_swift.plugin import orms as swift_rewards  # noqa: E402
-from mcr_swift.answer import render_answer  # noqa: E402
-from mcr_swift.coords import CoordinateSpace  # noqa: E402
-from mcr_swift.rewards import gmner_reward, reward_terms  # noqa: E402
+from mcr_swift.core.answer import render_answer  # noqa: E402
+from mcr_swift.core.coords import CoordinateSpace  # noqa: E402
+from mcr_swift.core.rewards import gmner_reward, reward_terms  # noqa: E402
 from mcr_swift.plugin.orms import (REWARD_NAMES, GMNERCountReward, GMNEREntailReward,  # noqa: E402
                                      GMNERF1Reward, GMNERFormatReward, GMNERIoUReward, GMNERReward, GMNERSpanReward,
                                      GMNERTypeReward, register_rewards)
-from mcr_swift.entities import Entity  # noqa: E402
+from mcr_swift.core.entities import Entity  # noqa: E402
 
 SIZE = (1000, 500)                       # original image, pixels
 MAX_PIXELS = 28 * 28 * 64                # resized to 308 x 140 for Qwen2.5-VL
@@ -146,7 +146,7 @@ def test_malformed_gold_scores_zero_and_warns_once(caplog):
     golds = [gold_json(), "not json", None, '{"entity": "x"}', '[{"entity": "x"}]', '[1, 2]', gold_json()]
     kwargs = grpo_kwargs(len(golds))
     kwargs["mcr_gold"] = golds
-    with caplog.at_level(logging.WARNING, logger="mcr_swift.rewards"):
+    with caplog.at_level(logging.WARNING, logger="mcr_swift.core.rewards"):
         out = GMNERReward()([good] * len(golds), **kwargs)
         out2 = GMNERIoUReward()([good] * len(golds), **kwargs)
     assert out == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]

@@ -68,6 +68,18 @@ def test_swift_sft_trains_on_registered_gmner(tiny_model, prepared, tmp_path):
     assert "QWENVL_BBOX_FORMAT: plain" in text
 
 
+def one_step_sft(tiny_model, data_dir, dataset, tmp_path):
+    """One LoRA step of `swift sft` on ``dataset`` read from ``data_dir`` (checkpoint-1 under tmp_path/sft)."""
+    env = {**os.environ, "MCR_DATA_DIR": str(data_dir), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
+    return subprocess.run(
+        [swift_bin(), "sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
+         "--external_plugins", plugin_path(), "--dataset", dataset, "--tuner_type", "lora",
+         "--max_steps", "1", "--save_steps", "1", "--per_device_train_batch_size", "1",
+         "--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none",
+         "--output_dir", str(tmp_path / "sft"), "--max_length", "4096"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.swift
 def test_swift_sft_stops_on_a_missing_image_of_a_registered_dataset(tiny_model, prepared, tmp_path):
     """ms-swift alone logs a missing image and trains on another row (exit 0); the registered loader
@@ -80,13 +92,7 @@ def test_swift_sft_stops_on_a_missing_image_of_a_registered_dataset(tiny_model, 
     data = tmp_path / "data" / "twitter_gmner"
     data.mkdir(parents=True)
     (data / "train.jsonl").write_text("\n".join(rows) + "\n")
-    env = {**os.environ, "MCR_DATA_DIR": str(tmp_path / "data"), "MAX_PIXELS": str(TINY_MAX_PIXELS)}
-    proc = subprocess.run(
-        [swift_bin(), "sft", "--model", str(tiny_model), "--template", "qwen2_5_vl", "--check_model", "false",
-         "--external_plugins", plugin_path(), "--dataset", "mcr-gmner:train", "--tuner_type", "lora",
-         "--max_steps", "1", "--per_device_train_batch_size", "1", "--dataloader_num_workers", "0",
-         "--report_to", "none", "--output_dir", str(tmp_path / "sft"), "--max_length", "4096"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = one_step_sft(tiny_model, tmp_path / "data", "mcr-gmner:train", tmp_path)
     assert proc.returncode != 0
     assert f"{data / 'train.jsonl'}:3: missing image {gone}" in proc.stdout + proc.stderr
     assert not list((tmp_path / "sft").rglob("checkpoint-*"))  # stopped before training
@@ -135,3 +141,32 @@ def test_label_boxes_are_the_converted_original_boxes(tiny_model, data_v2, tmp_p
     assert n_boxes >= 40
     if max_pixels == TINY_MAX_PIXELS:
         assert n_scaled == n_boxes  # every image was downscaled: no box may stay in original pixels
+
+
+@pytest.mark.swift
+@pytest.mark.parametrize("fault", [None, "missing image", "tag mismatch"])
+def test_no_cvo_data_trains_through_the_checked_loader(tiny_model, prepared, tmp_path, fault):
+    """Issue 20 §2.2: VARIANT=no_cvo's kept D2 rows (data/mrsi/d2_kept.jsonl) train through the registered
+    ``mcr-mrsi:d2_kept``, so a missing image or an image-tag mismatch stops `swift sft` before training
+    (exit non-zero, file:line named) instead of training on other rows; clean rows train."""
+    rows = (prepared / "twitter_gmner" / "train.jsonl").read_text().splitlines()[:6]
+    row = json.loads(rows[2])
+    gone = tmp_path / "gone" / "7.jpg"
+    if fault == "missing image":
+        row["images"] = [str(gone)]
+    elif fault == "tag mismatch":  # one image, two <image> tags
+        row["messages"][0]["content"] = "<image>" + row["messages"][0]["content"]
+    rows[2] = json.dumps(row)
+    data = tmp_path / "data" / "mrsi"
+    data.mkdir(parents=True)
+    (data / "d2_kept.jsonl").write_text("\n".join(rows) + "\n")
+    proc = one_step_sft(tiny_model, tmp_path / "data", "mcr-mrsi:d2_kept", tmp_path)
+    text = proc.stdout + proc.stderr
+    if fault is None:
+        assert proc.returncode == 0, text[-4000:]
+        assert len(list((tmp_path / "sft").glob("v*/checkpoint-1"))) == 1
+        return
+    assert proc.returncode != 0
+    expected = (f"missing image {gone}" if fault == "missing image" else "2 <image> tags but 1 images")
+    assert f"{data / 'd2_kept.jsonl'}:3: {expected}" in text, text[-4000:]
+    assert not list((tmp_path / "sft").rglob("checkpoint-*"))  # stopped before training

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from mcr_swift.answer import BBOX_PLACEHOLDER
-from mcr_swift.synth.client import Endpoint, RetryPolicy
+from mcr_swift.core.answer import BBOX_PLACEHOLDER
+from mcr_swift.endpoint import Endpoint, RetryPolicy
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.plugin.registry import validate_jsonl
-from mcr_swift.data.rows import gold_from_row
+from mcr_swift.core.columns import gold_from_row
 from mcr_swift.synth.synthesize import check_chain, main as synth_main, synthesize
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 
 GOLD = [Entity("Kevin Durant", "PER", ((10, 20, 110, 220),)), Entity("MSG", "LOC", ())]
@@ -109,7 +109,7 @@ def test_synthesis_against_scripted_server(rows, tmp_path):
     with FakeOpenAI(_fake_answer(rows)) as fake:
         ep = Endpoint(fake.base_url, "fake-model")
         s = synthesize(rows, out, styles, endpoints={"llm_qa": ep, "mllm_distill": ep}, concurrency=3,
-                       temperature=0.0, progress=False)
+                       temperature=0.0, progress=False, chain_retries=0, replace="none")
         assert len(fake.requests) == 16
         for body in fake.requests:  # the MLLM style sends the image inline, the LLM style text only
             mllm = "careful annotator" in prompt_text(body)
@@ -145,7 +145,7 @@ def test_synthesis_against_scripted_server(rows, tmp_path):
 
         before = out.read_text()
         s2 = synthesize(rows, out, styles, endpoints={"llm_qa": ep, "mllm_distill": ep}, temperature=0.0,
-                        progress=False)
+                        progress=False, chain_retries=0, replace="none")
         assert len(fake.requests) == 16  # resumed from the cache: nothing sent again
         assert s2["per_style"]["llm_qa"]["requests"]["cached"] == 8 and out.read_text() == before
 
@@ -153,7 +153,8 @@ def test_synthesis_against_scripted_server(rows, tmp_path):
 def test_failed_requests_leave_no_output_then_resume(rows, tmp_path, capsys):
     out = tmp_path / "dr.jsonl"
     argv = ["--input", str(tmp_path / "in.jsonl"), "--out", str(out), "--styles", "llm_qa",
-            "--model", "fake-model", "--retries", "1", "--backoff", "0.01", "--concurrency", "1", "--no-progress"]
+            "--model", "fake-model", "--retries", "1", "--backoff", "0.01", "--concurrency", "1", "--no-progress",
+            "--chain-retries", "0"]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     with FakeOpenAI(_fake_answer(rows), fail_first=4, fail_status=500) as fake:
         assert synth_main(argv + ["--base-url", fake.base_url]) == 3  # 2 requests gave up (2 attempts each)
@@ -215,7 +216,7 @@ def test_ctrl_c_during_an_earlier_style_exits_130_with_the_summary_then_resumes(
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     argv = ["synth", "--input", str(tmp_path / "in.jsonl"), "--out", str(out), "--styles",
             "formatted_a,llm_qa,mllm_distill", "--per-post", "0", "--model", "fake-model", "--concurrency", "1",
-            "--no-progress"]
+            "--no-progress", "--chain-retries", "0"]
     good = _fake_answer(rows)
     sent = []
 

@@ -12,18 +12,19 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from mcr_swift.answer import BBOX_PLACEHOLDER
-from mcr_swift.synth.client import Endpoint
+from mcr_swift.core.answer import BBOX_PLACEHOLDER
+from mcr_swift.endpoint import Endpoint
 from mcr_swift.synth.cvo_filter import _query_rows
 from mcr_swift.jsonl import iter_jsonl
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.data.prepare import prepare_grec, prepare_mner_mi
-from mcr_swift.data.rows import gold_from_row, row_task, sample_from_row
+from mcr_swift.core.columns import gold_from_row, row_task
+from mcr_swift.data.rows import sample_from_row
 from mcr_swift.synth.split import split_by_post
 from mcr_swift.synth.styles import TEMPLATE_STYLES, template_chain
 from mcr_swift.synth.synthesize import (ALL_STYLES, PAPER_D_R, PAPER_TRAIN_SAMPLES, check_chain, paper_count_line,
                              plan_styles, synthesize)
-from mcr_swift.entities import Entity
+from mcr_swift.core.entities import Entity
 from tests._fake_openai import FakeOpenAI, gold_in_prompt, image_parts, prompt_text
 from tests.conftest import REPO, SHARED
 
@@ -188,6 +189,9 @@ def test_two_balanced_styles_per_sample_reproduce_55712():
     assert plan_styles(keys, ALL_STYLES, 2, seed=1) != plan
     assert plan_styles(keys[:5], ALL_STYLES, 0, seed=0) == [list(ALL_STYLES)] * 5  # 0: all styles
     assert plan_styles(keys[:5], ["llm_qa"], 2, seed=0) == [["llm_qa"]] * 5
+    # repeat: more rows than styles take the styles in turn (one style twice: the w/o D_R row of Table 3)
+    assert plan_styles(keys[:5], ["llm_qa"], 2, seed=0, repeat=True) == [["llm_qa", "llm_qa"]] * 5
+    assert plan_styles(keys[:2], ["llm_qa", "formatted_a"], 3, 0, True) == [["llm_qa", "formatted_a", "llm_qa"]] * 2
     line = paper_count_line(dict(PAPER_TRAIN_SAMPLES), 2, 5, rows=55712)
     assert line.startswith("D_R 27,856 samples x 2 styles = 55,712 planned, 55,712 produced (paper: 55,712")
     sub = paper_count_line({"gmner": 8, "mner_mi": 8, "grec": 8}, 2, 5)
@@ -269,7 +273,7 @@ def test_api_styles_per_task_against_a_scripted_server(mixed, tmp_path):
     with FakeOpenAI(_task_answer) as fake:
         ep = Endpoint(fake.base_url, "fake-model")
         s = synthesize(rows, tmp_path / "dr.jsonl", styles, endpoints={st: ep for st in styles}, per_post=0,
-                       temperature=0.0, progress=False)
+                       temperature=0.0, progress=False, chain_retries=0, replace="none")
         assert s["complete"] and len(fake.requests) == 3 * 18
         for body in fake.requests:
             text = prompt_text(body)
@@ -379,7 +383,7 @@ def test_filter_scores_each_sample_by_its_task(mixed, tmp_path, monkeypatch):
     that boxes every entity still earns 1 (boxes are not asked); a GREC answer with the gold box (or
     null for no target) earns 1; a GREC answer with the expression typed differently still earns 1
     (GREC scores the location only)."""
-    from mcr_swift.coords import CoordinateSpace
+    from mcr_swift.core.coords import CoordinateSpace
     from mcr_swift.synth.cvo_filter import FilterThresholds, filter_d2
     from tests.conftest import TINY_MAX_PIXELS
     from tests.test_cvo_filter import _exact

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from mcr_swift.answer import ANSWER_OPEN, THINK_OPEN
-from mcr_swift.evaluation.parser import parse_answer
+from mcr_swift.core.answer import ANSWER_OPEN, THINK_OPEN
+from mcr_swift.core.parser import parse_answer
 from mcr_swift.prompts import load_prompt, task_instruction
 from mcr_swift.plugin.registry import derive_answer_only
-from mcr_swift.data.rows import answer_only_row, gold_from_row
+from mcr_swift.core.columns import gold_from_row
+from mcr_swift.data.rows import answer_only_row
 from tests.conftest import REPO, SHARED
 
 #: what separates the instructions (prompts/task_instruction*.txt)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Time `mcr_swift.evaluation.metrics.gmner_metrics` on a full Twitter-GMNER split, on one core.
+"""Time `mcr_swift.core.metrics.gmner_metrics` on a full Twitter-GMNER split, on one core.
 
-Predictions of about the gold size come from `mcr_swift.evaluation.metrics.perturb` (10 % dropped, 10 %
+Predictions of about the gold size come from `mcr_swift.core.metrics.perturb` (10 % dropped, 10 %
 retyped, 10 % of the boxes shifted, 10 % spurious unlocated entities added, seed 0 by default).
 Prints posts, gold and predicted triples, the best of ``--repeat`` timings and the metrics table.
 
@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mcr_swift.evaluation.metrics import gmner_metrics, metrics_table, perturb  # noqa: E402
+from mcr_swift.core.metrics import gmner_metrics, metrics_table, perturb  # noqa: E402
 from mcr_swift.data.twitter import load_twitter_gmner  # noqa: E402
 
 DEFAULT_ROOT = Path(os.environ.get("MCR_SHARED_DIR", REPO.parent / "shared")) / "data" / "twitter_gmner_v2"

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(a.threads or 1)
 
-    from mcr_swift.coords import CoordinateSpace
+    from mcr_swift.core.coords import CoordinateSpace
     from mcr_swift.data.prepare import prepare_twitter_gmner
     from mcr_swift.evaluation.predict import LocalBackend, Post, predict_posts
     from mcr_swift.jsonl import iter_jsonl

@@ -8,10 +8,10 @@ perturbed copies to 3-10 entities, rendered in the canonical format with a reaso
 junk (truncated, tuple format, prose). Rows:
 
 * ``json.loads``      bare ``json.loads`` of the answer bodies (the reference),
-* ``parse_answer``    `mcr_swift.evaluation.parser.parse_answer` on the full completions,
-* ``parse+reward``    parse + `mcr_swift.rewards.reward_terms` + Eq. 10 against the gold,
+* ``parse_answer``    `mcr_swift.core.parser.parse_answer` on the full completions,
+* ``parse+reward``    parse + `mcr_swift.core.rewards.reward_terms` + Eq. 10 against the gold,
 * ``gmner_orm``       the ms-swift ORM called as GRPO calls it (gold JSON column, image sizes,
-                      coordinate mapping through `mcr_swift.scoring.score_row`; its caches are
+                      coordinate mapping through `mcr_swift.core.scoring.score_row`; its caches are
                       cleared before every timed call, as in a new step), skipped with ``--no-orm`` or when ms-swift is missing.
 
 Usage: ``python tools/bench_rewards.py [--data DIR] [--n 512] [--repeat 7] [--no-orm]``
@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mcr_swift import load_twitter_gmner  # noqa: E402
-from mcr_swift.answer import default_reasoning, render_answer  # noqa: E402
-from mcr_swift.evaluation.parser import parse_answer  # noqa: E402
-from mcr_swift.rewards import gmner_reward  # noqa: E402
-from mcr_swift.entities import ENTITY_TYPES, Entity  # noqa: E402
+from mcr_swift.core.answer import default_reasoning, render_answer  # noqa: E402
+from mcr_swift.core.parser import parse_answer  # noqa: E402
+from mcr_swift.core.rewards import gmner_reward  # noqa: E402
+from mcr_swift.core.entities import ENTITY_TYPES, Entity  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "twitter_gmner_v2"
 
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
         try:
             import swift.rewards  # noqa: F401  (slow: imports torch/transformers)
             from mcr_swift.plugin.orms import GMNERReward
-            from mcr_swift.scoring import clear_caches
+            from mcr_swift.core.scoring import clear_caches
         except ImportError as e:
             print(f"(gmner_orm row skipped: {e})")
         else:

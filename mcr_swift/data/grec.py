@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..prompts import task_instruction
 from .rows import sample_to_row
 from .twitter import ON_ERROR, ReadReport, SampleList
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 SPLITS = ("train", "val", "testA", "testB")
 #: Looked up in this order under ``root`` (JSON first: it cannot carry code).
@@ -312,7 +312,7 @@ def select_train(samples: Sequence[Sample], size: Optional[int] = DEFAULT_TRAIN_
 
 
 # --------------------------------------------------------------------------- answers
-# (the GREC reward terms, R_u and R_e of Eq. 8-9: `mcr_swift.rewards.grec_reward_terms`)
+# (the GREC reward terms, R_u and R_e of Eq. 8-9: `mcr_swift.core.rewards.grec_reward_terms`)
 def answer_boxes(entities: Sequence[Entity]) -> List[Box]:
     """The boxes a parsed GREC answer gives (the first box of each item, in order)."""
     return [e.box for e in entities if e.boxes]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from ..prompts import load_prompt
 from .rows import sample_to_row
 from .twitter import ON_ERROR, ReadReport, SampleList
-from ..entities import Entity, Sample
+from ..core.entities import Entity, Sample
 
 #: Output split names and the release's file suffix for each (the release says "val").
 SPLITS = ("train", "dev", "test")
@@ -96,6 +96,9 @@ def check_post(obj: Any) -> Tuple[Union[int, str], List[str], List[str], List[st
     if isinstance(pid, bool) or not isinstance(pid, (int, str)) or (isinstance(pid, str) and not pid.strip()):
         raise ValueError(f"field 'id' must be an integer or a non-empty string, got {pid!r:.40}")
     tokens = _str_list(obj, "text")
+    empty = next((k for k, t in enumerate(tokens) if not t.strip()), None)
+    if empty is not None:  # an entity over it would have an empty text no answer could match
+        raise ValueError(f"field 'text' has an empty token at position {empty}")
     images = _str_list(obj, "images")
     tags = _str_list(obj, "label")
     if len(tags) != len(tokens):

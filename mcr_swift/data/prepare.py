@@ -1,26 +1,29 @@
 """``mcr-swift prepare``: a raw release -> the JSONL files the registered datasets read.
 
 ``--dataset`` twitter_gmner (default), mner_mi or grec; writes ``<out>/<dataset>/<split>.jsonl`` and
-``summary.json``, atomically. Flags and outputs: docs/data.md.
+``summary.json``, atomically and all or nothing (`Staging`). Flags and outputs: docs/data.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import grec as grec_mod
 from . import mner_mi as mner_mod
+from ..core.argtypes import non_negative_int, positive_int
 from ..files import VERIFY_MODES, plain_name
 from ..jsonl import write_json_atomic, write_jsonl_atomic
 from ..prompts import task_instruction
 from .rows import sample_to_row
 from .standin import DEFAULT_SIZE, standin_images, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 #: ``--dataset`` -> (output sub-folder, default splits)
 DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", mner_mod.SPLITS),
@@ -33,8 +36,80 @@ def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progres
     write_jsonl_atomic(path, tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"))
 
 
+class Staging:
+    """All or nothing: a prepare writes every split and its summary, or leaves nothing new.
+
+    ``with Staging(out_dir, name, standin_dir) as st``: the split files and ``summary.json`` are written
+    into ``st.dir``, a temporary folder beside the output ``st.final`` (``<out_dir>/<name>``), and
+    moved into ``st.final`` (one ``os.replace`` each, the same file system) only when the block ends
+    without an exception; other files already in ``st.final`` (other splits) stay. On failure the
+    temporary folder, the stand-in images this run drew (``st.standins``) and the folders it created
+    (output, stand-in folder) are removed, so a broken later split or a missing root leaves nothing.
+    """
+
+    def __init__(self, out_dir, name: str, standin_dir=None):
+        self.final = Path(out_dir) / name
+        self.standin_dir = None if standin_dir is None else Path(standin_dir)
+        self.standins: List[Path] = []
+        self.messages: List[str] = []
+        self._created: List[Path] = []
+
+    def note(self, message: str) -> None:
+        """A line for stderr, printed once the files are in place (never for a split that is not)."""
+        self.messages.append(message)
+
+    def _mkdirs(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self._created.append(d)
+
+    def path(self, file_name: str) -> Path:
+        """Where ``file_name`` ends up (for messages and the summary)."""
+        return self.final / file_name
+
+    def __enter__(self) -> "Staging":
+        self._mkdirs(self.final.parent)
+        if self.standin_dir is not None:
+            self._mkdirs(self.standin_dir)
+        self.dir = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.staging-"))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self._mkdirs(self.final)
+                for f in sorted(self.dir.iterdir()):
+                    os.replace(f, self.final / f.name)
+                self.dir.rmdir()
+            except BaseException:
+                self._rollback()
+                raise
+            for m in self.messages:
+                print(m, file=sys.stderr)
+            return False
+        self._rollback()
+        return False
+
+    def _rollback(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for f in self.standins:
+            try:
+                f.unlink()
+            except OSError:
+                pass
+        for d in reversed(self._created):
+            try:
+                d.rmdir()  # only when empty: never anything this run did not write
+            except OSError:
+                pass
+
+
 def write_named_standins(images: Mapping[str, Tuple[Tuple[int, int], Sequence[Box]]], out_dir,
-                         progress: bool = True) -> int:
+                         progress: bool = True, created: Optional[List[Path]] = None) -> int:
     """Stand-in JPEGs named as the release names them (``name -> (size, boxes to outline)``), for
     datasets whose images are shared by several samples (MNER-MI posts, COCO images of GREC)."""
     samples = []
@@ -43,7 +118,7 @@ def write_named_standins(images: Mapping[str, Tuple[Tuple[int, int], Sequence[Bo
             raise ValueError(f"cannot draw a stand-in for {name!r}: stand-ins are <name>.jpg files in one folder")
         samples.append(Sample(id=name[:-4], tokens=(), entities=(Entity(name, "OTHER", tuple(boxes)),),
                               images=(name,), image_sizes=(size,)))
-    return write_standin_images(samples, out_dir, progress=progress)
+    return write_standin_images(samples, out_dir, progress=progress, created=created)
 
 
 def _with_standins(pre, placed):
@@ -60,8 +135,8 @@ def _with_standins(pre, placed):
     return out
 
 
-def _summary(out: Path, summary: Dict[str, Dict]) -> Dict[str, Dict]:
-    write_json_atomic(out / "summary.json", summary)
+def _summary(stage: Staging, summary: Dict[str, Dict]) -> Dict[str, Dict]:
+    write_json_atomic(stage.dir / "summary.json", summary)
     return summary
 
 
@@ -82,33 +157,34 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
     if image_dir is None and standin_dir is None:
         raise ValueError("give the folder of the tweet images (image_dir) or a folder for "
                          "stand-in images (standin_dir)")
-    out = Path(out_dir) / "twitter_gmner"
-    out.mkdir(parents=True, exist_ok=True)
-    summary: Dict[str, Dict] = {}
-    instruction = task_instruction(family)  # once, not per row
-    for split in splits:
-        samples = None
-        if standin_dir is not None:
-            # Sizes from the xml; then the stand-ins are the images. Read once: the images just drawn
-            # have the xml's sizes, a kept one is checked by its header (`standin_images`)
-            pre = load_twitter_gmner(root, split, on_error=on_error, limit=limit, tags=tags)
-            samples = _with_standins(pre, standin_images(pre, standin_dir, progress=progress))
-            images = standin_dir
-        else:
-            images = image_dir
-        if samples is None:  # real images (verified as --verify-images says), or kept files of other sizes
-            samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit,
-                                         tags=tags, verify_images=verify_images == "full")
-        path = out / f"{split}.jsonl"
-        _write_rows(path, (sample_to_row(s, family=family, instruction=instruction, multi_box=multi_box)
-                           for s in samples), len(samples), f"prepare {split}", progress)
-        rep = samples.report
-        summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
-                          "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,
-                          "refused_images": rep.skipped["posts with a missing image"]
-                          + rep.skipped["posts with an unreadable image"]}
-        print(f"[prepare] {rep.summary()} -> {path}", file=sys.stderr)
-    return _summary(out, summary)
+    with Staging(out_dir, "twitter_gmner", standin_dir) as stage:
+        summary: Dict[str, Dict] = {}
+        instruction = task_instruction(family)  # once, not per row
+        for split in splits:
+            samples = None
+            if standin_dir is not None:
+                # Sizes from the xml; then the stand-ins are the images. Read once: the images just drawn
+                # have the xml's sizes, a kept one is checked by its header (`standin_images`)
+                pre = load_twitter_gmner(root, split, on_error=on_error, limit=limit, tags=tags)
+                samples = _with_standins(pre, standin_images(pre, standin_dir, progress=progress,
+                                                             created=stage.standins))
+                images = standin_dir
+            else:
+                images = image_dir
+            if samples is None:  # real images (verified as --verify-images says), or kept files of other sizes
+                samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit,
+                                             tags=tags, verify_images=verify_images == "full")
+            path = stage.path(f"{split}.jsonl")
+            _write_rows(stage.dir / path.name,
+                        (sample_to_row(s, family=family, instruction=instruction, multi_box=multi_box)
+                         for s in samples), len(samples), f"prepare {split}", progress)
+            rep = samples.report
+            summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
+                              "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,
+                              "refused_images": rep.skipped["posts with a missing image"]
+                              + rep.skipped["posts with an unreadable image"]}
+            stage.note(f"[prepare] {rep.summary()} -> {path}")
+        return _summary(stage, summary)
 
 
 def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, image_dir=None,
@@ -119,27 +195,27 @@ def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, i
     if image_dir is None and standin_dir is None:
         raise ValueError("give the folder of the MNER-MI images (image_dir) or a folder for stand-in "
                          "images (standin_dir)")
-    out = Path(out_dir) / "mner_mi"
-    out.mkdir(parents=True, exist_ok=True)
-    summary: Dict[str, Dict] = {}
-    for split in splits:
-        name = "dev" if split == "val" else split
-        if standin_dir is not None:
-            pre = mner_mod.load_mner_mi(root, split, variant=variant, on_error=on_error, limit=limit)
-            write_named_standins({n: (DEFAULT_SIZE, ()) for s in pre for n in s.images}, standin_dir, progress)
-            images, t17 = standin_dir, None
-        else:
-            images, t17 = image_dir, twitter2017_dir
-        samples = mner_mod.load_mner_mi(root, split, Path(images).resolve(),
-                                        twitter2017_dir=None if t17 is None else Path(t17).resolve(),
-                                        variant=variant, on_error=on_error, limit=limit)
-        path = out / f"{name}.jsonl"
-        _write_rows(path, (mner_mod.mner_mi_row(s, name) for s in samples), len(samples),
-                    f"prepare mner_mi {name}", progress)
-        rep = samples.report
-        summary[name] = {**rep.as_dict(), "rows": len(samples), "file": str(path), "variant": variant}
-        print(f"[prepare] mner_mi {rep.summary()} -> {path}", file=sys.stderr)
-    return _summary(out, summary)
+    with Staging(out_dir, "mner_mi", standin_dir) as stage:
+        summary: Dict[str, Dict] = {}
+        for split in splits:
+            name = "dev" if split == "val" else split
+            if standin_dir is not None:
+                pre = mner_mod.load_mner_mi(root, split, variant=variant, on_error=on_error, limit=limit)
+                write_named_standins({n: (DEFAULT_SIZE, ()) for s in pre for n in s.images}, standin_dir, progress,
+                                     created=stage.standins)
+                images, t17 = standin_dir, None
+            else:
+                images, t17 = image_dir, twitter2017_dir
+            samples = mner_mod.load_mner_mi(root, split, Path(images).resolve(),
+                                            twitter2017_dir=None if t17 is None else Path(t17).resolve(),
+                                            variant=variant, on_error=on_error, limit=limit)
+            path = stage.path(f"{name}.jsonl")
+            _write_rows(stage.dir / path.name, (mner_mod.mner_mi_row(s, name) for s in samples), len(samples),
+                        f"prepare mner_mi {name}", progress)
+            rep = samples.report
+            summary[name] = {**rep.as_dict(), "rows": len(samples), "file": str(path), "variant": variant}
+            stage.note(f"[prepare] mner_mi {rep.summary()} -> {path}")
+        return _summary(stage, summary)
 
 
 def prepare_grec(root, out_dir, *, splits: Sequence[str] = grec_mod.SPLITS, image_dir=None, standin_dir=None,
@@ -154,30 +230,29 @@ def prepare_grec(root, out_dir, *, splits: Sequence[str] = grec_mod.SPLITS, imag
         raise ValueError("give the folder of the COCO train2014 images (image_dir) or a folder for "
                          "stand-in images (standin_dir)")
     data = grec_mod.GRefCOCO.load(root, refs_file, instances_file)
-    out = Path(out_dir) / "grec"
-    out.mkdir(parents=True, exist_ok=True)
     opts = dict(on_error=on_error, limit=limit, text_field=text_field, entity_type=entity_type)
-    summary: Dict[str, Dict] = {}
-    for split in splits:
-        if standin_dir is not None:
-            drawn: Dict[str, Tuple[Tuple[int, int], List[Box]]] = {}
-            for s in data.samples(split, None, **opts):
-                drawn.setdefault(s.image, (s.image_size, []))[1].extend(s.entities[0].boxes)
-            write_named_standins(drawn, standin_dir, progress)
-            images = standin_dir
-        else:
-            images = image_dir
-        samples = data.samples(split, Path(images).resolve(), **opts)
-        chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
-        path = out / f"{split}.jsonl"
-        _write_rows(path, (grec_mod.grec_row(s, split, family=family) for s in chosen), len(chosen),
-                    f"prepare grec {split}", progress)
-        rep = samples.report
-        summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path)}
-        if split == "train":
-            summary[split].update(train_size=train_size, seed=seed)
-        print(f"[prepare] grec {rep.summary()}; {len(chosen)} rows -> {path}", file=sys.stderr)
-    return _summary(out, summary)
+    with Staging(out_dir, "grec", standin_dir) as stage:
+        summary: Dict[str, Dict] = {}
+        for split in splits:
+            if standin_dir is not None:
+                drawn: Dict[str, Tuple[Tuple[int, int], List[Box]]] = {}
+                for s in data.samples(split, None, **opts):
+                    drawn.setdefault(s.image, (s.image_size, []))[1].extend(s.entities[0].boxes)
+                write_named_standins(drawn, standin_dir, progress, created=stage.standins)
+                images = standin_dir
+            else:
+                images = image_dir
+            samples = data.samples(split, Path(images).resolve(), **opts)
+            chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
+            path = stage.path(f"{split}.jsonl")
+            _write_rows(stage.dir / path.name, (grec_mod.grec_row(s, split, family=family) for s in chosen),
+                        len(chosen), f"prepare grec {split}", progress)
+            rep = samples.report
+            summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path)}
+            if split == "train":
+                summary[split].update(train_size=train_size, seed=seed)
+            stage.note(f"[prepare] grec {rep.summary()}; {len(chosen)} rows -> {path}")
+        return _summary(stage, summary)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -195,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="draw stand-in images of the annotated sizes into DIR and use them")
     p.add_argument("--splits", nargs="+", default=None,
                    help="default: train dev test (twitter_gmner, mner_mi), train val testA testB (grec)")
-    p.add_argument("--limit", type=int, default=None, help="first N posts of each split")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N posts of each split")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="malformed input: stop with an error (default) or skip and count it")
     p.add_argument("--family", default="qwen2_5_vl",
@@ -217,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     gr = p.add_argument_group("grec")
     gr.add_argument("--refs", default=None, help="refs file (default: <root>/grefs(unc).json, else .p)")
     gr.add_argument("--instances", default=None, help="COCO instances file (default: <root>/instances.json)")
-    gr.add_argument("--train-size", type=int, default=grec_mod.DEFAULT_TRAIN_SIZE,
+    gr.add_argument("--train-size", type=non_negative_int, default=grec_mod.DEFAULT_TRAIN_SIZE,
                     help="train sentences kept by a seeded sample (App. E.1: 14000; 0 = all)")
     gr.add_argument("--seed", type=int, default=0, help="seed of the train sample")
     gr.add_argument("--text-field", choices=grec_mod.TEXT_FIELDS, default="sent",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from ..files import BadImage, check_image, plain_name
 from ..jsonl import atomic_open
-from ..entities import Sample
+from ..core.entities import Sample
 
 DEFAULT_SIZE: Tuple[int, int] = (640, 480)
 
@@ -24,10 +24,12 @@ def _colour(key: str, salt: str = "") -> Tuple[int, int, int]:
     return h[0], h[1], h[2]
 
 
-def standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE) -> Tuple[Path, Tuple[int, int], bool]:
+def standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE,
+                  created: Optional[List[Path]] = None) -> Tuple[Path, Tuple[int, int], bool]:
     """(path, size, drawn) of the sample's stand-in: a kept file's size from its header (it is drawn
     again when the header is unreadable), a new one drawn at the sample's size (not synced: see
-    `sync_folder`)."""
+    `sync_folder`) and appended to ``created`` (so that a failed ``prepare`` can remove what it
+    added)."""
     from PIL import Image, ImageDraw
     path = Path(out_dir) / f"{plain_name(sample.id, 'post id')}.jpg"  # never outside out_dir
     if path.is_file():
@@ -43,11 +45,15 @@ def standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE) -> T
             draw.rectangle(b, outline=_colour(e.text, "box"), width=max(1, min(size) // 100))
     with atomic_open(path, "wb", fsync=False) as f:
         img.save(f, format="JPEG", quality=85)
+    if created is not None:
+        created.append(path)
     return path, size, True
 
 
-def write_standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE) -> Path:
-    path, _, drawn = standin_image(sample, out_dir, default_size)
+def write_standin_image(sample: Sample, out_dir: Path, default_size=DEFAULT_SIZE,
+                        created: Optional[List[Path]] = None) -> Path:
+    """Draw the stand-in of ``sample`` into ``out_dir`` unless it exists (`standin_image`), synced."""
+    path, _, drawn = standin_image(sample, out_dir, default_size, created)
     if drawn:
         sync_folder(Path(out_dir))
     return path
@@ -70,15 +76,15 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def standin_images(samples: Iterable[Sample], out_dir, default_size=DEFAULT_SIZE, progress=True
-                   ) -> List[Tuple[Path, Tuple[int, int]]]:
+def standin_images(samples: Iterable[Sample], out_dir, default_size=DEFAULT_SIZE, progress=True,
+                   created: Optional[List[Path]] = None) -> List[Tuple[Path, Tuple[int, int]]]:
     """The stand-in of every sample, (path, size) in order; one folder sync after the new ones."""
     from tqdm import tqdm
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     placed, drawn = [], 0
     for s in tqdm(list(samples), desc="stand-in images", disable=not progress, unit="img"):
-        path, size, new = standin_image(s, out, default_size)
+        path, size, new = standin_image(s, out, default_size, created)
         placed.append((path, size))
         drawn += new
     if drawn:
@@ -86,5 +92,6 @@ def standin_images(samples: Iterable[Sample], out_dir, default_size=DEFAULT_SIZE
     return placed
 
 
-def write_standin_images(samples: Iterable[Sample], out_dir, default_size=DEFAULT_SIZE, progress=True) -> int:
-    return len(standin_images(samples, out_dir, default_size, progress))
+def write_standin_images(samples: Iterable[Sample], out_dir, default_size=DEFAULT_SIZE, progress=True,
+                         created: Optional[List[Path]] = None) -> int:
+    return len(standin_images(samples, out_dir, default_size, progress, created))

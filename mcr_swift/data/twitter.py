@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..files import BadImage, check_image, plain_name
-from ..entities import ENTITY_TYPES, Entity, Sample
+from ..core.entities import ENTITY_TYPES, Entity, Sample
 
 SPLITS = ("train", "dev", "test")
 ON_ERROR = ("raise", "skip")
@@ -131,6 +131,10 @@ class _Reader:
                                  f"{txt}:{no}: expected 'token<TAB>tag', got {line[:60]!r}")
                     continue
                 token, tag = line.rsplit("\t", 1)
+                if not token.strip():  # an empty span text no answer could match (and a hole in the sentence)
+                    self.problem("lines with an empty token",
+                                 f"{txt}:{no}: empty token before the tag {tag.strip()!r}")
+                    continue
                 rows.append((token, tag.strip(), no))
         if imgid is not None and not bad_post:
             yield imgid, start, rows

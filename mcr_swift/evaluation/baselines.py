@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..answer import ANSWER_OPEN, default_reasoning, pick_box, render_answer
-from ..coords import CoordinateSpace, add_space_args, space_from_args
+from ..core.answer import ANSWER_OPEN, pick_box, render_answer
+from ..core.coords import CoordinateSpace, add_space_args, space_from_args
+from ..core.argtypes import non_negative_int, positive_int
+from ..files import refuse_overwriting_inputs
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from ..prompts import load_prompt
-from ..data.rows import row_task, user_content
-from ..entities import Entity, Sample
+from ..core.columns import row_task
+from ..data.rows import user_content
+from ..core.entities import Entity, Sample
 
 __all__ = ["METHODS", "select_demos", "demo_answer", "instruction", "request_messages", "run_baselines", "main"]
 
@@ -72,15 +75,32 @@ def select_demos(candidates: Sequence[Sample], k: int, seed: int, exclude: Seque
 
 def demo_answer(sample: Sample, reasoning: bool, space: Optional[CoordinateSpace], multi_box: str = "largest") -> str:
     """The gold triples of a demonstration as the canonical answer, boxes in ``space`` (None:
-    original pixels), after `default_reasoning` when ``reasoning``."""
+    original pixels), after `plain_reasoning` when ``reasoning``."""
     ents = []
     for e in sample.entities:
         box = pick_box(e.boxes, multi_box)
         if box is not None and space is not None:
             box = space.to_model(box, sample.image_size)
         ents.append(Entity(e.text, e.type, () if box is None else (box,)))
-    text, _ = render_answer(ents, default_reasoning(sample.sentence, sample.entities))
+    text, _ = render_answer(ents, plain_reasoning(sample.entities))
     return text if reasoning else text[text.index(ANSWER_OPEN):]
+
+
+_TYPE_WORDS = {"PER": "a person", "LOC": "a location", "ORG": "an organization", "OTHER": "another kind of named entity"}
+
+
+def plain_reasoning(entities: Sequence[Entity]) -> str:
+    """A plain chain-of-thought for a demonstration, one sentence per entity in its own order: what
+    it names and whether the image shows it. No MCR constraint walk (recognition, typing, entailment,
+    grounding as named steps, `default_reasoning`): that would carry the method into the baseline
+    (issue 21 §5)."""
+    if not entities:
+        return "I read the sentence and find no name of a person, place, organization or other thing."
+    out = []
+    for e in entities:
+        where = "The image shows it, so I give its box." if e.boxes else "The image does not show it."
+        out.append(f'"{e.text}" is {_TYPE_WORDS.get(e.type, "a named entity")}. {where}')
+    return " ".join(out)
 
 
 def request_messages(sample: Sample, method: str, demos: Sequence[Sample], space: Optional[CoordinateSpace],
@@ -127,7 +147,7 @@ def run_baselines(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sample], 
                   progress: bool = True) -> Dict[str, Any]:
     """Query the endpoint for every post; returns the summary (and writes ``out`` when complete).
     ``space`` None: boxes in original pixels (``--box-space original``)."""
-    from ..synth.client import (ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, file_digest, run_jobs,
+    from ..endpoint import (ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, file_digest, run_jobs,
                       to_openai_messages)
     from .predict import answer_entities, describe_space
     retry = retry or RetryPolicy()
@@ -203,14 +223,14 @@ def _read(path: str, limit: Optional[int] = None) -> Tuple[List[Dict[str, Any]],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..synth.client import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     p = argparse.ArgumentParser(prog="mcr-swift baselines", description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--input", required=True, help="prepared split to answer, e.g. mcr_data/twitter_gmner/test.jsonl")
     p.add_argument("--train", default=None,
                    help="prepared train split for the demonstrations (default: train.jsonl beside --input)")
     p.add_argument("--out", required=True, help="result JSONL (score it with `mcr-swift evaluate OUT`)")
-    p.add_argument("--shots", type=int, default=None, help="demonstrations (default: 3 for cot_3shot, else 0)")
+    p.add_argument("--shots", type=non_negative_int, default=None, help="demonstrations (default: 3 for cot_3shot, else 0)")
     add_endpoint_args(p, "", "the MLLM endpoint")
     add_space_args(p)
     p.add_argument("--box-space", choices=["model", "original"], default="model",
@@ -219,11 +239,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "as sent (the prompt gives its size)")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"],
                    help="the one box a demonstration writes for an entity with several gold boxes")
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE,
                      "sent with every request (servers that honour it); also draws the demonstrations")
     a = p.parse_args(argv)
+    refuse_overwriting_inputs([("--input", a.input), ("--train", a.train or Path(a.input).with_name("train.jsonl"))],
+                              [("--out", a.out), ("--out's summary", Path(a.out).with_name(Path(a.out).name + ".summary.json")),
+                               ("--cache", a.cache or Path(a.out).with_name(Path(a.out).name + ".cache.jsonl"))])
     shots = METHODS[a.method][1] if a.shots is None else a.shots
     space = None if a.box_space == "original" else space_from_args(a)
     try:

@@ -6,208 +6,20 @@ post is scored, one row per post. Inputs, joins, coordinate spaces and the repor
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from ..coords import CoordinateSpace, add_space_args, space_from_args
-from ..jsonl import iter_jsonl, write_json_atomic
-from ..data.rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, gold_from_row, row_task
-from ..entities import Entity
-
-
-def read_rows(path: Path, progress: bool) -> List[Dict[str, Any]]:
-    """Every row of a JSONL file, each with its line number in ``_line`` (a progress bar by bytes)."""
-    from tqdm import tqdm
-    rows = []
-    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, disable=not progress,
-              desc=f"read {path.name}") as bar:
-        for no, row, nbytes in iter_jsonl(path):
-            bar.update(nbytes)
-            row["_line"] = no
-            rows.append(row)
-    return rows
-
-
-def image_paths(row: Dict[str, Any]) -> Tuple[str, ...]:
-    """The absolute paths of a row's ``images`` (``""`` for an image with no path)."""
-    out = []
-    for im in row.get("images") or []:
-        out.append(im.get("path") if isinstance(im, dict) else str(im))
-    return tuple(os.path.abspath(p) if p else "" for p in out)
-
-
-def _user_text(row: Dict[str, Any]) -> str:
-    for m in row.get("messages") or []:
-        if isinstance(m, dict) and m.get("role") == "user":
-            c = m.get("content")
-            return c if isinstance(c, str) else json.dumps(c, sort_keys=True)
-    return ""
-
-
-def join_key(row: Dict[str, Any]) -> Tuple:
-    return (image_paths(row), _user_text(row))
-
-
-class DuplicateRows:
-    """The one-row-per-post rule (module docstring): `seen` raises ValueError naming both lines when
-    a post gets a second row."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.first_line: Dict[Any, Any] = {}
-
-    def seen(self, row: Dict[str, Any], grow: Dict[str, Any]) -> None:
-        if grow is not row:
-            key: Any = id(grow)
-        elif "mcr_id" in row:
-            key = (row_task(row), str(row.get("mcr_split")), str(row["mcr_id"]), _user_text(row))
-        else:
-            return
-        first = self.first_line.setdefault(key, row["_line"])
-        if first != row["_line"]:
-            pid = grow.get("mcr_id", "?")
-            raise ValueError(f"{self.source}:{row['_line']}: duplicated row: post {pid} already has a row at line "
-                             f"{first} (one row per post)")
-
-
-class GoldIndex:
-    """Gold rows of prepared datasets, by mcr_id and by (image paths, user prompt).
-
-    Several gold files may be added (`add`); an mcr_id found in two of them (e.g. a Twitter-GMNER
-    and an MNER-MI post with the same number) is ambiguous and only joins by image paths and prompt.
-    """
-
-    def __init__(self, rows: Sequence[Dict[str, Any]], source: str):
-        self.source, self.by_id, self.by_key = source, {}, {}
-        self._id_source: Dict[str, str] = {}
-        self.rows_by_source: Dict[str, List[Dict[str, Any]]] = {}
-        self.ambiguous: set = set()
-        self.add(rows, source)
-
-    def add(self, rows: Sequence[Dict[str, Any]], source: str) -> None:
-        for r in rows:
-            if GOLD_COLUMN not in r:
-                raise ValueError(f"{source}:{r['_line']}: gold row has no {GOLD_COLUMN!r}")
-            rid = str(r.get("mcr_id"))
-            if self._id_source.setdefault(rid, source) != source:
-                self.ambiguous.add(rid)
-            self.by_id[rid] = r
-            self.by_key[join_key(r)] = r
-            r["_source"] = source
-            self.rows_by_source.setdefault(source, []).append(r)
-
-    def find(self, row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        for key in ("id", "mcr_id"):
-            rid = str(row[key]) if key in row else None
-            if rid in self.by_id and rid not in self.ambiguous:
-                return self.by_id[rid]
-        return self.by_key.get(join_key(row))
-
-
-def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str,
-            entities_space: str = "original") -> Dict[str, Any]:
-    """Per-post predictions and golds (original pixels) by task, plus the parse-failure counts.
-
-    ``preds``/``golds``/``sentences``: the GMNER rows; ``mner_mi``: ``{"preds", "golds"}``; ``grec``:
-    ``{split: {"pred_boxes", "gold_boxes"}}``; ``parse_failures_by_task``.
-    """
-    from ..data.grec import answer_boxes
-    from .parser import completion_text, parse_answer
-    preds, golds, sentences = [], [], []
-    mner: Dict[str, List] = {"preds": [], "golds": []}
-    grec: Dict[str, Dict[str, List]] = {}
-    fails_by_task = {t: 0 for t in TASKS}
-    n_fail = n_dropped = n_unmatched = 0
-    for row in rows:
-        where = f"{source}:{row['_line']}"
-        grow = row if GOLD_COLUMN in row else (gold.find(row) if gold else None)
-        if grow is None:
-            if gold is None:
-                raise ValueError(f"{where}: row has no {GOLD_COLUMN!r}; pass the prepared dataset with --gold")
-            n_unmatched += 1
-            continue
-        task = row_task(grow)
-        if task not in TASKS:
-            raise ValueError(f"{where}: unknown {TASK_COLUMN} {task!r} (known: {', '.join(TASKS)})")
-        g = gold_from_row(grow)
-        sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
-        size = tuple(sizes[0]) if sizes else None
-        if row.get("_missing"):  # a gold post without a row: all-missed
-            pred = []
-        elif "entities" in row and row.get("response") is None:
-            pred = [Entity.from_dict(d) for d in row["entities"]]
-            if row.get("parse_ok") is False:  # predict/baselines rows keep the raw answer and this flag
-                n_fail += 1
-                fails_by_task[task] += 1
-            if task == "mner_mi":  # no location is asked: boxes are ignored
-                pred = [Entity(e.text, e.type) for e in pred]
-            elif entities_space == "model":
-                if size is None:
-                    raise ValueError(f"{where}: no image size to map model-space boxes back")
-                pred = [Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1]))
-                        for e in pred]
-        else:
-            res = parse_answer(completion_text(row.get("response")),
-                               extent=space.model_extent(size) if size else None)
-            n_fail += not res.ok
-            fails_by_task[task] += not res.ok
-            n_dropped += res.dropped
-            pred = []
-            for e in res.entities:
-                if task == "mner_mi":  # no location is asked: boxes are ignored
-                    pred.append(Entity(e.text, e.type))
-                    continue
-                if e.boxes and size is None:
-                    raise ValueError(f"{where}: no image size ({SIZES_COLUMN}) to map boxes back")
-                pred.append(Entity(e.text, e.type, tuple(space.from_model(b, size) for b in e.boxes[:1])))
-        if task == "mner_mi":
-            mner["preds"].append(pred)
-            mner["golds"].append(g)
-        elif task == "grec":
-            if len(g) != 1:
-                raise ValueError(f"{where}: a GREC row needs exactly one gold expression, got {len(g)}")
-            part = grec.setdefault(str(grow.get("mcr_split") or "unknown"), {"pred_boxes": [], "gold_boxes": []})
-            part["pred_boxes"].append(None if row.get("_missing") else answer_boxes(pred))
-            part["gold_boxes"].append(g[0].box)
-        else:
-            preds.append(pred)
-            golds.append(g)
-            sentences.append(grow.get("mcr_sentence"))  # None: post left out of N-Count
-    return {"preds": preds, "golds": golds, "sentences": sentences, "mner_mi": mner, "grec": grec,
-            "parse_failures": n_fail, "parse_failures_by_task": fails_by_task,
-            "dropped_items": n_dropped, "unmatched_rows": n_unmatched}
-
-
-def missing_gold_rows(rows: Sequence[Dict[str, Any]], gold: Optional[GoldIndex], source: str
-                      ) -> List[Dict[str, Any]]:
-    """The one-row-per-post check over ``rows`` (`DuplicateRows`, raises on a second row of a post),
-    then the gold rows no row joins to, as rows `collect` scores as all-missed (module docstring)."""
-    dup = DuplicateRows(source)
-    used, sources = set(), set()
-    for row in rows:
-        # a row carrying mcr_gold is scored against it, and also stands for the gold row it joins
-        joined = gold.find(row) if gold else None
-        grow = joined if joined is not None else (row if GOLD_COLUMN in row else None)
-        if grow is None:
-            continue
-        dup.seen(row, grow)
-        if joined is not None:
-            used.add(id(joined))
-            sources.add(joined["_source"])
-    if gold is None:
-        return []
-    charged = sources or set(gold.rows_by_source)
-    return [{**g, "_missing": True} for src in gold.rows_by_source if src in charged
-            for g in gold.rows_by_source[src] if id(g) not in used]
+from ..core.coords import CoordinateSpace, add_space_args, space_from_args
+from ..jsonl import write_json_atomic
+from .reading import GoldIndex, collect, missing_gold_rows, read_rows
+from ..files import refuse_overwriting_inputs
 
 
 def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[CoordinateSpace] = None,
                   entities_space: str = "original", progress: bool = False, protocol: str = "mcr"
                   ) -> Dict[str, Any]:
-    from .metrics import gmner_metrics, grec_metrics, mner_mi_metrics
+    from ..core.metrics import gmner_metrics, grec_metrics, mner_mi_metrics
     path = Path(path)
     space = space or CoordinateSpace.from_env()
     rows = read_rows(path, progress)
@@ -301,6 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json-out", default=None, help="write the report here (default: <first result>.metrics.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
+    refuse_overwriting_inputs([("result", r) for r in a.results] + [("--gold", g) for g in a.gold or []],
+                              [("--json-out", out)])
     space = space_from_args(a)
     gold = None
     for g in a.gold or []:
@@ -332,7 +147,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if r["dropped_items"]:
             extra.append(f"{r['dropped_items']} answer items dropped by the parser")
         print(f"{Path(r['file']).name}: " + "; ".join(extra))
-    out = Path(a.json_out or (str(a.results[0]) + ".metrics.json"))
     write_json_atomic(out, reports if len(reports) > 1 else reports[0])
     print(f"report: {out}", file=sys.stderr)
     return 0

@@ -15,12 +15,12 @@ Backends: ``--engine local`` runs ms-swift's in-process ``TransformersEngine`` o
 (``--adapters DIR`` for a LoRA checkpoint, ``--template`` for a bare Qwen2.5-VL folder), posts sent
 ``--batch-size`` at a time (``--infer-backend vllm``: its ``VllmEngine``, on a GPU); otherwise
 (``--base-url`` or ``OPENAI_BASE_URL``) any OpenAI-compatible endpoint -- ``swift deploy``,
-``vllm serve`` -- through `mcr_swift.synth.client` (retries, bounded concurrency, on-disk cache: a JSONL run
+``vllm serve`` -- through `mcr_swift.endpoint` (retries, bounded concurrency, on-disk cache: a JSONL run
 resumes).
 
 Each post gives ``{"id", "entities": [{"entity", "type", "bbox"}], "raw", "parse_ok", "error"}``:
 ``bbox`` is ``[x1, y1, x2, y2]`` in pixels of the post's first (original) image, mapped back from the
-model's coordinate space (`mcr_swift.coords.CoordinateSpace`: ``--family``, ``--max-pixels``,
+model's coordinate space (`mcr_swift.core.coords.CoordinateSpace`: ``--family``, ``--max-pixels``,
 ``--min-pixels`` must match the server's resize settings), or null. ``raw`` always keeps the model's
 text; an answer the parser cannot read gives ``parse_ok: false`` and no entities. An unreadable
 image or a failed request names the file or URL in ``error``: a single post then exits 2; a JSONL run
@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
+from ..core.coords import FAMILIES, CoordinateSpace, add_space_args, space_from_args
+from ..core.argtypes import positive_int
+from ..files import refuse_overwriting_inputs
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ImageError", "Post", "resolve_image", "image_size", "read_posts", "answer_entities", "post_messages",
@@ -140,7 +142,7 @@ def answer_entities(text: Any, space: Optional[CoordinateSpace], size: Optional[
     ``space`` None: the answer already uses original pixels (``--box-space original``). Returns
     (``[{"entity", "type", "bbox"}]``, `ParseResult`); never raises on model output.
     """
-    from .parser import completion_text, parse_answer
+    from ..core.parser import completion_text, parse_answer
     extent = None
     if size is not None:
         extent = space.model_extent(size) if space is not None else (float(size[0]), float(size[1]))
@@ -158,7 +160,7 @@ def answer_entities(text: Any, space: Optional[CoordinateSpace], size: Optional[
 def post_messages(text: str, n_images: int, instruction: str) -> List[Dict[str, str]]:
     """The user turn of a post in the trained row format (`mcr_swift.data.rows.user_content`)."""
     from ..data.rows import user_content
-    from ..entities import Sample
+    from ..core.entities import Sample
     sample = Sample("post", text.split(" "), (), ("",) * n_images)  # split(" ") joins back to ``text``
     return [{"role": "user", "content": user_content(sample, instruction)}]
 
@@ -208,7 +210,7 @@ class LocalBackend:
 
     @staticmethod
     def _result(resp):
-        from ..synth.client import ChatResult
+        from ..endpoint import ChatResult
         if isinstance(resp, BaseException):
             return resp
         u = resp.usage
@@ -248,11 +250,11 @@ class LocalBackend:
 
 
 class ApiBackend:
-    """An OpenAI-compatible endpoint through `mcr_swift.synth.client.chat` (images inline as data URLs)."""
+    """An OpenAI-compatible endpoint through `mcr_swift.endpoint.chat` (images inline as data URLs)."""
 
     def __init__(self, endpoint, *, concurrency: Any = None, retry=None, max_tokens: int = DEFAULT_MAX_TOKENS,
                  temperature: float = DEFAULT_TEMPERATURE, seed: Optional[int] = None):
-        from ..synth.client import RetryPolicy
+        from ..endpoint import RetryPolicy
         self.endpoint, self.concurrency = endpoint, concurrency
         self.retry = retry or RetryPolicy()
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
@@ -261,7 +263,7 @@ class ApiBackend:
                      "seed": seed}
 
     def complete(self, messages: List[Dict[str, Any]], images: Sequence[str], on_retry=None):
-        from ..synth.client import chat, to_openai_messages
+        from ..endpoint import chat, to_openai_messages
         return chat(self.endpoint, to_openai_messages(messages, images), temperature=self.temperature,
                     max_tokens=self.max_tokens, seed=self.seed, retry=self.retry, client=self.client,
                     on_retry=on_retry)
@@ -285,7 +287,7 @@ def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optio
     """
     import tempfile
 
-    from ..synth.client import ChatResult, EndpointError, ResultCache, RunStats, cache_key, file_digest, run_jobs
+    from ..endpoint import ChatResult, EndpointError, ResultCache, RunStats, cache_key, file_digest, run_jobs
     tmp = None
     if cache_path is None:
         tmp = tempfile.TemporaryDirectory(prefix="mcr-predict-")
@@ -360,7 +362,7 @@ def _fail(msg: str) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..synth.client import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     from ..prompts import task_instruction
     p = argparse.ArgumentParser(prog="mcr-swift predict", description=__doc__.splitlines()[0])
     src = p.add_argument_group("input (one post, or a JSONL of posts)")
@@ -375,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_endpoint_args(p, "", "the endpoint (api), or the model folder (local)")
     p.add_argument("--adapters", action="append", default=[], help="LoRA checkpoint folder (local engine)")
     p.add_argument("--template", default=None, help="ms-swift template (local engine), e.g. qwen2_5_vl")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"posts per engine call (local engine; default {DEFAULT_BATCH_SIZE}); endpoints use "
                         "--concurrency")
     p.add_argument("--infer-backend", choices=INFER_BACKENDS, default="transformers",
@@ -392,6 +394,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--text needs at least one --image")
     if a.input is not None and (a.image or not a.out):
         p.error("--input needs --out (and takes its images from the file, not --image)")
+    if a.out:
+        out_path = Path(a.out)
+        refuse_overwriting_inputs(
+            [("--input", a.input)] + [("--image", i) for i in a.image or []],
+            [("--out", out_path), ("--out's summary", out_path.with_name(out_path.name + ".summary.json")),
+             ("--cache", a.cache or out_path.with_name(out_path.name + ".cache.jsonl"))])
     for flag, var in ((a.max_pixels, "MAX_PIXELS"), (a.min_pixels, "MIN_PIXELS")):
         if flag is not None:  # the local engine (qwen-vl-utils) reads the resize bounds from the environment
             os.environ[var] = str(flag)

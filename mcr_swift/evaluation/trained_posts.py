@@ -14,15 +14,14 @@ tasks), so every input row is accounted for. A bad input file: one line naming i
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from ..jsonl import iter_jsonl, write_jsonl_atomic
-from ..data.rows import row_task
+from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..core.columns import row_task
+from ..files import refuse_overwriting_inputs
 
 __all__ = ["select_trained_posts", "main"]
 
@@ -54,6 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("d1", help="the MRSI SFT set (e.g. RUN_DIR/data/mrsi/d1.jsonl)")
     p.add_argument("out", help="the GMNER posts, one row each (JSON lines)")
     a = p.parse_args(argv)
+    refuse_overwriting_inputs([("d1", a.d1)], [("out", a.out), ("out's summary", Path(a.out).with_name(
+        Path(a.out).name + ".summary.json"))])
     try:
         rows, counts = select_trained_posts(r for _, r, _ in iter_jsonl(a.d1))
     except (OSError, ValueError) as e:
@@ -65,9 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = out.with_name(out.name + ".summary.json")
-    tmp = summary.with_name(summary.name + ".tmp")
-    tmp.write_text(json.dumps({"input": str(a.d1), **counts}, indent=1))
-    os.replace(tmp, summary)
+    write_json_atomic(summary, {"input": str(a.d1), **counts})
     write_jsonl_atomic(out, rows)
     print(f"trained posts: {counts['posts']} GMNER posts of {counts['rows_in']} D1 rows "
           f"({counts['duplicates']} further style rows, other tasks {counts['skipped_by_task'] or 'none'}) -> {out}")

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from .runs import version_number
+from ..runs import version_number
+from ..core.argtypes import positive_int
 
 #: swift sub-command -> ms-swift argument class that `swift <cmd>` parses (swift/pipelines).
 ARG_CLASSES = {"sft": "SftArguments", "rlhf": "RLHFArguments"}
@@ -237,12 +238,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mcr-swift recipe-args", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("batch", help="split an effective batch over processes (shell assignments)")
-    b.add_argument("--batch", type=int, required=True)
+    b.add_argument("--batch", type=positive_int, required=True)
     b.add_argument("--nproc", default="", help="processes per node; empty: count the GPUs")
     b.add_argument("--nnodes", default="", help="nodes; empty: $NNODES, else 1")
     b.add_argument("--per-device", default="", help="per-device batch; empty: min(max, batch/nproc)")
-    b.add_argument("--max-per-device", type=int, default=2)
-    b.add_argument("--num-generations", type=int, default=None, help="GRPO: completions per prompt")
+    b.add_argument("--max-per-device", type=positive_int, default=2)
+    b.add_argument("--num-generations", type=positive_int, default=None, help="GRPO: completions per prompt")
     sub.add_parser("gpus", help="print the number of GPUs nvidia-smi lists")
     c = sub.add_parser("last-checkpoint", help="write OUTPUT_DIR/last_checkpoint.txt")
     c.add_argument("output_dir", type=Path)

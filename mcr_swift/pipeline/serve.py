@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..jsonl import write_text_atomic
+from ..core.argtypes import positive_float
 
-#: Environment variables that set the image resolution (`mcr_swift.coords.CoordinateSpace.from_env`).
+#: Environment variables that set the image resolution (`mcr_swift.core.coords.CoordinateSpace.from_env`).
 RESIZE_VARS = ("MCR_MODEL_FAMILY", "MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM",
                "MCR_TEMPLATE_MAX_PIXELS")
 _PORT_LINE = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
@@ -89,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     s = sub.add_parser("start")
     s.add_argument("--log", required=True)
     s.add_argument("--pid-file", required=True)
-    s.add_argument("--timeout", type=float, default=900.0)
+    s.add_argument("--timeout", type=positive_float, default=900.0)
     s.add_argument("--swift", default=os.environ.get("SWIFT", "swift"))
     s.add_argument("deploy_args", nargs=argparse.REMAINDER)
     t = sub.add_parser("stop")

@@ -1,15 +1,15 @@
 """The CVO rewards as ms-swift ORMs (``--reward_funcs gmner_orm`` or the separate terms).
 
 Thin glue: GRPO calls ``reward(completions, **columns)`` with every dataset column as a list aligned
-with ``completions``; each ORM scores row by row with the pure `mcr_swift.scoring.score_row` (tasks,
-gold in the model's box space, terms, Eq. 10, F1 and the settings of `mcr_swift.scoring.RewardConfig`,
+with ``completions``; each ORM scores row by row with the pure `mcr_swift.core.scoring.score_row` (tasks,
+gold in the model's box space, terms, Eq. 10, F1 and the settings of `mcr_swift.core.scoring.RewardConfig`,
 read from the environment once, when the ORM is built) and returns one field of the `Score`.
 
 Registered names (`REWARD_NAMES`, `register_rewards`): ``gmner_orm`` (`GMNERReward`, R of Eq. 10 with
 the task-rescaled lambdas), ``gmner_count``, ``gmner_span``, ``gmner_type``, ``gmner_iou``,
 ``gmner_entail`` (one term each, None for a row whose task does not use it, so that ms-swift's
 ``nansum`` leaves it out; combining them with ``--reward_weights`` does not rescale per task),
-``gmner_format`` (1.0 iff `mcr_swift.evaluation.parser.format_ok`) and ``gmner_f1`` (`GMNERF1Reward`,
+``gmner_format`` (1.0 iff `mcr_swift.core.parser.format_ok`) and ``gmner_f1`` (`GMNERF1Reward`,
 the completion's F1, a logged metric for Fig. 4, not a term).
 
 A row that cannot be scored gets 0.0 (never an exception in the training loop); the first such row is
@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from swift.rewards import ORM
 
-from ..evaluation.parser import completion_text
-from ..rewards import TASK_TERMS, TERMS, task_weights
-from ..scoring import (RewardConfig, Score, score_row, sigma_from_env, space_mode_from_env, unmatched_from_env,
+from ..core.parser import completion_text
+from ..core.rewards import TASK_TERMS, TERMS, task_weights
+from ..core.scoring import (RewardConfig, Score, score_row, sigma_from_env, space_mode_from_env, unmatched_from_env,
                        weights_from_env)
 
 __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeReward", "GMNERIoUReward",
@@ -36,7 +36,7 @@ __all__ = ["GMNERReward", "GMNERCountReward", "GMNERSpanReward", "GMNERTypeRewar
            "weights_from_env", "sigma_from_env", "unmatched_from_env", "space_mode_from_env", "malformed_rows",
            "completion_text", "TASK_TERMS", "task_weights"]
 
-logger = logging.getLogger("mcr_swift.rewards")
+logger = logging.getLogger("mcr_swift.core.rewards")
 
 _lock = threading.Lock()
 _malformed = 0
@@ -185,7 +185,7 @@ class GMNERFormatReward(ORM):
     """1.0 iff the completion has exactly the canonical think/answer shape (`format_ok`)."""
 
     def __call__(self, completions, **kwargs) -> List[float]:
-        from ..evaluation.parser import format_ok
+        from ..core.parser import format_ok
         return [1.0 if format_ok(completion_text(c)) else 0.0 for c in completions]
 
 

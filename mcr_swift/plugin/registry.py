@@ -9,13 +9,15 @@ Registered dataset names (read from ``$MCR_DATA_DIR``, default ``./mcr_data``, w
 ``mcr-gmner``      ``$MCR_DATA_DIR/twitter_gmner/<subset>.jsonl``  train (default), dev, test,
                                                                train_answer_only, dev_answer_only,
                                                                test_answer_only
-``mcr-mrsi``       ``$MCR_DATA_DIR/mrsi/<subset>.jsonl``           d1 (default), d2, d2_filtered
+``mcr-mrsi``       ``$MCR_DATA_DIR/mrsi/<subset>.jsonl``           d1 (default), d2, d2_filtered, d2_kept
 ``mcr-mner-mi``    ``$MCR_DATA_DIR/mner_mi/<subset>.jsonl``        train (default), dev, test
 ``mcr-grec``       ``$MCR_DATA_DIR/grec/<subset>.jsonl``           train (default), val, testA, testB
 =================  ===========================================  =========================
 
 ``mcr-mrsi`` holds the multi-style CoT set D_R after ``mcr-swift split`` (d1: MRSI SFT, d2: CVO) and
-``mcr-swift cvo-filter`` (d2_filtered: the D2 queries kept by the App. D.3 filter).
+``mcr-swift cvo-filter`` (d2_filtered: the D2 queries kept by the App. D.3 filter); d2_kept holds the D2
+rows, with their chains, of those kept queries (written by the full pipeline for VARIANT=no_cvo, which
+continues MRSI by SFT on them).
 ``mcr-mner-mi`` (multi-image MNER, ``mcr_task`` ``mner_mi``) and ``mcr-grec`` (gRefCOCO visual
 grounding, ``mcr_task`` ``grec``) are written by ``mcr-swift prepare --dataset mner_mi|grec`` (Sec. 5.3).
 
@@ -25,7 +27,9 @@ ms-swift's dataset syntax applies: ``mcr-gmner:dev``, ``mcr-gmner:train#64`` (sa
 the ``<answer>`` part alone as target) and written beside it as ``<split>_answer_only.jsonl``, so that
 ``mcr-swift evaluate --gold`` can join the inference output to the very prompts it saw.
 
-A prepared ``.jsonl`` file can also be passed directly as ``--dataset path/to/train.jsonl``.
+Train through these names only: a ``.jsonl`` file passed directly as ``--dataset path/to/train.jsonl`` is
+read by ms-swift alone, without the checks below (a missing image or an image-tag mismatch then trains on
+other rows and exits 0).
 
 Every line is checked before ms-swift sees it; a bad line raises an error naming the file and line.
 Every image a registered dataset names must exist and be an image (its header is read): otherwise
@@ -50,7 +54,7 @@ ANSWER_ONLY_SUFFIX = "_answer_only"
 DATASETS: Dict[str, tuple] = {
     "mcr-gmner": ("twitter_gmner", ("train", "dev", "test", "train_answer_only", "dev_answer_only",
                                     "test_answer_only"), "train"),
-    "mcr-mrsi": ("mrsi", ("d1", "d2", "d2_filtered"), "d1"),
+    "mcr-mrsi": ("mrsi", ("d1", "d2", "d2_filtered", "d2_kept"), "d1"),
     "mcr-mner-mi": ("mner_mi", ("train", "dev", "test"), "train"),
     "mcr-grec": ("grec", ("train", "val", "testA", "testB"), "train"),
 }

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+from ..core.argtypes import positive_int
 from ..jsonl import write_json_atomic
 
 #: Qwen2.5-VL's chat template (ChatML with <|vision_start|><|image_pad|><|vision_end|> per image),
@@ -116,9 +117,9 @@ def main(argv: Optional[list] = None) -> int:
                                 description="Build a tiny random Qwen2.5-VL checkpoint offline.")
     p.add_argument("out_dir", nargs="?", default="runs/tiny-qwen2_5_vl")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", type=int, default=64,
+    p.add_argument("--hidden", type=positive_int, default=64,
                    help="text hidden size, a multiple of 16 (head size 16; default 64)")
-    p.add_argument("--layers", type=int, default=2, help="text decoder layers (default 2)")
+    p.add_argument("--layers", type=positive_int, default=2, help="text decoder layers (default 2)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     t = time.time()

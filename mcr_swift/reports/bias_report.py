@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..evaluation.metrics import gmner_metrics
+from ..core.metrics import gmner_metrics
 from .page import html_page, post_card
 from .pictures import render_pictures
-from .posts import TEXTUAL_KINDS, Post, add_input_args, positive_int, read_and_analyse
+from ..core.argtypes import positive_int
+from ..files import refuse_overwriting_inputs
+from .posts import TEXTUAL_KINDS, Post, add_input_args, read_and_analyse
 
 #: How many worst posts of each bias the report shows (the paper gives no number).
 DEFAULT_TOP = 5
@@ -142,6 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--top", type=positive_int, default=DEFAULT_TOP, help="worst cases shown per bias")
     a = p.parse_args(argv)
     out = Path(a.out or f"{a.result}.bias")
+    refuse_overwriting_inputs([("result", a.result), ("--gold", a.gold)],
+                              [("--out's bias_report.json", out / "bias_report.json"), ("--out's index.html", out / "index.html")])
     try:
         posts, info = read_and_analyse(a)
         worst = {"textual": worst_textual(posts, a.top), "visual": worst_visual(posts, a.top)}

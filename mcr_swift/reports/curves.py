@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..jsonl import atomic_open
-from ..pipeline.runs import version_number
+from ..runs import version_number
+from ..core.argtypes import float_range
 
 STEP_KEY = "global_step/max_steps"
 
@@ -186,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders or logging.jsonl files (overlaid)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first run>/curves)")
     parser.add_argument("--labels", nargs="+", default=None, help="legend name of each run, in order")
-    parser.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) (0: raw values)")
+    parser.add_argument("--smooth", type=float_range(0.0, 1.0, hi_open=True), default=0.0, help="EMA weight in [0, 1) (0: raw values)")
     ns = parser.parse_args(argv)
     if not 0 <= ns.smooth < 1:
         parser.error("--smooth must be in [0, 1)")

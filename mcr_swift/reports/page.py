@@ -54,7 +54,7 @@ def _pct(x: float) -> str:
 def post_card(post: Post, picture: Optional[str], width: int = DEFAULT_WIDTH) -> str:
     """One post's picture beside its metrics (counts and P/R/F1 of GMNER, MNER, EEG, N; N-Count;
     the textual- and visual-bias errors; the entity lists)."""
-    from ..evaluation.metrics import prf
+    from ..core.metrics import prf
     a, esc = post.analysis, html.escape
     rows = []
     for key, name in (("gmner", "GMNER"), ("mner", "MNER"), ("eeg", "EEG"), ("n", "N (textual)")):

@@ -5,7 +5,7 @@ each picture beside the post's metrics.
 
 "A result file" is whatever ``mcr-swift evaluate`` accepts (swift infer output joined to ``--gold``,
 rows carrying ``mcr_gold``, or ``{"id", "entities"}`` / ``{"id", "response"}`` files): rows are read
-and scored by `mcr_swift.evaluation.evaluate.collect` with the same coordinate-space options.
+and scored by `mcr_swift.evaluation.reading.collect` with the same coordinate-space options.
 
 The error kinds a post is filtered on are defined in `mcr_swift.reports.posts` (App. E.3); the
 page and the post cards are `mcr_swift.reports.page`.
@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..jsonl import atomic_open, write_json_atomic, write_text_atomic
-from ..evaluation.metrics import normalize_text
-from ..entities import Entity
+from ..core.metrics import normalize_text
+from ..core.entities import Entity
 from .page import html_page, post_card
-from .posts import (DEFAULT_WIDTH, FILTERS, Post, add_input_args, entity_label, matches, positive_int,
-                    read_and_analyse, select_posts)
+from ..core.argtypes import positive_int
+from ..files import refuse_overwriting_inputs
+from .posts import (DEFAULT_WIDTH, FILTERS, Post, add_input_args, entity_label, matches, read_and_analyse,
+                    select_posts)
 
 #: Box/underline colours (Okabe-Ito bluish green and vermilion: distinct for colour-blind readers).
 GOLD_RGB: Tuple[int, int, int] = (0, 158, 115)
@@ -249,6 +251,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many posts (file order)")
     a = p.parse_args(argv)
     out = Path(a.out or f"{a.result}.pictures")
+    refuse_overwriting_inputs([("result", a.result), ("--gold", a.gold)],
+                              [("--out's pictures.json", out / "pictures.json"), ("--out's index.html", out / "index.html")])
     try:
         posts, info = read_and_analyse(a)
         ids = [i.strip() for i in a.posts.split(",") if i.strip()] if a.posts else None

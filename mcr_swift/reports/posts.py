@@ -16,7 +16,7 @@ Error kinds of a post (what ``--only`` filters on; the paper's definitions, App.
   gold entity that has a box) and ``unlocated_not_gold`` (a predicted None whose span is no gold
   entity). Their sum is (#n-predict - #n-correct) + (#n-gold - #n-correct).
 * ``visual`` -- visual bias (Eq. 30-31, Table 4): a predicted entity whose span does not occur in
-  the sentence (`mcr_swift.evaluation.metrics.post_counts`' ``absent``; N-Count counts them).
+  the sentence (`mcr_swift.core.metrics.post_counts`' ``absent``; N-Count counts them).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..coords import CoordinateSpace, add_space_args, space_from_args
-from ..evaluation.metrics import location_correct, normalize_text, post_counts
-from ..entities import Entity
+from ..core.coords import CoordinateSpace, add_space_args, space_from_args
+from ..core.metrics import location_correct, normalize_text, post_counts
+from ..core.entities import Entity
+from ..core.argtypes import positive_int
 
 #: Picture width in pixels (images are scaled to it); configurable with ``--width``.
 DEFAULT_WIDTH = 640
@@ -55,14 +56,6 @@ class Post:
     analysis: Dict[str, Any] = field(default_factory=dict)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """The result-file options shared by ``pictures`` and ``bias-report`` (those of ``evaluate``)."""
     p.add_argument("result", help="swift infer result file or predictions JSONL (as for mcr-swift evaluate)")
@@ -83,15 +76,15 @@ def load_posts(path, gold_path=None, space: Optional[CoordinateSpace] = None,
                ) -> Tuple[List[Post], Dict[str, int]]:
     """The posts of a result file, each with its gold row's image, size, sentence, gold and prediction.
 
-    Each row goes through `mcr_swift.evaluation.evaluate.collect` (so predictions are parsed and mapped exactly
+    Each row goes through `mcr_swift.evaluation.reading.collect` (so predictions are parsed and mapped exactly
     as ``mcr-swift evaluate`` does); rows with no gold row are counted in ``unmatched_rows``. As in
     ``evaluate``, a second row for a post is an error, and each gold post of ``gold_path`` without a
     row is a post with no prediction (counted in ``missing_posts``).
     """
     from tqdm import tqdm
 
-    from ..evaluation.evaluate import GoldIndex, image_paths, read_rows, collect, missing_gold_rows
-    from ..data.rows import GOLD_COLUMN, SIZES_COLUMN
+    from ..evaluation.reading import GoldIndex, collect, image_paths, missing_gold_rows, read_rows
+    from ..core.columns import GOLD_COLUMN, SIZES_COLUMN
     path = Path(path)
     space = space or CoordinateSpace.from_env()
     gold = GoldIndex(read_rows(Path(gold_path), progress), str(gold_path)) if gold_path else None

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from ..files import refuse_overwriting_inputs
 from ..jsonl import write_json_atomic, write_text_atomic
-from ..pipeline.runs import version_number
+from ..runs import version_number
 
 __all__ = ["SFT_KEYS", "GRPO_KEYS", "collect_report", "render_markdown", "PAPER_ROWS", "VARIANT_ROWS",
            "variant_row", "render_variant_table", "main", "trained_posts_metrics", "grpo_steps", "curve_files",
@@ -87,16 +89,20 @@ SOURCE_DIRS = {"gmner": ("twitter_gmner", "Twitter-GMNER"), "mner_mi": ("mner_mi
                "grec": ("grec", "GREC")}
 
 
-def _task_style_rows(path: Path) -> Optional[Dict[str, Dict[str, int]]]:
-    """Rows per task and style of a D_R / D1 / D2 file (rows without ``mcr_task`` are GMNER)."""
+def _task_style_rows(path: Path) -> Tuple[Optional[Dict[str, Dict[str, int]]], Dict[str, int]]:
+    """Rows per task and style of a D_R / D1 / D2 file (rows without ``mcr_task`` are GMNER), and
+    posts (distinct ``mcr_id``) per task; (None, {}) when the file is missing."""
     if not path.exists():
-        return None
+        return None, {}
     out: Dict[str, Counter] = {}
+    posts: Dict[str, set] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             r = json.loads(line)
-            out.setdefault(str(r.get("mcr_task") or "gmner"), Counter())[str(r.get("mcr_style", ""))] += 1
-    return {t: dict(sorted(c.items())) for t, c in out.items()}
+            task = str(r.get("mcr_task") or "gmner")
+            out.setdefault(task, Counter())[str(r.get("mcr_style", ""))] += 1
+            posts.setdefault(task, set()).add(str(r.get("mcr_id")))
+    return {t: dict(sorted(c.items())) for t, c in out.items()}, {t: len(v) for t, v in posts.items()}
 
 
 def sources_report(data: Path, synth: Dict[str, Any], filt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -106,7 +112,8 @@ def sources_report(data: Path, synth: Dict[str, Any], filt: Dict[str, Any]) -> O
     tsv = data / "sources.tsv"
     if not tsv.exists():
         return None
-    rows = {k: _task_style_rows(data / "mrsi" / f"{k}.jsonl") for k in ("d_r", "d1", "d2")}
+    read = {k: _task_style_rows(data / "mrsi" / f"{k}.jsonl") for k in ("d_r", "d1", "d2")}
+    rows = {k: v[0] for k, v in read.items()}
     out: Dict[str, Any] = {}
     for line in tsv.read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
@@ -120,10 +127,12 @@ def sources_report(data: Path, synth: Dict[str, Any], filt: Dict[str, Any]) -> O
             "prepared": {k: v.get("rows") for k, v in (prep or {}).items() if isinstance(v, dict)},
             "synth_samples": (synth.get("input_per_task") or {}).get(task),
             **{k: (v or {}).get(task, {}) if v is not None else None for k, v in rows.items()},
+            **{f"{k}_posts": v[1].get(task, 0) if v[0] is not None else None for k, v in read.items()},
             "filter_queries": (filt.get("queries_per_task") or {}).get(task) if filt else None,
             "filter_kept": (filt.get("kept_per_task") or {}).get(task) if filt else None,
         }
-    return {"per_source": out, "paper_count": synth.get("paper_count")}
+    return {"per_source": out, "paper_count": synth.get("paper_count"),
+            "per_task_style": synth.get("per_task_style")}
 
 
 def render_sources(src: Optional[Dict[str, Any]]) -> List[str]:
@@ -134,18 +143,28 @@ def render_sources(src: Optional[Dict[str, Any]]) -> List[str]:
            "| source | status | prepared rows | D_R rows by style | D1 rows by style | D2 rows by style | filter kept |",
            "|---|---|---|---|---|---|---|"]
 
-    def styles(d):
+    def styles(d, posts=None):
         if d is None:
             return "-"
-        return (f"{sum(d.values())}: " + ", ".join(f"{k} {v}" for k, v in d.items())) if d else "0"
+        text = (f"{sum(d.values())}: " + ", ".join(f"{k} {v}" for k, v in d.items())) if d else "0"
+        return text if posts is None else f"{text} ({posts} posts)"
     for task, d in src["per_source"].items():
         prep = ", ".join(f"{k} {v}" for k, v in d["prepared"].items()) or "-"
         kept = "-" if d["filter_queries"] is None else f"{d['filter_kept'] or 0} of {d['filter_queries']}"
         status = d["status"].upper() if d["status"] == "missing" else d["status"]
-        out.append(f"| {d['name']} | {status} | {prep} | {styles(d['d_r'])} | {styles(d['d1'])} | "
-                   f"{styles(d['d2'])} | {kept} |")
+        out.append(f"| {d['name']} | {status} | {prep} | {styles(d['d_r'], d.get('d_r_posts'))} | "
+                   f"{styles(d['d1'], d.get('d1_posts'))} | {styles(d['d2'], d.get('d2_posts'))} | {kept} |")
     if src.get("paper_count"):
         out += ["", src["paper_count"]]
+    if src.get("per_task_style"):
+        keys = ("planned", "produced", "retried", "replaced", "replacing", "lost")
+        out += ["", "Synthesis per source and style (retried: chains asked again; replaced: slots given to "
+                "another style; replacing: rows made in place of another style; lost: slots left empty):", "",
+                "| source | style | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        for task, per in src["per_task_style"].items():
+            name = SOURCE_DIRS.get(task, (task, task))[1]
+            for style, d in per.items():
+                out.append(f"| {name} | {style} | " + " | ".join(str(d.get(k, 0)) for k in keys) + " |")
     return out + [""]
 
 
@@ -399,6 +418,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not run.is_dir():
             print(f"mcr-swift report: {run}: not a folder", file=sys.stderr)
             return 2
+    if a.out:
+        # the table may not replace a file of a run it reads (args.json, times.tsv, metrics, D_R ...) nor
+        # a report this command writes: an existing file inside a run folder, or a link to one, is refused
+        out = Path(a.out)
+        for run in runs:
+            refuse_overwriting_inputs([("run report", run / "report.json"), ("run report", run / "report.md")],
+                                      [("--out", out)])
+            if out.exists() and Path(run).resolve() in Path(os.path.realpath(out)).parents:
+                raise ValueError(f"--out {out} is a file of the run folder {run}, which the report reads; "
+                                 f"choose another output")
     rows = []
     for run in runs:
         r = collect_report(run)

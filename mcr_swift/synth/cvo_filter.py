@@ -2,7 +2,7 @@
 
 For each D2 query, G responses {o_1..o_G} are sampled from the current policy (the MRSI checkpoint
 served by ``swift deploy`` or ``vllm serve``: any OpenAI-compatible endpoint) and scored with the
-CVO reward R (Eq. 10: `mcr_swift.scoring.score_row`, the very function GRPO's ``gmner_orm``
+CVO reward R (Eq. 10: `mcr_swift.core.scoring.score_row`, the very function GRPO's ``gmner_orm``
 calls). The query is kept only if
 
     std(r) >= 0.1,   max(r) >= 0.8,   0.08 <= median(r) <= 0.6          (App. D.3)
@@ -117,9 +117,9 @@ def _seed(seed: int, pid: str, k: int) -> int:
 
 
 def _score_group(texts: Sequence[str], q: Mapping[str, Any], config, skipped: Counter) -> List[float]:
-    """R (Eq. 10) of each rollout of query ``q`` (`mcr_swift.scoring.score_row`); a rollout whose row
+    """R (Eq. 10) of each rollout of query ``q`` (`mcr_swift.core.scoring.score_row`); a rollout whose row
     cannot be scored gets 0.0, as in GRPO, and is counted in ``skipped`` by reason."""
-    from ..scoring import score_row
+    from ..core.scoring import score_row
     out = []
     for t in texts:
         s = score_row(t, q, config)
@@ -135,8 +135,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
               thresholds: FilterThresholds = FilterThresholds(), concurrency: Any = None, retry=None,
               cache_path: Optional[Path] = None, progress: bool = True, source: str = "input") -> Dict[str, Any]:
     """Sample, score, decide; writes ``out`` (kept queries), ``out.stats.jsonl`` and the summary."""
-    from .client import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
-    from ..scoring import RewardConfig
+    from ..endpoint import ChatResult, ResultCache, RetryPolicy, RunStats, cache_key, chat, run_jobs, to_openai_messages
+    from ..core.scoring import RewardConfig
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
 
 def _space_dict() -> Dict[str, Any]:
     """The resize settings the reward resolves from the environment (`CoordinateSpace.from_env`)."""
-    from ..coords import CoordinateSpace
+    from ..core.coords import CoordinateSpace
     sp = CoordinateSpace.from_env()
     return {"family": sp.family, "min_pixels": sp.min_pixels, "max_pixels": sp.max_pixels,
             "template_max_pixels": sp.template_max_pixels}
@@ -263,25 +263,35 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
-    from ..coords import add_space_args
+    from ..endpoint import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..core.coords import add_space_args
+    from ..files import refuse_overwriting_inputs
+    from ..core.argtypes import int_range, non_negative_float, positive_int, top_k_int, top_p_float, unit_float
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
     p.add_argument("--out", required=True, help="kept queries, e.g. mcr_data/mrsi/d2_filtered.jsonl")
     add_endpoint_args(p, "", "the policy server (swift deploy / vllm serve of the MRSI checkpoint)")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "request seeds derive from it (servers that honour seed)")
-    p.add_argument("-G", "--num-generations", type=int, default=DEFAULT_G, help="responses per query (App. E.4: 8)")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
-    p.add_argument("--min-std", type=float, default=0.1)
-    p.add_argument("--min-max", type=float, default=0.8)
-    p.add_argument("--min-median", type=float, default=0.08)
-    p.add_argument("--max-median", type=float, default=0.6)
+    p.add_argument("-G", "--num-generations", type=int_range(2), default=DEFAULT_G,
+                   help="responses per query, at least 2: the tests need a spread (App. E.4: 8)")
+    p.add_argument("--top-k", type=top_k_int, default=DEFAULT_TOP_K, help="-1: off")
+    p.add_argument("--top-p", type=top_p_float, default=DEFAULT_TOP_P)
+    p.add_argument("--min-std", type=non_negative_float, default=0.1)
+    p.add_argument("--min-max", type=unit_float, default=0.8)
+    p.add_argument("--min-median", type=unit_float, default=0.08)
+    p.add_argument("--max-median", type=unit_float, default=0.6)
     p.add_argument("--std-ddof", type=int, default=0, choices=[0, 1], help="0: population std (default)")
     add_space_args(p)  # the server's resize settings: the reward compares in its coordinate space
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N rows")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    refuse_overwriting_inputs([("--input", a.input)], [
+        ("--out", out), ("--out's stats", out.with_name(out.name + ".stats.jsonl")),
+        ("--out's summary", out.with_name(out.name + ".summary.json")),
+        ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
+    if a.min_median > a.max_median:
+        p.error(f"--min-median {a.min_median} is above --max-median {a.max_median}: no query could pass")
     for flag, var, shadow in ((a.max_pixels, "MAX_PIXELS", "IMAGE_MAX_TOKEN_NUM"),
                               (a.min_pixels, "MIN_PIXELS", "IMAGE_MIN_TOKEN_NUM"),
                               (a.template_max_pixels, "MCR_TEMPLATE_MAX_PIXELS", None),
@@ -290,6 +300,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             os.environ[var] = str(flag)
             if shadow:  # a token count in the environment would win over the flag (ms-swift's rule)
                 os.environ.pop(shadow, None)
+    from ..core.coords import CoordinateSpace
+    CoordinateSpace.from_env()  # the resize settings are range-checked before the first request
     rows = [row for _, row, _ in iter_jsonl(a.input)][:a.limit]
     try:
         ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)

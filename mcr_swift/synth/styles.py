@@ -10,10 +10,10 @@ import json
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
+from ..core.answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      pick_box)
 from ..data.rows import sample_to_row
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 __all__ = ["TEMPLATE_STYLES", "STEP_ORDERS_A", "STEP_ORDERS_A_MNER_MI", "template_chain", "template_row",
            "style_rng"]

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
+from ..core.answer import (ANSWER_CLOSE, ANSWER_OPEN, BBOX_PLACEHOLDER, THINK_CLOSE, THINK_OPEN,
                      format_answer_json, pick_box)
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from ..data.rows import GOLD_COLUMN, row_task, sample_from_row
+from ..core.columns import GOLD_COLUMN, row_task
+from ..data.rows import sample_from_row
 from .styles import TEMPLATE_STYLES, template_chain
-from ..entities import Box, Entity, Sample
+from ..core.entities import Box, Entity, Sample
 
 __all__ = ["API_STYLES", "ALL_STYLES", "check_chain", "ChainCheck", "style_prompt",
            "chain_row", "plan_styles", "paper_count_line", "synthesize", "main"]
@@ -78,7 +79,7 @@ class ChainCheck:
 
 
 def _key(e: Entity) -> Tuple[str, str, bool]:
-    from ..evaluation.metrics import normalize_text
+    from ..core.metrics import normalize_text
     return normalize_text(e.text), e.type, bool(e.boxes)
 
 
@@ -148,7 +149,7 @@ def _reasoning_boxes(think: str, gold: Sequence[Entity], multi_box: str, task: s
 
 def _answer_entities(answer: str) -> Optional[List[Entity]]:
     """The answer's entities; a ``<bbox>`` placeholder reads as 'located'. None: no readable list."""
-    from ..evaluation.parser import parse_answer
+    from ..core.parser import parse_answer
     res = parse_answer(answer.replace(BBOX_PLACEHOLDER, "[0, 0, 1, 1]"))
     return list(res.entities) if res.ok else None
 
@@ -233,10 +234,12 @@ def chain_row(row: Mapping[str, Any], style: str, text: str, boxes: Sequence[Box
     return out
 
 
-def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post: int, seed: int
-                ) -> List[List[str]]:
+def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post: int, seed: int,
+                repeat: bool = False) -> List[List[str]]:
     """The styles of each sample (``keys``: (task, id) per sample, in input order), ``per_post`` of
-    ``styles`` each (0, or at least len(styles): all of them).
+    ``styles`` each (0, or at least len(styles): all of them once; with ``repeat``, more rows than
+    styles repeat the styles in turn, so ``--styles formatted_a --per-post 2 --repeat-styles`` gives
+    two rows of one style, the w/o D_R row of Table 3).
 
     Balanced and seeded (the paper is silent on how its 2 styles per sample were drawn): within each
     task, samples are visited in a seeded order and each takes the ``per_post`` styles used least so
@@ -244,6 +247,8 @@ def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post
     within a task every style's count differs from every other's by at most 1, the combinations are
     spread evenly, and the choice does not depend on the input order."""
     from itertools import combinations
+    if repeat and per_post > len(styles):
+        return [[styles[k % len(styles)] for k in range(per_post)] for _ in keys]
     if per_post <= 0 or per_post >= len(styles):
         return [list(styles) for _ in keys]
     combos = list(combinations(range(len(styles)), per_post))
@@ -264,8 +269,42 @@ def plan_styles(keys: Sequence[Tuple[str, str]], styles: Sequence[str], per_post
     return out
 
 
+#: A rejected chain is asked again this many times (another seed) before its slot is replaced
+#: (docs/decisions.md; the paper is silent).
+DEFAULT_CHAIN_RETRIES = 2
+#: How a slot whose chains were all rejected is filled: "style" = another API style of the run the
+#: sample does not have yet (least produced in its task first, with its own retries), then a template
+#: style of the run as the last resort; "template" = a template style straight away; "none" = lost.
+REPLACE_MODES = ("style", "template", "none")
+DEFAULT_REPLACE = "style"
+
+
+@dataclass
+class _Slot:
+    """One planned D_R row: sample ``i``'s ``variant``-th row of ``planned`` style, now asked as
+    ``style`` (attempt ``attempt``; the endpoint ``ep`` of that style's list)."""
+    i: int
+    planned: str
+    variant: int = 0
+    style: str = ""
+    attempt: int = 0
+    ep: int = 0
+    key: Optional[str] = None
+    state: str = "open"        # open | produced | lost | missing
+    replaced: bool = False
+
+    def __post_init__(self):
+        self.style = self.style or self.planned
+
+
+def _request_seed(seed: int, slot: "_Slot") -> int:
+    """Attempt 0 of variant 0 sends ``seed`` (the cache key of earlier runs); a retry or a repeated
+    style sends another seed."""
+    return seed + slot.attempt + 1009 * slot.variant
+
+
 def _request_messages(style: str, sample: Sample, row: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    from .client import to_openai_messages
+    from ..endpoint import to_openai_messages
     task = row_task(row)
     prompt = style_prompt(style, sample, str(row[GOLD_COLUMN]), task)
     if API_STYLES[style][1]:
@@ -300,12 +339,19 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
                cache_path: Optional[Path] = None, concurrency: Any = None, retry=None, temperature: float =
                DEFAULT_TEMPERATURE, top_p: Optional[float] = None, max_tokens: int = DEFAULT_MAX_TOKENS,
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
-               progress: bool = True, source: str = "input") -> Dict[str, Any]:
-    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint`;
+               progress: bool = True, source: str = "input", chain_retries: int = DEFAULT_CHAIN_RETRIES,
+               replace: str = DEFAULT_REPLACE, repeat_styles: bool = False) -> Dict[str, Any]:
+    """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint` or a
+    list of them (the style's samples are shared out between them in turn, e.g. App. E.4's two
+    MLLMs). A rejected chain is asked again ``chain_retries`` times with another seed, then its slot
+    is replaced (``replace``, `REPLACE_MODES`), so D_R keeps its planned size where it can.
     ``concurrency``: an int pins the requests in flight, a `Concurrency` (default adaptive) sets one
-    `AdaptiveLimit` per endpoint, carried across the styles it serves."""
-    from .client import (AdaptiveLimit, ChatResult, Concurrency, ResultCache, RetryPolicy, RunStats, cache_key, chat,
-                         run_jobs)
+    `AdaptiveLimit` per endpoint, carried across the styles and rounds it serves."""
+    from ..endpoint import ResultCache, RetryPolicy
+    if replace not in REPLACE_MODES:
+        raise ValueError(f"replace must be one of {', '.join(REPLACE_MODES)}, got {replace!r}")
+    if int(chain_retries) < 0:
+        raise ValueError(f"chain retries must be >= 0, got {chain_retries!r}")
     retry = retry or RetryPolicy()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -317,89 +363,216 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{source}: row {i + 1} (mcr_id {row.get('mcr_id')!r}): {e}") from None
     tasks = [row_task(r) for r in rows]
-    chosen = plan_styles([(t, smp.id) for t, smp in zip(tasks, samples)], styles, per_post, seed)
-    plan = [(i, s) for i in range(len(samples)) for s in chosen[i]]
-    keys: Dict[Tuple[int, str], str] = {}
-    stats: Dict[str, Any] = {}
-    limits: Dict[Tuple[str, str], AdaptiveLimit] = {}  # one per endpoint: the LLM styles share theirs
-    for style in [s for s in styles if s in API_STYLES]:
-        ep = endpoints[style]
-        jobs = []
-        for i, s in plan:
-            if s != style:
-                continue
-            msgs = _request_messages(style, samples[i], rows[i])
-            key = cache_key(kind="mcr-synth", post=samples[i].id, style=style, messages=msgs, model=ep.model,
-                            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-            keys[(i, style)] = key
-            jobs.append((key, msgs))
-        st = RunStats()
-        client = ep.client()
-
-        def work(msgs, ep=ep, st=st, client=client):
-            return chat(ep, msgs, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                        retry=retry, client=client, on_retry=st.note_retry)
-        limit = limits.setdefault((ep.base_url, ep.model), AdaptiveLimit(Concurrency.of(concurrency)))
-        stats[style] = run_jobs(jobs, work, cache, desc=f"synth {style}", progress=progress, stats=st,
-                                limiter=limit)
-        if st.interrupted:
-            break
-    produced: List[Dict[str, Any]] = []
-    rejected: List[Dict[str, Any]] = []
-    per: Dict[str, Counter] = defaultdict(Counter)
-    by_task: Dict[str, Counter] = defaultdict(Counter)  # task -> style -> produced rows
-    for i, style in plan:
-        row, smp = rows[i], samples[i]
-        c = per[style]
-        if style in TEMPLATE_STYLES:
-            text, boxes = template_chain(smp, style, seed, multi_box, tasks[i])
-            refs = [_ref_for(smp.entities, b) for b in boxes]
-            produced.append(chain_row(row, style, text, boxes, refs))
-            c["produced"] += 1
-            by_task[tasks[i]][style] += 1
-            continue
-        # no key: a Ctrl-C stopped the run before this style's requests were planned
-        value = cache.get(keys[(i, style)]) if (i, style) in keys else None
-        if value is None:
-            c["missing"] += 1
-            continue
-        res = ChatResult.from_json(value)
-        c["prompt_tokens"] += res.prompt_tokens
-        c["completion_tokens"] += res.completion_tokens
-        chk = check_chain(res.texts[0] if res.texts else "", smp.entities, repair=repair, multi_box=multi_box,
-                          finish_reason=res.finish_reasons[0] if res.finish_reasons else None, task=tasks[i])
-        if chk.status == "rejected":
-            c["rejected"] += 1
-            c[f"rejected:{chk.reason}"] += 1
-            rejected.append({"mcr_id": smp.id, "mcr_style": style, "reason": chk.reason,
-                             "text": res.texts[0] if res.texts else ""})
-            continue
-        c["produced"] += 1
-        c[chk.status] += 1
-        c["literal_boxes"] += chk.literal_boxes
-        by_task[tasks[i]][style] += 1
-        produced.append(chain_row(row, style, chk.text, chk.boxes, chk.refs,
-                                  {"mcr_synth": {"model": endpoints[style].model, "status": chk.status}}))
-    complete = all(not st.failed and not st.interrupted for st in stats.values()) and \
-        not any(c["missing"] for c in per.values())
+    eps = {s: list(e) if isinstance(e, (list, tuple)) else [e] for s, e in endpoints.items()}
+    chosen = plan_styles([(t, smp.id) for t, smp in zip(tasks, samples)], styles, per_post, seed, repeat_styles)
+    slots: List[_Slot] = []
+    for i, ss in enumerate(chosen):
+        for s in ss:
+            slots.append(_Slot(i, s, variant=sum(1 for x in slots if x.i == i and x.planned == s)))
+    run = _Run(rows, samples, tasks, styles, eps, cache, slots, seed=seed, temperature=temperature, top_p=top_p,
+               max_tokens=max_tokens, retry=retry, concurrency=concurrency, progress=progress, repair=repair,
+               multi_box=multi_box, chain_retries=int(chain_retries), replace=replace)
+    run.go()
+    produced = [run.rows_out[id(sl)] for sl in slots if sl.state == "produced"]
+    complete = run.complete()
     summary = {
         "input_posts": len(rows), "styles": list(styles), "complete": complete,
-        "per_style": {s: {"planned": sum(1 for _, x in plan if x == s), **dict(per[s]),
-                          **({"requests": stats[s].as_dict()} if s in stats else {})} for s in styles},
-        "endpoints": {s: endpoints[s].describe() for s in styles if s in endpoints},
+        "per_style": {s: {"planned": sum(1 for sl in slots if sl.planned == s), **dict(run.per[s]),
+                          **({"requests": run.stats[s].as_dict()} if s in run.stats else {})} for s in styles},
+        "endpoints": {s: [e.describe() for e in eps[s]] if len(eps[s]) > 1 else eps[s][0].describe()
+                      for s in styles if s in eps},
         "cache": {"path": str(cache.path), "records": len(cache), "torn_lines_dropped": cache.torn},
         "rows": len(produced), "out": str(out) if complete else None,
-        "per_post": per_post, "input_per_task": dict(sorted(Counter(tasks).items())),
-        "planned_per_task": {t: dict(Counter(s for i, s in plan if tasks[i] == t)) for t in sorted(set(tasks))},
-        "produced_per_task": {t: dict(by_task[t]) for t in sorted(by_task)},
+        "per_post": per_post, "chain_retries": int(chain_retries), "replace": replace,
+        "input_per_task": dict(sorted(Counter(tasks).items())),
+        "planned_per_task": {t: dict(Counter(sl.planned for sl in slots if tasks[sl.i] == t))
+                             for t in sorted(set(tasks))},
+        "produced_per_task": {t: dict(Counter(sl.style for sl in slots if sl.state == "produced" and tasks[sl.i] == t))
+                              for t in sorted(set(tasks))},
+        "per_task_style": run.per_task_style(),
     }
     summary["paper_count"] = paper_count_line(summary["input_per_task"], per_post, len(styles), len(produced))
     if complete:
         write_jsonl_atomic(out, produced)
-        write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), rejected)
+        write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), run.rejected)
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
     cache.close()  # the lock is held until the outputs are written
     return summary
+
+
+class _Run:
+    """The rounds of one synthesis: ask every open API slot, check its chain, and retry, replace or
+    close it; template slots close at once. Deterministic given the cache, so a resumed run replays
+    the same rounds from cached answers and sends only what is missing."""
+
+    def __init__(self, rows, samples, tasks, styles, eps, cache, slots, **kw):
+        self.rows, self.samples, self.tasks, self.styles, self.eps = rows, samples, tasks, list(styles), eps
+        self.cache, self.slots, self.kw = cache, slots, kw
+        self.per: Dict[str, Counter] = defaultdict(Counter)
+        self.stats: Dict[str, Any] = {}
+        self.rows_out: Dict[int, Dict[str, Any]] = {}
+        self.rejected: List[Dict[str, Any]] = []
+        self.ep_turn: Counter = Counter()
+        self.retried: Counter = Counter()   # (task, style) -> chains asked again
+        self.stopped = False
+        self.limits: Dict[Tuple[str, str], Any] = {}  # one AdaptiveLimit per endpoint (the LLM styles share one)
+
+    # ---- the loop
+    def go(self) -> None:
+        for sl in self.slots:
+            self._enter(sl)
+        while not self.stopped:
+            open_ = [sl for sl in self.slots if sl.state == "open"]
+            if not open_:
+                break
+            self._ask(open_)
+            for sl in open_:
+                if sl.state == "open" and not self.stopped:
+                    self._judge(sl)
+                elif sl.state == "open":
+                    sl.state = "missing"
+                    self.per[sl.style]["missing"] += 1
+
+    def complete(self) -> bool:
+        return not self.stopped and all(not st.failed and not st.interrupted for st in self.stats.values()) and \
+            not any(sl.state == "missing" for sl in self.slots)
+
+    def _enter(self, sl: _Slot) -> None:
+        """``sl`` now asks for ``sl.style``: a template style produces its row at once."""
+        if sl.style in TEMPLATE_STYLES:
+            k = self.kw
+            smp = self.samples[sl.i]
+            text, boxes = template_chain(smp, sl.style, k["seed"] + sl.variant, k["multi_box"], self.tasks[sl.i])
+            refs = [_ref_for(smp.entities, b) for b in boxes]
+            extra = {"mcr_variant": sl.variant} if sl.variant else None
+            self._produce(sl, chain_row(self.rows[sl.i], sl.style, text, boxes, refs, extra), "produced")
+        else:
+            sl.ep = self.ep_turn[sl.style] % len(self.eps[sl.style])
+            self.ep_turn[sl.style] += 1
+
+    def _produce(self, sl: _Slot, row: Dict[str, Any], status: str) -> None:
+        sl.state = "produced"
+        self.rows_out[id(sl)] = row
+        c = self.per[sl.style]
+        c["produced"] += 1
+        if status != "produced":
+            c[status] += 1
+        if sl.replaced:
+            c["replacing"] += 1
+
+    def _ask(self, open_: Sequence[_Slot]) -> None:
+        from ..endpoint import AdaptiveLimit, Concurrency, RunStats, cache_key, chat, run_jobs
+        k = self.kw
+        groups: Dict[Tuple[str, int], List[Tuple[str, Any]]] = defaultdict(list)
+        for sl in open_:
+            ep = self.eps[sl.style][sl.ep]
+            msgs = _request_messages(sl.style, self.samples[sl.i], self.rows[sl.i])
+            fields = dict(kind="mcr-synth", post=self.samples[sl.i].id, style=sl.style, messages=msgs, model=ep.model,
+                          temperature=k["temperature"], top_p=k["top_p"], max_tokens=k["max_tokens"],
+                          seed=_request_seed(k["seed"], sl))
+            if sl.attempt or sl.variant:
+                fields.update(attempt=sl.attempt, variant=sl.variant)
+            sl.key = cache_key(**fields)
+            groups[(sl.style, sl.ep)].append((sl.key, (msgs, fields["seed"])))
+        for style in [s for s in ALL_STYLES if any(g[0] == s for g in groups)]:
+            st = self.stats.setdefault(style, RunStats())
+            for (gs, e), jobs in sorted(groups.items()):
+                if gs != style:
+                    continue
+                ep = self.eps[style][e]
+                client = ep.client()
+
+                def work(payload, ep=ep, st=st, client=client):
+                    msgs, rseed = payload
+                    return chat(ep, msgs, temperature=k["temperature"], top_p=k["top_p"], max_tokens=k["max_tokens"],
+                                seed=rseed, retry=k["retry"], client=client, on_retry=st.note_retry)
+                limit = self.limits.setdefault((ep.base_url, ep.model),
+                                               AdaptiveLimit(Concurrency.of(k["concurrency"])))
+                run_jobs(jobs, work, self.cache, desc=f"synth {style}", progress=k["progress"], stats=st,
+                         limiter=limit)
+                if st.interrupted:
+                    self.stopped = True
+                    return
+
+    def _judge(self, sl: _Slot) -> None:
+        from ..endpoint import ChatResult
+        k = self.kw
+        value = self.cache.get(sl.key)
+        c = self.per[sl.style]
+        if value is None:  # the request failed: the run is incomplete, a rerun asks again
+            sl.state = "missing"
+            c["missing"] += 1
+            return
+        res = ChatResult.from_json(value)
+        c["prompt_tokens"] += res.prompt_tokens
+        c["completion_tokens"] += res.completion_tokens
+        smp, task = self.samples[sl.i], self.tasks[sl.i]
+        text = res.texts[0] if res.texts else ""
+        chk = check_chain(text, smp.entities, repair=k["repair"], multi_box=k["multi_box"],
+                          finish_reason=res.finish_reasons[0] if res.finish_reasons else None, task=task)
+        if chk.status != "rejected":
+            extra = {"mcr_synth": {"model": self.eps[sl.style][sl.ep].model, "status": chk.status}}
+            if sl.variant:
+                extra["mcr_variant"] = sl.variant
+            c["literal_boxes"] += chk.literal_boxes
+            self._produce(sl, chain_row(self.rows[sl.i], sl.style, chk.text, chk.boxes, chk.refs, extra), chk.status)
+            return
+        c["rejected"] += 1
+        c[f"rejected:{chk.reason}"] += 1
+        self.rejected.append({"mcr_id": smp.id, "mcr_task": task, "mcr_style": sl.style, "attempt": sl.attempt,
+                              "reason": chk.reason, "text": text})
+        if sl.attempt < k["chain_retries"]:          # ask again, another seed
+            sl.attempt += 1
+            c["retried"] += 1
+            self.retried[(task, sl.style)] += 1
+            return
+        nxt = self._replacement(sl)
+        if nxt is None:
+            sl.state = "lost"
+            c["lost"] += 1
+            return
+        c["replaced"] += 1
+        sl.style, sl.attempt, sl.replaced = nxt, 0, True
+        self._enter(sl)
+
+    def _replacement(self, sl: _Slot) -> Optional[str]:
+        """Another style of the run for ``sl``'s sample: one the sample has not had (in any slot),
+        API styles first, least produced so far in the sample's task; a template style last."""
+        mode = self.kw["replace"]
+        if mode == "none":
+            return None
+        task = self.tasks[sl.i]
+        had = {x.style for x in self.slots if x.i == sl.i} | {x.planned for x in self.slots if x.i == sl.i}
+        had |= {r["mcr_style"] for r in self.rejected if r["mcr_id"] == self.samples[sl.i].id
+                and r["mcr_task"] == task}
+        free = [s for s in self.styles if s not in had]
+        made = Counter(x.style for x in self.slots if x.state in ("produced", "open") and self.tasks[x.i] == task)
+        api = [s for s in free if s in API_STYLES and s in self.eps]
+        tpl = [s for s in free if s in TEMPLATE_STYLES]
+        for group in ((api if mode == "style" else []), tpl):
+            if group:
+                return min(group, key=lambda s: (made[s], self.styles.index(s)))
+        return None
+
+    def per_task_style(self) -> Dict[str, Dict[str, Dict[str, int]]]:
+        """{task: {style: planned / produced / retried / replaced (away from it) / replacing (rows it
+        produced in place of another style) / lost}}."""
+        out: Dict[str, Dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        for sl in self.slots:
+            t = self.tasks[sl.i]
+            out[t][sl.planned]["planned"] += 1
+            if sl.state == "produced":
+                out[t][sl.style]["produced"] += 1
+                if sl.replaced:
+                    out[t][sl.style]["replacing"] += 1
+                    out[t][sl.planned]["replaced"] += 1
+            elif sl.state == "lost":
+                out[t][sl.planned]["lost"] += 1
+        for (t, style), n in self.retried.items():
+            out[t][style]["retried"] += n
+        keys = ("planned", "produced", "retried", "replaced", "replacing", "lost")
+        return {t: {s: {k: d[s].get(k, 0) for k in keys} for s in self.styles if s in d}
+                for t, d in sorted(out.items())}
 
 
 def _ref_for(entities: Sequence[Entity], box: Sequence[float]) -> str:
@@ -429,39 +602,68 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for t, n in summary.get("input_per_task", {}).items():
             d = summary["produced_per_task"].get(t, {})
             lines.append(f"{t:<18}" + "".join(f"{d.get(s, 0):>16}" for s in styles) + f"{n:>9}")
+    keys = ("planned", "produced", "retried", "replaced", "replacing", "lost")
+    if any(d.get(k) for per in (summary.get("per_task_style") or {}).values() for d in per.values()
+           for k in keys[2:]):
+        lines += ["", f"{'chains by task / style':<32}" + "".join(f"{k:>10}" for k in keys)]
+        for t, per in summary["per_task_style"].items():
+            for st, d in per.items():
+                lines.append(f"{t + ' / ' + st:<32}" + "".join(f"{d.get(k, 0):>10}" for k in keys))
     if summary.get("paper_count"):
         lines.append(summary["paper_count"])
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .client import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..core.argtypes import non_negative_int, positive_int, top_p_float
+    from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
                    help="prepared dataset JSONL file(s) (mcr-swift prepare), e.g. the train.jsonl of "
                         "twitter_gmner, mner_mi and grec: D_R is built over their mixture")
     p.add_argument("--out", required=True, help="D_R JSONL to write (rows with mcr_style)")
     p.add_argument("--styles", default=",".join(ALL_STYLES), help=f"comma-separated, from {', '.join(ALL_STYLES)}")
-    p.add_argument("--per-post", type=int, default=DEFAULT_PER_POST,
+    p.add_argument("--per-post", type=non_negative_int, default=DEFAULT_PER_POST,
                    help="styles per sample, balanced over the styles within each task and seeded (default 2, "
                         "App. E.1's count: 55,712 = 2 x 27,856; 0 = every style for every sample)")
     add_endpoint_args(p, "", "both endpoints")
     add_endpoint_args(p, "llm-", "the LLM styles' endpoint (default: --base-url)")
     add_endpoint_args(p, "mllm-", "the MLLM style's endpoint (default: --base-url)")
+    add_endpoint_args(p, "mllm2-", "a second MLLM endpoint (App. E.4 names two MLLMs): the MLLM style's samples "
+                                   "are shared out between --mllm-* and --mllm2-* in turn; unset: one endpoint")
     add_request_args(p, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, "template styles' seed; sent to the API as well")
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=top_p_float, default=None)
     p.add_argument("--no-repair", action="store_true", help="reject chains without an answer instead of appending it")
+    p.add_argument("--repeat-styles", action="store_true",
+                   help="with --per-post above the number of styles, repeat the styles in turn (each repeat "
+                        "another seed, column mcr_variant): one style on as many rows as the full method "
+                        "(Table 3 w/o D_R)")
+    p.add_argument("--chain-retries", type=non_negative_int, default=DEFAULT_CHAIN_RETRIES,
+                   help=f"ask a rejected chain again this many times, another seed each (default "
+                        f"{DEFAULT_CHAIN_RETRIES}), before replacing it")
+    p.add_argument("--replace", choices=REPLACE_MODES, default=DEFAULT_REPLACE,
+                   help="a slot whose chains were all rejected: 'style' (default) another API style the sample "
+                        "lacks, then a template style; 'template' a template style; 'none' lose it (counted)")
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N posts of each input file")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    refuse_overwriting_inputs([("--input", i) for i in a.input], [
+        ("--out", out), ("--out's rejected rows", out.with_name(out.stem + ".rejected.jsonl")),
+        ("--out's summary", out.with_name(out.name + ".summary.json")),
+        ("--cache", a.cache or out.with_name(out.name + ".cache.jsonl"))])
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         p.error(f"unknown style(s) {bad}; choose from {', '.join(ALL_STYLES)}")
     rows = []
+    # (task, mcr_id) -> (input number, file, line): a sample in two inputs (the same file given twice, or
+    # a copy) would be written twice and carried into D1 and D2 by `split`
+    first_at: Dict[Tuple[str, str], Tuple[int, str, int]] = {}
     try:
-        for path in a.input:
+        for k, path in enumerate(a.input):
             for n, (lineno, row, _) in enumerate(iter_jsonl(path)):
                 if a.limit is not None and n >= a.limit:
                     break
@@ -470,6 +672,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except (KeyError, ValueError, TypeError, AttributeError) as e:
                     raise ValueError(f"{path}:{lineno}: not a prepared row (mcr_id {row.get('mcr_id')!r}): {e}"
                                      ) from None
+                key = (row_task(row), str(row["mcr_id"]))
+                first = first_at.setdefault(key, (k, path, lineno))
+                if first[0] != k:
+                    raise ValueError(f"{path}:{lineno}: {key[0]} sample {key[1]} is also in --input {first[1]}:"
+                                     f"{first[2]}; a sample may come from one input file only (it would be "
+                                     f"synthesised twice)")
                 rows.append(row)
     except (OSError, ValueError) as e:
         print(f"mcr-swift synth: {e}", file=sys.stderr)
@@ -482,6 +690,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             pre = "mllm" if API_STYLES[s][1] else "llm"
             args = [getattr(a, f"{pre}_{k}") or getattr(a, k) for k in ("base_url", "model", "api_key")]
             endpoints[s] = Endpoint.resolve(*args, timeout=a.timeout)
+            if pre == "mllm" and a.mllm2_base_url:
+                second = Endpoint.resolve(a.mllm2_base_url, a.mllm2_model, a.mllm2_api_key or args[2],
+                                          timeout=a.timeout)
+                endpoints[s] = [endpoints[s], second]
     except EndpointError as e:
         print(f"mcr-swift synth: {e}", file=sys.stderr)
         return 2
@@ -491,7 +703,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                              retry=RetryPolicy.from_args(a), temperature=a.temperature,
                              top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                              repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
-                             source=", ".join(a.input))
+                             source=", ".join(a.input), chain_retries=a.chain_retries, replace=a.replace,
+                             repeat_styles=a.repeat_styles)
     except EndpointError as e:
         print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
         return 2

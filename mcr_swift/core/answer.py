@@ -8,7 +8,7 @@
     </answer>
 
 The answer is a JSON list, one object per triple, in the order the entities occur in the sentence,
-``bbox`` in the *model's* coordinate space (see `mcr_swift.coords`) or ``null`` when the entity is
+``bbox`` in the *model's* coordinate space (see `mcr_swift.core.coords`) or ``null`` when the entity is
 not in the image (l_i = None, Eq. 2).
 
 For training rows the boxes are not written as numbers: each located entity's ``bbox`` value is

@@ -9,7 +9,7 @@ A GMNER output is a set of triples (e_i, t_i, l_i): an entity span from the sent
 * `Sample` is one post: id, tokens (the sentence is the tokens joined by single spaces), BIO labels,
   image path(s), image size(s) as (width, height) and its gold entities.
 
-Boxes are in original-image pixels unless a function says otherwise; `mcr_swift.coords` owns every
+Boxes are in original-image pixels unless a function says otherwise; `mcr_swift.core.coords` owns every
 conversion to and from the coordinate space a model emits.
 """
 from __future__ import annotations

@@ -8,18 +8,18 @@ Per completion (the row's columns ``mcr_task`` (missing = ``gmner``), ``mcr_gold
 ``mcr_image_sizes`` (``[[width, height], ..]``; the first image counts)):
 
 1. The text is the completion itself, or the last assistant ``content`` of a list of messages
-   (`mcr_swift.evaluation.parser.completion_text`).
-2. It is parsed with `mcr_swift.evaluation.parser.parse_answer`, boxes clamped to the model extent of the
+   (`mcr_swift.core.parser.completion_text`).
+2. It is parsed with `mcr_swift.core.parser.parse_answer`, boxes clamped to the model extent of the
    row's first image (`CoordinateSpace.model_extent`).
 3. The comparison happens in the **model's coordinate space**: gold boxes are mapped with
    `CoordinateSpace.to_model` (the rounding ms-swift applies to the training labels) and clamped to the
    model extent, so an answer that reproduces the label scores exactly 1.0 (IoU is invariant to the
    per-axis scaling, so this equals comparing in original pixels up to that rounding).
    ``MCR_REWARD_SPACE=original`` maps the predicted boxes back with `CoordinateSpace.from_model` instead.
-4. The terms of the row's task (`mcr_swift.rewards.TASK_TERMS`): ``gmner`` count, span, type, iou, entail
+4. The terms of the row's task (`mcr_swift.core.rewards.TASK_TERMS`): ``gmner`` count, span, type, iou, entail
    (Eq. 6-9, 15); ``mner_mi`` count, span, type (no location asked, Sec. 5.3); ``grec`` iou, entail
-   (`mcr_swift.rewards.grec_reward_terms`). R is Eq. 10 with the task-rescaled lambdas
-   (`mcr_swift.rewards.task_weights`). A completion with no parseable answer (``answered`` False) scores 0
+   (`mcr_swift.core.rewards.grec_reward_terms`). R is Eq. 10 with the task-rescaled lambdas
+   (`mcr_swift.core.rewards.task_weights`). A completion with no parseable answer (``answered`` False) scores 0
    on every term and 0 F1, also on a row with no gold; a well-formed empty answer on such a row earns 1.
 5. F1: the post's GMNER F1 (Eq. 19-24) on ``gmner`` rows, MNER F1 on ``mner_mi`` rows, None on ``grec``.
 
@@ -33,6 +33,7 @@ Configuration (`RewardConfig.from_env`; bad values raise ValueError naming the v
   iou, entail) or ``"count=0.3,span=0.2,..."`` (missing terms weigh 0). Default 0.2 each.
 * ``MCR_IOU_SIGMA``: sigma of Eq. 8, in [0, 1). Default 0.5.
 * ``MCR_UNMATCHED``: ``drop`` (default) or ``zero``, the reading of "the k matched pairs" of Eq. 6-9.
+* ``MCR_COUNT_READING``: ``literal`` (default) or ``true_count``, the reading of Eq. 14-15 (R_c).
 * ``MCR_REWARD_SPACE``: ``model`` (default) or ``original``, see 3.
 * ``MCR_REWARD_LOG``: a file to which ``gmner_orm`` appends one JSON line per scored completion.
 * the image resize (``MCR_MODEL_FAMILY``, ``MAX_PIXELS``, ``MIN_PIXELS``, ``IMAGE_MAX_TOKEN_NUM``,
@@ -47,13 +48,15 @@ from functools import cached_property, lru_cache
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .coords import CoordinateSpace, clamp_box
-from .data.rows import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
+from .columns import GOLD_COLUMN, SIZES_COLUMN, TASK_COLUMN, TASKS, parse_gold
 from .entities import Entity
-from .evaluation.parser import completion_text, format_ok, parse_answer
-from .rewards import (DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, _check_sigma, check_unmatched,
+from .parser import completion_text, format_ok, parse_answer
+from .rewards import (DEFAULT_COUNT_READING, DEFAULT_SIGMA, DEFAULT_UNMATCHED, TASK_TERMS, TERMS, check_sigma,
+                      check_count_reading, check_unmatched,
                       grec_reward_terms, normalize_weights, reward_terms, task_reward, task_weights)
 
 __all__ = ["RewardConfig", "Score", "score_row", "weights_from_env", "sigma_from_env", "unmatched_from_env",
+           "count_reading_from_env",
            "space_mode_from_env", "SPACES", "first_size"]
 
 assert set(TASK_TERMS) == set(TASKS)
@@ -99,12 +102,17 @@ def weights_from_env(env=None) -> Tuple[float, ...]:
 
 def sigma_from_env(env=None) -> float:
     """``MCR_IOU_SIGMA`` (sigma of Eq. 8; default 0.5)."""
-    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: _check_sigma(float(raw)))
+    return _from_env(env, "MCR_IOU_SIGMA", DEFAULT_SIGMA, lambda raw: check_sigma(float(raw)))
 
 
 def unmatched_from_env(env=None) -> str:
     """``MCR_UNMATCHED`` (``drop`` or ``zero``; default ``drop``)."""
     return _from_env(env, "MCR_UNMATCHED", DEFAULT_UNMATCHED, check_unmatched)
+
+
+def count_reading_from_env(env=None) -> str:
+    """``MCR_COUNT_READING`` (``literal`` or ``true_count``; default ``literal``)."""
+    return _from_env(env, "MCR_COUNT_READING", DEFAULT_COUNT_READING, check_count_reading)
 
 
 def space_mode_from_env(env=None) -> str:
@@ -122,6 +130,7 @@ class RewardConfig:
     weights: Tuple[float, ...] = normalize_weights(None)
     sigma: float = DEFAULT_SIGMA
     unmatched: str = DEFAULT_UNMATCHED
+    count_reading: str = DEFAULT_COUNT_READING
     space_mode: str = "model"
     space: CoordinateSpace = field(default_factory=CoordinateSpace.from_env)
     log_path: Optional[str] = None
@@ -130,7 +139,8 @@ class RewardConfig:
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "RewardConfig":
         env = os.environ if env is None else env
         return cls(weights=weights_from_env(env), sigma=sigma_from_env(env), unmatched=unmatched_from_env(env),
-                   space_mode=space_mode_from_env(env), space=CoordinateSpace.from_env(env=env),
+                   count_reading=count_reading_from_env(env), space_mode=space_mode_from_env(env),
+                   space=CoordinateSpace.from_env(env=env),
                    log_path=(env.get("MCR_REWARD_LOG") or "").strip() or None)
 
     def task_weights(self, task: str) -> Dict[str, float]:
@@ -189,12 +199,12 @@ class Score:
 
     @cached_property
     def format_ok(self) -> bool:
-        """The canonical think/answer shape (`mcr_swift.evaluation.parser.format_ok`)."""
+        """The canonical think/answer shape (`mcr_swift.core.parser.format_ok`)."""
         return format_ok(self.text)
 
 
 def _post_f1(pred, gold, task: str) -> float:
-    from .evaluation.metrics import post_counts
+    from .metrics import post_counts
     if task == "mner_mi":
         pred, gold = [Entity(e.text, e.type) for e in pred], [Entity(e.text, e.type) for e in gold]
     if not pred and not gold:
@@ -282,7 +292,7 @@ def _score(text: str, raw: Any, size, task: str, cfg: RewardConfig) -> Score:
     elif task == "grec":
         terms = grec_reward_terms(pred, gold, cfg.sigma)
     else:
-        terms = reward_terms(pred, gold, cfg.sigma, unmatched=cfg.unmatched)
+        terms = reward_terms(pred, gold, cfg.sigma, unmatched=cfg.unmatched, count_reading=cfg.count_reading)
         terms = {t: terms[t] for t in TASK_TERMS[task]}
     return Score(task, text, reward=float(task_reward(terms, cfg.weights, task)), answered=ok, n_pred=len(pred),
                  n_gold=len(gold), pred=pred, gold=gold, **terms)

@@ -2,7 +2,7 @@
 
 `parse_answer(text)` never raises: any input (None, bytes, junk, megabytes, truncated JSON, NaN)
 gives a `ParseResult`. It is on the GRPO hot path (every rollout of every step), so the common case
-(the canonical answer of `mcr_swift.answer`) is one ``rfind`` plus one ``json.loads``.
+(the canonical answer of `mcr_swift.core.answer`) is one ``rfind`` plus one ``json.loads``.
 
 Where the answer is looked for
 ------------------------------
@@ -11,10 +11,11 @@ Where the answer is looked for
 * Otherwise: the text after the last ``</think>`` (all of it if there is none); there the **last**
   JSON list/object that looks like an answer is taken.
 * Only ``MAX_SCAN`` characters (64 KiB) are ever scanned: the first 64 KiB after ``<answer>``, or the
-  last 64 KiB of an untagged text. Items beyond that window are neither parsed nor counted. Every
-  regular expression used is linear (no nested unbounded repetition), tuple groups longer than
-  ``MAX_GROUP`` characters are skipped and JSON recovery gives up after ``MAX_JSON_FAILS`` failed
-  attempts, so the worst case on 5 MB of adversarial text is a few milliseconds.
+  last 64 KiB of an untagged text. Items beyond that window are neither parsed nor counted; an answer
+  that runs past it is read as cut there (below). Every regular expression used is linear (no nested
+  unbounded repetition), tuple groups longer than ``MAX_GROUP`` characters are skipped, JSON recovery
+  gives up after ``MAX_JSON_FAILS`` failed attempts and reads at most ``MAX_TOKENS`` tokens one by one,
+  so the worst case on 5 MB of adversarial text is bounded (~0.3 s, typically far less).
 
 Formats read, tried in this order (``ParseResult.format`` names the branch that succeeded)
 -----------------------------------------------------------------------------------------
@@ -27,8 +28,7 @@ Formats read, tried in this order (``ParseResult.format`` names the branch that 
     by entity), ``{"PER": ["Kevin Durant", ..]}`` (a dict keyed by type), lists of lists
     ``[["Kevin Durant", "PER", [..]], ..]`` and lists of tuple strings. Repairs: trailing commas,
     Qwen box tokens as values (``"bbox": <|box_start|>(10,11),(37,38)<|box_end|>`` — ms-swift's
-    ``QWENVL_BBOX_FORMAT=legacy``), and a truncated list (the complete objects are kept, the cut one is
-    lost; counted once in ``repaired``).
+    ``QWENVL_BBOX_FORMAT=legacy``), and a cut or malformed structure (see "Cut and malformed answers").
 ``python``
     The same structures as a Python literal (single quotes, ``None``, tuples), via
     ``ast.literal_eval`` (never ``eval``).
@@ -70,12 +70,37 @@ Normalisation
   also clamped to it. A box that is non-finite (NaN/inf), has the wrong number of values, or has
   zero area after the repairs is removed and the **entity is kept as unlocated** (``repaired``).
 
+Cut and malformed answers (the same rule in every form)
+-------------------------------------------------------
+An answer is cut when ``<answer>`` has no ``</answer>`` within the scan window (generation stopped, or
+the answer is longer than the window). Every form keeps the records that ended before the cut and
+loses the one the cut runs through, counted once in ``dropped``:
+
+* JSON / Python structures (objects, lists of lists, tuples, strings, wrappers, dicts keyed by entity
+  or by type): the structure is closed where it was cut; an item the cut runs through (an open
+  object or list, a cut string or number) is dropped, the whole items before it are kept
+  (``repaired`` + 1 for the closing). The same for a malformed structure: an item holding an
+  unreadable token (``PER`` unquoted, a stray bracket) is dropped and counted, the others kept; when
+  nothing is read from a malformed structure, the text readers below try it.
+  ``[["A","PER",null],["B","ORG",[1,2,3,4]],["C"`` reads as A and B, 1 dropped, 1 repaired, as its
+  object and tuple forms do.
+* tuples: the complete ``(..)`` groups; an unclosed ``(`` after them is the cut record.
+* lines and Qwen tokens: a record is whole once its line break is written (Qwen: or the next
+  reference token); the text after the last line break is the cut record (not read).
+* An untagged text longer than the window begins inside the answer: its first partial line is not
+  read (not counted either), and a JSON list whose opening lies before the window is read from its
+  complete items.
+
+A cut record is never half-read: a cut answer never yields more entities than the records it holds
+whole (property-tested for every form).
+
 Counters
 --------
 ``dropped``: items found but discarded (no entity text, not an entity at all, beyond
-``max_entities``, the object cut off by a truncation). ``repaired``: boxes fixed or removed as
-above, plus 1 for a recovered truncated or malformed (trailing-comma) JSON answer. Both count only
-what lies inside the scanned window.
+``max_entities``, the record a cut runs through, an item holding an unreadable token).
+``repaired``: boxes fixed or removed as above, plus 1 for a recovered cut or malformed answer (a
+closed JSON structure, trailing commas, a cut text record). Both count only what lies inside the
+scanned window (and, in a salvaged structure, its first ``MAX_TOKENS`` tokens).
 
 Parseable
 ---------
@@ -91,18 +116,18 @@ no gold entity. It is True iff ``ok`` and
 
 Not answered: ``ok`` False (no text, ``<answer></answer>``, ``<answer>[``, prose, ``[1, 2, 3]``, a
 page of x's), and a structure whose items were all discarded (``[{}]``, ``[null]``, ``[{"foo": 1}]``).
-A truncated answer is answered when an entity was salvaged from it (a cut single object is often
-still read by the ``key: value`` reader).
+A cut answer is answered when a whole record was read from it; a cut single object is lost (it
+may have lost its box), so ``<answer>[{"entity": "NBA", "type": "ORG"`` is not answered.
 
 `format_ok(text)` is the strict check behind the format reward: exactly one ``<think>..</think>``
 followed by exactly one ``<answer>..</answer>`` (only whitespace around them) whose content is a JSON
 list of objects with exactly the keys entity (string), type (string) and bbox (null or 4 finite
 numbers). A bbox written as Qwen box tokens (``QWENVL_BBOX_FORMAT=legacy``) also passes.
 
-The code: this module is the public face (entry points, the strict format check); the grammar's
-vocabulary and normalisers are in `mcr_swift.evaluation.parsing.vocab`, the well-formed styles in
-`.parsing.grammar`, recovery in `.parsing.boxes` (box repairs) and `.parsing.salvage` (malformed and
-truncated JSON).
+The code: this module holds the entry points and the strict format check; it uses the public names
+of `mcr_swift.core.parsing` (its ``__init__``): the grammar's vocabulary, the per-parse
+`ParseState` and the normalisers are in `.parsing.vocab`, the well-formed styles in `.parsing.grammar`,
+recovery in `.parsing.boxes` (box repairs) and `.parsing.salvage` (cut and malformed structures).
 """
 
 from __future__ import annotations
@@ -114,12 +139,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
-from ..entities import Entity
-from .parsing.grammar import _answer_items, _convert_items, _is_number, _parse_lines, _parse_qwen_tokens, _parse_tuples
-from .parsing.salvage import _MISSING, _json_value
-from .parsing.vocab import (ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, MAX_GROUP, MAX_JSON_FAILS,  # noqa: F401
-                            MAX_LINES, MAX_SCAN, REF_CLOSE, REF_OPEN, THINK_CLOSE, THINK_OPEN, TYPE_SYNONYMS, _NUM,
-                            _Acc, clean_entity_text, normalize_type)
+from .entities import Entity
+from .parsing import (ANSWER_CLOSE, ANSWER_OPEN, BOX_OPEN, MAX_SCAN, NUM, REF_OPEN, THINK_CLOSE, THINK_OPEN,
+                      TYPE_SYNONYMS, ParseState, clean_entity_text, is_number, normalize_type, parse_lines,
+                      parse_qwen_tokens, parse_tuples, read_json)
 
 __all__ = ["ParseResult", "parse_answer", "format_ok", "completion_text", "normalize_type", "clean_entity_text",
            "MAX_SCAN", "TYPE_SYNONYMS"]
@@ -127,7 +150,7 @@ __all__ = ["ParseResult", "parse_answer", "format_ok", "completion_text", "norma
 # <|box_start|>(x1,y1),(x2,y2)<|box_end|>; a malformed body (bounded length) becomes null.
 _QWEN_BOX_RE = re.compile(
     r"<\|box_start\|>\s*\(\s*(%s)\s*,\s*(%s)\s*\)\s*,\s*\(\s*(%s)\s*,\s*(%s)\s*\)\s*<\|box_end\|>"
-    % (_NUM, _NUM, _NUM, _NUM))
+    % (NUM, NUM, NUM, NUM))
 _QWEN_BOX_BAD_RE = re.compile(r"<\|box_start\|>[^<]{0,200}?<\|box_end\|>")
 _FENCE_RE = re.compile(r"^```[a-zA-Z]*[ \t]*\n?|\n?```\s*$")
 _EMPTY_ANSWER_RE = re.compile(
@@ -154,38 +177,44 @@ class ParseResult:
         return self.ok and (bool(self.entities) or (self.dropped == 0 and self.repaired == 0))
 
 # ---------------------------------------------------------------- entry points
-def _coerce(text: Any) -> Optional[str]:
-    if text is None:
-        return None
-    if isinstance(text, str):
-        return text
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        return bytes(text).decode("utf-8", errors="replace")
-    if isinstance(text, (list, tuple)):  # a list of messages: the last assistant content
-        for m in reversed(text):
+def completion_text(c: Any) -> str:
+    """The answer text of one completion: a string, bytes (UTF-8, bad bytes replaced), or the last
+    assistant content of a message or a list of messages (``""`` when there is none). Never raises."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, dict):
+        c = [c]
+    if isinstance(c, (list, tuple)):
+        for m in reversed(c):
             if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
-                c = m.get("content")
-                if isinstance(c, list):
-                    c = "".join(p.get("text", "") for p in c if isinstance(p, dict)
-                                and isinstance(p.get("text"), str))
-                return c if isinstance(c, str) else None
-        return None
+                content = m.get("content")
+                if isinstance(content, list):
+                    return "".join(p.get("text", "") for p in content
+                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
+                return content if isinstance(content, str) else ""
+        return ""
+    if isinstance(c, (bytes, bytearray, memoryview)):
+        return bytes(c).decode("utf-8", errors="replace")
+    if c is None:
+        return ""
     try:
-        return str(text)
+        return str(c)
     except Exception:
-        return None
+        return ""
 
 
-def _answer_region(s: str) -> str:
+def _answer_region(s: str) -> Tuple[str, bool, bool]:
+    """(region, cut, head_cut): ``cut`` when ``<answer>`` has no ``</answer>`` within the window,
+    ``head_cut`` when an untagged text begins before the window."""
     i = s.rfind(ANSWER_OPEN)
     if i >= 0:
         chunk = s[i + len(ANSWER_OPEN):i + len(ANSWER_OPEN) + MAX_SCAN]
         j = chunk.find(ANSWER_CLOSE)
-        return chunk[:j] if j >= 0 else chunk
+        return (chunk[:j], False, False) if j >= 0 else (chunk, True, False)
     k = s.rfind(THINK_CLOSE)
     if k >= 0:
         s = s[k + len(THINK_CLOSE):]
-    return s[-MAX_SCAN:]
+    return s[-MAX_SCAN:], False, len(s) > MAX_SCAN
 
 
 def _qwen_box_sub(m: "re.Match") -> str:
@@ -206,7 +235,7 @@ def parse_answer(text: Any, *, max_entities: int = 200,
 
 
 def _parse(text: Any, max_entities: int, extent) -> ParseResult:
-    s = _coerce(text)
+    s = completion_text(text)
     if not s:
         return ParseResult([], False, 0, 0, "none")
     if type(max_entities) is not int or max_entities < 0:
@@ -220,7 +249,9 @@ def _parse(text: Any, max_entities: int, extent) -> ParseResult:
             extent = (ex, ey) if (math.isfinite(ex) and math.isfinite(ey) and ex > 0 and ey > 0) else None
         except (TypeError, ValueError, IndexError, OverflowError):
             extent = None
-    body = _answer_region(s).strip()
+    region, cut, head_cut = _answer_region(s)
+    last_open = cut and not region.rstrip(" \t").endswith("\n")
+    body = region.strip()
     if body.startswith("```"):
         body = _FENCE_RE.sub("", body).strip()
     if not body:
@@ -233,23 +264,24 @@ def _parse(text: Any, max_entities: int, extent) -> ParseResult:
             body = _QWEN_BOX_BAD_RE.sub("null", body)
 
     # 1. JSON / Python literal
+    salvaged = None
     if "[" in body or "{" in body:
-        acc = _Acc(extent)
-        value, fmt = _json_value(body, acc)
-        if value is not _MISSING:
-            items = _answer_items(value)
-            if items is not None:
-                ents = _convert_items(items, acc, max_entities)
-                return ParseResult(ents, True, acc.dropped, acc.repaired, fmt)
+        r = read_json(body, extent, max_entities)
+        if r is not None:
+            ents, st, fmt, final = r
+            res = ParseResult(ents, True, st.dropped, st.repaired, fmt)
+            if ents or final:
+                return res
+            salvaged = res  # nothing read from a malformed structure: the text readers may do better
     # 2. Qwen grounding tokens, 3. tuples, 4. lines
-    for name, fn, needed in (("qwen_tokens", _parse_qwen_tokens, REF_OPEN), ("tuple", _parse_tuples, "("),
-                             ("lines", _parse_lines, "")):
+    for name, fn, needed in (("qwen_tokens", parse_qwen_tokens, REF_OPEN), ("tuple", parse_tuples, "("),
+                             ("lines", parse_lines, "")):
         if needed in body:
-            acc = _Acc(extent)
-            ents = fn(body, acc, max_entities)
-            if ents is not None:
-                return ParseResult(ents, True, acc.dropped, acc.repaired, name)
-    return ParseResult([], False, 0, 0, "none")
+            st = ParseState(extent, cut, last_open, head_cut)
+            ents = fn(body, st, max_entities)
+            if ents is not None and (ents or salvaged is None):
+                return ParseResult(ents, True, st.dropped, st.repaired, name)
+    return salvaged or ParseResult([], False, 0, 0, "none")
 
 
 # ---------------------------------------------------------------- strict format check
@@ -260,7 +292,7 @@ _CANONICAL_KEYS = frozenset(("entity", "type", "bbox"))
 def format_ok(text: Any) -> bool:
     """True iff ``text`` has exactly the canonical shape (module docstring). Never raises."""
     try:
-        s = _coerce(text)
+        s = completion_text(text)
         if not s or len(s) > 16 * MAX_SCAN:
             return False
         if (s.count(THINK_OPEN) != 1 or s.count(THINK_CLOSE) != 1 or s.count(ANSWER_OPEN) != 1
@@ -286,28 +318,9 @@ def format_ok(text: Any) -> bool:
             if b is None:
                 continue
             if not isinstance(b, list) or len(b) != 4 or not all(
-                    _is_number(v) and math.isfinite(v) for v in b):
+                    is_number(v) and math.isfinite(v) for v in b):
                 return False
         return True
     except Exception:
         return False
 
-
-def completion_text(c: Any) -> str:
-    """The answer text of one completion: a string, or the last assistant content of messages."""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, dict):
-        c = [c]
-    if isinstance(c, (list, tuple)):
-        for m in reversed(c):
-            if isinstance(m, dict) and m.get("role", "assistant") == "assistant":
-                content = m.get("content")
-                if isinstance(content, list):
-                    return "".join(p.get("text", "") for p in content
-                                   if isinstance(p, dict) and isinstance(p.get("text"), str))
-                return content if isinstance(content, str) else ""
-        return ""
-    if isinstance(c, bytes):
-        return c.decode("utf-8", errors="replace")
-    return "" if c is None else str(c)

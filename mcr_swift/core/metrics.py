@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..coords import iou
-from ..entities import ENTITY_TYPES, Entity
+from .coords import iou
+from .entities import ENTITY_TYPES, Entity
 
 #: C_l threshold (Eq. 21): IoU >= this value (inclusive).
 IOU_THRESHOLD = 0.5

@@ -145,9 +145,12 @@ def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
     if v is None or str(v).strip() == "":
         return None
     try:
-        return int(float(v))
-    except ValueError as e:
+        n = int(float(v))
+    except (ValueError, OverflowError) as e:
         raise ValueError(f"environment variable {name}={v!r} is not a number") from e
+    if n < 1:  # a pixel or token bound of 0 or less resizes nothing sensibly
+        raise ValueError(f"environment variable {name}={v!r} is out of range: must be >= 1")
+    return n
 
 
 @dataclass(frozen=True)
@@ -238,12 +241,13 @@ class CoordinateSpace:
 def add_space_args(p) -> None:
     """The resize flags of a run, shared by ``evaluate``, ``pictures``, ``bias-report``, ``predict`` and
     ``baselines`` (read with `space_from_args`)."""
+    from .argtypes import positive_int
     p.add_argument("--family", default=None, choices=sorted(FAMILIES),
                    help="model family: its box space (default $MCR_MODEL_FAMILY, else qwen2_5_vl)")
-    p.add_argument("--max-pixels", type=int, default=None,
+    p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="smart-resize max pixels of the run (default $MAX_PIXELS or qwen-vl-utils')")
-    p.add_argument("--min-pixels", type=int, default=None, help="MIN_PIXELS (default $MIN_PIXELS)")
-    p.add_argument("--template-max-pixels", type=int, default=None, help="the run's ms-swift --max_pixels, if any")
+    p.add_argument("--min-pixels", type=positive_int, default=None, help="MIN_PIXELS (default $MIN_PIXELS)")
+    p.add_argument("--template-max-pixels", type=positive_int, default=None, help="the run's ms-swift --max_pixels, if any")
 
 
 def space_from_args(a, family: Optional[str] = None) -> CoordinateSpace:

@@ -892,21 +892,25 @@ def add_request_args(parser, max_tokens: int, temperature: float,
                      seed_help: str = "sent with every request (servers that honour it)") -> None:
     """Request, decoding and retry flags shared by the commands that call an endpoint (``synth``,
     ``cvo-filter``, ``baselines``, ``predict``); `RetryPolicy.from_args` reads the retry ones."""
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per request (default 120)")
-    parser.add_argument("--concurrency", type=int, default=None,
+    from .core.argtypes import env_number, non_negative_float, non_negative_int, positive_float, positive_int
+    # the MCR_API_TIMEOUT default is read (and range-checked, naming the variable) when the parser is built
+    parser.add_argument("--timeout", type=positive_float, default=env_number("MCR_API_TIMEOUT", positive_float),
+                        help="seconds per request (default $MCR_API_TIMEOUT, else 120)")
+    parser.add_argument("--concurrency", type=positive_int, default=None,
                         help="pin the requests in flight to N (default: adaptive, see --max-concurrency)")
-    parser.add_argument("--max-concurrency", type=int, default=None,
+    parser.add_argument("--max-concurrency", type=positive_int, default=None,
                         help=f"most requests in flight of the adaptive limit (default {DEFAULT_MAX}, or twice "
                              "what fills --server-batch)")
-    parser.add_argument("--server-batch", type=int, default=None, metavar="SEQUENCES",
+    parser.add_argument("--server-batch", type=positive_int, default=None, metavar="SEQUENCES",
                         help="sequences the server batches at once (a `swift deploy` / vLLM: engines x "
                              "max_num_seqs); the adaptive limit starts at what fills it")
-    parser.add_argument("--retries", type=int, default=5, help="extra attempts per request on API errors")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles each retry)")
-    parser.add_argument("--max-backoff", type=float, default=60.0)
-    parser.add_argument("--temperature", type=float, default=temperature)
-    parser.add_argument("--max-tokens", type=int, default=max_tokens)
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--retries", type=non_negative_int, default=5, help="extra attempts per request on API errors")
+    parser.add_argument("--backoff", type=non_negative_float, default=1.0,
+                        help="first backoff in seconds (doubles each retry)")
+    parser.add_argument("--max-backoff", type=non_negative_float, default=60.0)
+    parser.add_argument("--temperature", type=non_negative_float, default=temperature)
+    parser.add_argument("--max-tokens", type=positive_int, default=max_tokens)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)  # any integer is a seed
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -10,7 +10,7 @@ Terms (all in [0, 1], never NaN):
 * ``count``  R_c, Eq. 13-15 (App. D.1), `count_reward`.
 * ``span``   R_s, Eq. 6 / 18: mean token-level F1 (Eq. 16-17, `span_f1`) over the matched pairs.
 * ``type``   R_t, Eq. 7: share of matched pairs whose types are equal (compared as given, exact
-  strings; `mcr_swift.evaluation.parser` already normalises predicted types).
+  strings; `mcr_swift.core.parser` already normalises predicted types).
 * ``iou``    R_u, Eq. 8: mean over matched pairs of max(0, (IoU - sigma) / (1 - sigma)).
 * ``entail`` R_e, Eq. 9: share of matched pairs with 1{pred located} == 1{gold located}.
 
@@ -25,7 +25,7 @@ Conventions where the paper is silent (each decided here once):
 
 * Tokens: whitespace split, **case-sensitive** exact tokens (spans are copied from the sentence, so
   "nba" for "NBA" is a different token). A text with no tokens has F = 0 with everything.
-* No parseable answer (``pred=None``; `mcr_swift.evaluation.parser.ParseResult.answered` is False): every term
+* No parseable answer (``pred=None``; `mcr_swift.core.parser.ParseResult.answered` is False): every term
   is 0, R_c included, on every post, also on a post with no gold entity. Junk ("I refuse.", "", a
   page of x's) must never earn more than trying; a well-formed empty answer (``[]``, ``None``, ...)
   is ``pred=[]`` and earns what an empty prediction earns.
@@ -55,7 +55,7 @@ Conventions where the paper is silent (each decided here once):
 
 Rows of other tasks (`TASK_TERMS`): MNER-MI uses R_c, R_s, R_t; GREC uses R_u, R_e of its one
 expression (`grec_reward_terms`); Eq. 10's lambdas are rescaled per task (`task_weights`,
-`task_reward`). One completion against one dataset row (gold mapping, config, F1): `mcr_swift.scoring`.
+`task_reward`). One completion against one dataset row (gold mapping, config, F1): `mcr_swift.core.scoring`.
 """
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 from .entities import Entity
 
 __all__ = ["TERMS", "DEFAULT_WEIGHTS", "DEFAULT_SIGMA", "UNMATCHED_MODES", "DEFAULT_UNMATCHED", "check_unmatched",
+           "check_sigma", "COUNT_READINGS", "DEFAULT_COUNT_READING", "check_count_reading",
            "count_reward", "span_f1", "match_entities",
            "reward_terms", "gmner_reward", "normalize_weights", "weighted_sum"]
 
@@ -75,6 +76,12 @@ DEFAULT_SIGMA = 0.5
 #: Readings of "the k matched pairs" (module docstring); the first is the default.
 UNMATCHED_MODES: Tuple[str, ...] = ("drop", "zero")
 DEFAULT_UNMATCHED = "drop"
+#: The two readings of App. D.1's under-recall penalty (docs/decisions.md): ``literal`` is Eq. 14-15 as
+#: printed (w_u indexed by the predicted count p; p = 0 < q falls to "otherwise", R_c = 0);
+#: ``true_count`` follows the sentence "the penalty is scaled by the true count" (w_u indexed by the gold
+#: count q, and the under-recall branch covers 0 <= p < q, as w_u's own domain 0 <= p suggests).
+COUNT_READINGS: Tuple[str, ...] = ("literal", "true_count")
+DEFAULT_COUNT_READING = "literal"
 ZEROS: Dict[str, float] = {t: 0.0 for t in ("count", "span", "type", "iou", "entail")}
 #: Weight of the tie-breaking secondary objective in the assignment (see the module docstring).
 _TIE_EPS = 1e-12
@@ -105,18 +112,31 @@ def _w_u(p: int) -> float:
     return 0.0  # "otherwise" (p < 0)
 
 
-def count_reward(p: int, q: int) -> float:
-    """R_c (Eq. 15) for p predicted and q gold entities."""
+def check_count_reading(reading: str) -> str:
+    """``reading`` lower-cased if it is one of `COUNT_READINGS`, else ValueError."""
+    r = str(reading).strip().lower()
+    if r not in COUNT_READINGS:
+        raise ValueError(f"count reading must be one of {list(COUNT_READINGS)}, got {reading!r}")
+    return r
+
+
+def count_reward(p: int, q: int, reading: str = DEFAULT_COUNT_READING) -> float:
+    """R_c (Eq. 15) for p predicted and q gold entities; ``reading`` (`COUNT_READINGS`) picks how the
+    under-recall branch reads App. D.1. E.g. (p, q) = (1, 3): literal 1 - 2 w_u(1) = 0.0, true_count
+    1 - 2 w_u(3) = 0.4; (0, 1): literal 0.0 ("otherwise"), true_count 1 - 1 w_u(1) = 0.5."""
     if isinstance(p, bool) or isinstance(q, bool) or int(p) != p or int(q) != q or p < 0 or q < 0:
         raise ValueError(f"entity counts must be non-negative integers, got p={p!r}, q={q!r}")
     p, q = int(p), int(q)
+    literal = check_count_reading(reading) == "literal"
     if p == q:                                       # Eq. 15, first branch
         return 1.0
     if p > q > 0:                                    # Eq. 15, second branch (over-recall)
         return max(0.0, 1.0 - (p - q) * _w_o(q))
-    if 0 < p < q:                                    # Eq. 15, third branch (under-recall)
+    if literal and 0 < p < q:                        # Eq. 15, third branch (under-recall), w_u(p) of Eq. 14
         return max(0.0, 1.0 - (q - p) * _w_u(p))
-    return 0.0                                       # Eq. 15, otherwise: p > 0 = q, or p = 0 < q
+    if not literal and 0 <= p < q:                   # the "scaled by the true count" reading: w_u(q)
+        return max(0.0, 1.0 - (q - p) * _w_u(q))
+    return 0.0                                       # Eq. 15, otherwise: p > 0 = q (literal: or p = 0 < q)
 
 
 # --------------------------------------------------------------------------- Eq. 16-17
@@ -164,7 +184,7 @@ def span_f1(pred_text: str, gold_text: str) -> float:
 # --------------------------------------------------------------------------- matching
 def _iou_boxes(a, b) -> float:
     """IoU of two (x1, y1, x2, y2) boxes (Eq. 22). `Entity` boxes are always finite; a degenerate
-    box has IoU 0 (same values as `mcr_swift.coords.iou`, without its per-call finiteness checks)."""
+    box has IoU 0 (same values as `mcr_swift.core.coords.iou`, without its per-call finiteness checks)."""
     iw = (a[2] if a[2] < b[2] else b[2]) - (a[0] if a[0] > b[0] else b[0])
     if iw <= 0:
         return 0.0
@@ -318,7 +338,8 @@ def _hungarian(edges, pred, gold, sigma) -> list:
 
 
 # --------------------------------------------------------------------------- Eq. 6-9
-def _check_sigma(sigma: float) -> float:
+def check_sigma(sigma: float) -> float:
+    """``sigma`` as a float if it is in [0, 1) (Eq. 8 divides by 1 - sigma), else ValueError."""
     try:
         s = float(sigma)
     except (TypeError, ValueError):
@@ -337,20 +358,22 @@ def check_unmatched(mode: str) -> str:
 
 
 def reward_terms(pred: Optional[Sequence[Entity]], gold: Sequence[Entity], sigma: float = DEFAULT_SIGMA,
-                 *, unmatched: str = DEFAULT_UNMATCHED) -> Dict[str, float]:
+                 *, unmatched: str = DEFAULT_UNMATCHED, count_reading: str = DEFAULT_COUNT_READING
+                 ) -> Dict[str, float]:
     """``{"count", "span", "type", "iou", "entail"}`` for one completion (Eq. 6-9, 15).
 
     ``pred=None``: the completion has no parseable answer, every term is 0 (module docstring).
-    ``unmatched``: ``drop`` (default) or ``zero``, the two readings of "the k matched pairs".
+    ``unmatched``: ``drop`` (default) or ``zero``, the two readings of "the k matched pairs";
+    ``count_reading``: ``literal`` (default) or ``true_count``, the two readings of Eq. 14-15.
     """
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     mode = check_unmatched(unmatched)
     if pred is None:                                          # junk earns nothing
         return dict(ZEROS)
     p, q = len(pred), len(gold)
     if p == 0 and q == 0:
         return {"count": 1.0, "span": 1.0, "type": 1.0, "iou": 1.0, "entail": 1.0}
-    rc = count_reward(p, q)
+    rc = count_reward(p, q, count_reading)
     pairs = match_entities(pred, gold, sigma)
     k = len(pairs)
     if k == 0:
@@ -417,11 +440,12 @@ def weighted_sum(terms: Mapping[str, float], weights: Tuple[float, ...]) -> floa
 
 
 def gmner_reward(pred: Optional[Sequence[Entity]], gold: Sequence[Entity], weights: Weights = None,
-                 sigma: float = DEFAULT_SIGMA, *, unmatched: str = DEFAULT_UNMATCHED) -> float:
+                 sigma: float = DEFAULT_SIGMA, *, unmatched: str = DEFAULT_UNMATCHED,
+                 count_reading: str = DEFAULT_COUNT_READING) -> float:
     """R = lambda_1 R_c + lambda_2 R_s + lambda_3 R_t + lambda_4 R_u + lambda_5 R_e (Eq. 10);
     ``pred=None`` (no parseable answer) gives 0."""
     w = normalize_weights(weights)
-    return weighted_sum(reward_terms(pred, gold, sigma, unmatched=unmatched), w)
+    return weighted_sum(reward_terms(pred, gold, sigma, unmatched=unmatched, count_reading=count_reading), w)
 
 
 # --------------------------------------------------------------------------- per task (rows of mixed tasks)
@@ -461,13 +485,15 @@ def grec_reward_terms(pred: Sequence[Entity], gold: Sequence[Entity], sigma: flo
     The answer is reduced to its location: no box -> None, one box -> that box; it is compared with
     the gold location as one matched pair (both None -> R_u = 1; Eq. 8's IoU mapping otherwise).
     An answer with several boxes localises nothing (GREC counts a one-target sample right only with
-    exactly one correct box): R_u = 0, and R_e = 1 iff the gold has a target.
+    exactly one correct box): R_u = 0, and R_e = 1 iff the gold has a target. An answer of several
+    entities localises nothing either (the answer names one expression; extra entities, located or
+    not, would otherwise be free): R_u = 0, R_e = 1{the answer has a box} == 1{the gold has one}.
     """
     if len(gold) != 1:
         raise ValueError(f"a GREC row has exactly one gold expression, got {len(gold)}")
     g = gold[0]
     boxes = [e.box for e in pred if e.boxes]  # = data.grec.answer_boxes
-    if len(boxes) > 1:
-        return {"iou": 0.0, "entail": 1.0 if g.boxes else 0.0}
+    if len(boxes) > 1 or len(pred) > 1:
+        return {"iou": 0.0, "entail": 1.0 if bool(boxes) == bool(g.boxes) else 0.0}
     terms = reward_terms([Entity(g.text, g.type, tuple(boxes))], [g], sigma)
     return {"iou": terms["iou"], "entail": terms["entail"]}

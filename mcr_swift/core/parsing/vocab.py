@@ -1,7 +1,7 @@
 """The answer grammar's vocabulary: scan limits, tags, type words, key names, the shared
 regular expressions, the per-parse counters and the two normalisers (type, entity text).
 
-Part of the parser (`mcr_swift.evaluation.parser` is the public face and documents the grammar)."""
+Part of the parser (`mcr_swift.core.parser` is the public face and documents the grammar)."""
 
 from __future__ import annotations
 
@@ -44,22 +44,60 @@ _CONTAINER_KEYS = ("entities", "entity_list", "answer", "answers", "result", "re
 
 
 # ---------------------------------------------------------------- regular expressions (all linear)
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_NUM_RE = re.compile(_NUM + r"|[-+]?(?:nan|inf(?:inity)?)\b", re.IGNORECASE)
+NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM_RE = re.compile(NUM + r"|[-+]?(?:nan|inf(?:inity)?)\b", re.IGNORECASE)
 _HAS_DIGIT_RE = re.compile(r"\d|\bnan\b|\binf(?:inity)?\b", re.IGNORECASE)
 _QWEN_TOKEN_RE = re.compile(r"<\|(?:object_ref_start|object_ref_end|box_start|box_end|quad_start|quad_end)\|>")
 
 
 
-class _Acc:
-    """Mutable counters threaded through one parse."""
+class ParseState:
+    """What one parse threads through its readers: the counters (``dropped``, ``repaired``), the
+    ``extent`` boxes are clamped to, and whether the answer was cut (``cut``: ``<answer>`` without
+    ``</answer>`` in the scan window; ``last_open``: cut with no line break after its last record;
+    ``head_cut``: an untagged text whose start lies before the scan window)."""
 
-    __slots__ = ("dropped", "repaired", "extent")
+    __slots__ = ("dropped", "repaired", "extent", "cut", "last_open", "head_cut")
 
-    def __init__(self, extent):
+    def __init__(self, extent, cut: bool = False, last_open: bool = False, head_cut: bool = False):
         self.dropped = 0
         self.repaired = 0
         self.extent = extent
+        self.cut = cut
+        self.last_open = last_open
+        self.head_cut = head_cut
+
+
+# ---------------------------------------------------------------- salvage markers
+#: "No value" (distinct from None, a JSON null).
+MISSING = object()
+
+
+class _Cut:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CUT"
+
+
+#: A scalar lost to a cut or unreadable (an answer item that is CUT is dropped and counted).
+CUT = _Cut()
+
+
+class DamagedList(list):
+    """A list the salvage closed after a cut, or that holds an unreadable token."""
+    __slots__ = ()
+
+
+class DamagedDict(dict):
+    """An object the salvage closed after a cut, or that holds an unreadable token."""
+    __slots__ = ()
+
+
+def is_damaged(v: Any) -> bool:
+    """True iff ``v`` is a value a cut or an unreadable token touched (an answer item that is one is
+    dropped and counted, in every answer form)."""
+    return v is CUT or type(v) is DamagedList or type(v) is DamagedDict
 
 
 # ---------------------------------------------------------------- small normalisers

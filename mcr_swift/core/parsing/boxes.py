@@ -3,7 +3,7 @@ tokens, several boxes), the repairs (swapped corners, negative or out-of-extent 
 non-finite or zero-area box removed, each counted in ``repaired``), and `_make_entity`, which builds an
 `Entity` from a text, a type and a raw box value.
 
-Part of the parser (`mcr_swift.evaluation.parser` documents the rules)."""
+Part of the parser (`mcr_swift.core.parser` documents the rules)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import dataclasses
 import math
 from typing import Any, List, Optional, Sequence, Tuple
 
-from ...entities import Entity
-from .vocab import (BOX_CLOSE, BOX_OPEN, _BOX_KEYS, _CODES, _HAS_DIGIT_RE, _NULL_WORDS, _NUM_RE, _Acc,
+from ..entities import Entity
+from .vocab import (BOX_CLOSE, BOX_OPEN, _BOX_KEYS, _CODES, _HAS_DIGIT_RE, _NULL_WORDS, _NUM_RE, ParseState,
                     clean_entity_text, normalize_type)
 
 
@@ -112,7 +112,7 @@ def _box_value(v: Any, depth: int = 0) -> Tuple[int, Any]:
     return _BAD, None
 
 
-def _fix_box(nums: List[Any], acc: _Acc) -> Optional[Tuple[float, float, float, float]]:
+def _fix_box(nums: List[Any], acc: ParseState) -> Optional[Tuple[float, float, float, float]]:
     """Validate/repair 4 numbers (a 5th None marks 'first of several'); None removes the box."""
     several = len(nums) > 4
     x1, y1, x2, y2 = nums[0], nums[1], nums[2], nums[3]
@@ -158,7 +158,7 @@ else:  # pragma: no cover - Entity gained fields: use its constructor
         return Entity(text, etype, boxes)
 
 
-def _make_entity(text: Any, etype: Any, box_val: Any, acc: _Acc, has_box: bool = True) -> Optional[Entity]:
+def _make_entity(text: Any, etype: Any, box_val: Any, acc: ParseState, has_box: bool = True) -> Optional[Entity]:
     t = clean_entity_text(text)
     if t is None:
         acc.dropped += 1

@@ -2,12 +2,12 @@
 
 * Structured values (a decoded JSON or Python literal): the canonical ``{"entity", "type", "bbox"}``
   objects (fast path), other key names, wrappers, dicts keyed by entity or by type, lists of lists,
-  tuple strings (`_answer_items`, `_convert_items`).
+  tuple strings (`answer_items`, `convert_items`).
 * Text styles: Qwen grounding tokens, ``(entity, type, box)`` tuples, ``entity | type | box`` lines
-  and ``key: value`` records (`_parse_qwen_tokens`, `_parse_tuples`, `_parse_lines`).
+  and ``key: value`` records (`parse_qwen_tokens`, `parse_tuples`, `parse_lines`).
 
 Decoding and salvaging the JSON itself is in `salvage`, box repairs in `boxes`; the public face and
-the full description of the grammar is `mcr_swift.evaluation.parser`."""
+the full description of the grammar is `mcr_swift.core.parser`."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import math
 import re
 from typing import Any, List, Optional, Sequence
 
-from ...entities import Entity
+from ..entities import Entity
 from .boxes import _entity, _fix_box, _make_entity
 from .vocab import (MAX_GROUP, MAX_LINES, REF_CLOSE, REF_OPEN, TYPE_SYNONYMS, _BOX_KEYS, _CODES,
-                    _CONTAINER_KEYS, _ENTITY_KEYS, _HAS_DIGIT_RE, _NULL_WORDS, _NUM, _NUM_RE, _QUOTE_PAIRS,
-                    _TYPE_KEYS, _Acc, _strip_quotes, _type_rank, clean_entity_text, normalize_type)
+                    _CONTAINER_KEYS, _ENTITY_KEYS, _HAS_DIGIT_RE, _NULL_WORDS, NUM, _NUM_RE, _QUOTE_PAIRS,
+                    _TYPE_KEYS, ParseState, _strip_quotes, _type_rank, clean_entity_text, is_damaged,
+                    normalize_type)
 
 # A top-level parenthesised group with at most one level of inner parentheses ("unrolled loop":
 # every repetition starts with a distinct character class, so matching is linear).
@@ -28,7 +29,7 @@ _BULLET_RE = re.compile(r"^\s*(?:[-*\u2022+>]+|\d{1,4}[.)\]:]|\(\d{1,4}\))\s+")
 _BOXISH_RE = re.compile(r"[\s\d.,+\-eE()\[\]]*")  # a field made only of number/box characters
 _TYPE_WORD_RE = re.compile(
     r"\b(" + "|".join(sorted(TYPE_SYNONYMS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
-_BOXLIST_RE = re.compile(r"\[\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*\]" % (_NUM, _NUM, _NUM, _NUM))
+_BOXLIST_RE = re.compile(r"\[\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*\]" % (NUM, NUM, NUM, NUM))
 _NAME_TYPE_RE = re.compile(r"(.*?)\s*[(\[]\s*([A-Za-z]{2,20})\s*[)\]]\s*[:,\-]?\s*(.*)")
 
 
@@ -37,7 +38,7 @@ _CANON = frozenset(("entity", "type", "bbox"))
 _NUMBER_TYPES = (int, float)
 
 
-def _canonical_entity(d: dict, acc: _Acc) -> Optional[Entity]:
+def _canonical_entity(d: dict, acc: ParseState) -> Optional[Entity]:
     """Fast path for the canonical ``{"entity": str, "type": str, "bbox": null | [4 numbers]}``."""
     text = d["entity"]
     if type(text) is not str:
@@ -98,7 +99,7 @@ def _field_kind(v: Any) -> int:
     return 0
 
 
-def _entity_from_fields(fields: Sequence[Any], acc: _Acc, need_marker: bool) -> Optional[Entity]:
+def _entity_from_fields(fields: Sequence[Any], acc: ParseState, need_marker: bool) -> Optional[Entity]:
     """An entity from unordered fields: which is the type, which the box, which the text.
 
     Returns None without counting when the fields do not look like an entity at all (and
@@ -152,7 +153,7 @@ def _entity_from_fields(fields: Sequence[Any], acc: _Acc, need_marker: bool) -> 
     return _make_entity(entity_text, etype, box_val, acc)
 
 
-def _entity_from_mapping(d: dict, acc: _Acc) -> Optional[Entity]:
+def _entity_from_mapping(d: dict, acc: ParseState) -> Optional[Entity]:
     if len(d) == 3 and d.keys() == _CANON:
         return _canonical_entity(d, acc)
     low = {}
@@ -179,7 +180,7 @@ def _entity_from_mapping(d: dict, acc: _Acc) -> Optional[Entity]:
     return _make_entity(low[ekey], etype, None, acc)
 
 
-def _entity_from_keyed(key: Any, value: Any, acc: _Acc) -> Optional[Entity]:
+def _entity_from_keyed(key: Any, value: Any, acc: ParseState) -> Optional[Entity]:
     """``{"Kevin Durant": <form>}``: the key is the entity, the value its type/box/form."""
     if isinstance(value, dict):
         low = {str(k).strip().lower(): v for k, v in value.items()}
@@ -187,29 +188,36 @@ def _entity_from_keyed(key: Any, value: Any, acc: _Acc) -> Optional[Entity]:
         box = next((low[k] for k in _BOX_KEYS if k in low), None)
         return _make_entity(key, etype, box, acc)
     if isinstance(value, (list, tuple)):
-        return _entity_from_fields([key, *value[:8]], acc, need_marker=False) or _drop(acc)
+        return _fields_or_drop([key, *value[:8]], acc)
     if isinstance(value, str) or value is None:
-        return _entity_from_fields([key, value], acc, need_marker=False) or _drop(acc)
+        return _fields_or_drop([key, value], acc)
     acc.dropped += 1
     return None
 
 
-def _drop(acc: _Acc) -> None:
-    acc.dropped += 1
-    return None
+def _fields_or_drop(fields: Sequence[Any], acc: ParseState) -> Optional[Entity]:
+    """`_entity_from_fields` for an item known to be one: a failure is dropped and counted once."""
+    before = acc.dropped
+    e = _entity_from_fields(fields, acc, need_marker=False)
+    if e is None and acc.dropped == before:
+        acc.dropped += 1
+    return e
 
 
 
 
-def _entity_from_item(item: Any, acc: _Acc) -> Optional[Entity]:
+def _entity_from_item(item: Any, acc: ParseState) -> Optional[Entity]:
+    if is_damaged(item) or (type(item) is Keyed and (is_damaged(item.key) or is_damaged(item.value))):
+        acc.dropped += 1  # an item a cut or an unreadable token touched: lost, in every form
+        return None
     if isinstance(item, dict):
         return _entity_from_mapping(item, acc)
     if isinstance(item, (list, tuple)):
         if not item or len(item) > 8:
             acc.dropped += 1
             return None
-        return _entity_from_fields(item, acc, need_marker=False) or _drop(acc)
-    if isinstance(item, _Keyed):
+        return _fields_or_drop(item, acc)
+    if isinstance(item, Keyed):
         return _entity_from_keyed(item.key, item.value, acc)
     if isinstance(item, str):
         s = item.strip()
@@ -233,30 +241,32 @@ def _entity_from_item(item: Any, acc: _Acc) -> Optional[Entity]:
     return None
 
 
-class _Keyed:
+class Keyed:
+    """An item of a dict keyed by entity (``{"Kevin Durant": {...}}``) or by type (``{"PER": [..]}``)."""
     __slots__ = ("key", "value")
 
     def __init__(self, key, value):
         self.key, self.value = key, value
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """An int or a float, not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _answer_items(v: Any, depth: int = 0) -> Optional[list]:
+def answer_items(v: Any, depth: int = 0) -> Optional[list]:
     """The raw items of an answer-like JSON/Python value, or None if it is not an answer."""
     if type(v) is list and v and type(v[0]) is dict:
         return v  # the common case: a list of objects
     if isinstance(v, (list, tuple)):
         if not v:
             return []
-        if all(_is_number(x) for x in v):
+        if all(is_number(x) for x in v):
             return None  # a box, not an answer
-        if all(isinstance(x, (list, tuple)) and x and all(_is_number(y) for y in x) for x in v):
+        if all(isinstance(x, (list, tuple)) and x and all(is_number(y) for y in x) for x in v):
             return None  # a list of boxes/points
         if not any(isinstance(x, dict) for x in v) and any(
-                x is None or (isinstance(x, (list, tuple)) and x and all(_is_number(y) for y in x))
+                x is None or (isinstance(x, (list, tuple)) and x and all(is_number(y) for y in x))
                 for x in v) and any(isinstance(x, str) for x in v) and len(v) <= 8:
             return [v]  # one bare triple: ["Kevin Durant", "PER", [..]]
         return list(v)
@@ -272,7 +282,7 @@ def _answer_items(v: Any, depth: int = 0) -> Optional[list]:
         if depth < 3:
             for k in _CONTAINER_KEYS:
                 if k in low and isinstance(low[k], (list, dict)):
-                    inner = _answer_items(low[k], depth + 1)
+                    inner = answer_items(low[k], depth + 1)
                     if inner is not None:
                         return inner
         keys = list(v.keys())
@@ -282,25 +292,27 @@ def _answer_items(v: Any, depth: int = 0) -> Optional[list]:
             items = []
             for k, vals in v.items():
                 for x in (vals if isinstance(vals, list) else [vals]):
-                    if isinstance(x, dict):
+                    if is_damaged(x):
+                        items.append(x)  # dropped and counted by convert_items
+                    elif isinstance(x, dict):
                         x = dict(x)
                         x.setdefault("type", k)
                         items.append(x)
                     elif isinstance(x, (list, tuple)):
                         items.append([*x, k] if not any(_type_rank(y) for y in x) else x)
                     else:
-                        items.append(_Keyed(x, k))
+                        items.append(Keyed(x, k))
             return items
         if all(isinstance(k, str) for k in keys) and any(
                 isinstance(x, (dict, str, list, tuple)) or x is None for x in v.values()):
             if any(k.strip().lower() in ("x1", "xmin", "left", "x") for k in keys):
                 return None  # a box
-            return [_Keyed(k, val) for k, val in v.items()]
+            return [Keyed(k, val) for k, val in v.items()]
         return None
     return None
 
 
-def _convert_items(items: list, acc: _Acc, max_entities: int) -> List[Entity]:
+def convert_items(items: list, acc: ParseState, max_entities: int) -> List[Entity]:
     out: List[Entity] = []
     n = len(items)
     for idx, item in enumerate(items):
@@ -341,56 +353,77 @@ def _split_fields(s: str) -> List[str]:
     return [f for f in (x.strip() for x in out) if f]
 
 
-def _parse_tuples(body: str, acc: _Acc, max_entities: int) -> Optional[List[Entity]]:
+def _read_record(fields: Sequence[Any], acc: ParseState, out: List[Entity], max_entities: int
+                 ) -> Optional[bool]:
+    """One text record (a tuple's or a line's fields) into ``out``: True if it is an entity (kept, or
+    dropped beyond ``max_entities``), False if it is an entity record that was dropped (e.g. no text),
+    None if the fields are not an entity record at all (nothing counted)."""
+    if len(fields) < 2 or len(fields) > 8:
+        return None
+    before = acc.dropped
+    e = _entity_from_fields(fields, acc, need_marker=True)
+    if e is None:
+        return False if acc.dropped > before else None
+    _keep(e, acc, out, max_entities)
+    return True
+
+
+def _keep(e: Optional[Entity], acc: ParseState, out: List[Entity], max_entities: int) -> None:
+    """Append ``e`` to ``out``; beyond ``max_entities`` it is dropped and counted."""
+    if e is None:
+        return
+    if len(out) >= max_entities:
+        acc.dropped += 1
+    else:
+        out.append(e)
+
+
+def _lose_cut_record(acc: ParseState) -> None:
+    """A record cut by the end of a cut answer: lost and counted (as the cut item of a JSON list)."""
+    acc.dropped += 1
+    acc.repaired += 1
+
+
+def parse_tuples(body: str, acc: ParseState, max_entities: int) -> Optional[List[Entity]]:
     out: List[Entity] = []
     found = False
+    end = 0
     for m in _TUPLE_RE.finditer(body):
         inner = m.group(1)
+        end = m.end()
         if len(inner) > MAX_GROUP or "," not in inner:
             continue
-        fields = _split_fields(inner)
-        if len(fields) < 2 or len(fields) > 8:
-            continue
-        before = acc.dropped
-        e = _entity_from_fields(fields, acc, need_marker=True)
-        if e is None:
-            if acc.dropped > before:
-                found = True
-            continue
-        found = True
-        if len(out) >= max_entities:
-            acc.dropped += 1
-            continue
-        out.append(e)
+        if _read_record(_split_fields(inner), acc, out, max_entities) is not None:
+            found = True
+    if found and acc.cut and "(" in body[end:]:  # "(..), (..), (Kevin Dur": the unclosed group was cut
+        _lose_cut_record(acc)
     return out if found else None
 
 
 _LINE_SEPS = ("|", "\t", " - ", " \u2013 ", " \u2014 ", ";")
 
 
-def _parse_lines(body: str, acc: _Acc, max_entities: int) -> Optional[List[Entity]]:
+def parse_lines(body: str, acc: ParseState, max_entities: int) -> Optional[List[Entity]]:
     out: List[Entity] = []
     found = False
     block: dict = {}
-
-    def add(e: Optional[Entity]) -> None:
-        if e is None:
-            return
-        if len(out) >= max_entities:
-            acc.dropped += 1
-        else:
-            out.append(e)
 
     def flush() -> None:
         nonlocal found
         if any(k in _ENTITY_KEYS or k == "label" for k in block):
             found = True
-            add(_entity_from_mapping(dict(block), acc))
+            _keep(_entity_from_mapping(dict(block), acc), acc, out, max_entities)
         block.clear()
 
     if "}," in body:  # one object per line: [{entity: A, type: PER}, {entity: B, ...}]
         body = body.replace("},", "},\n")
-    for line in body.splitlines()[:MAX_LINES]:
+    lines = body.splitlines()
+    if acc.head_cut and len(lines) > 1:
+        lines = lines[1:]  # begins before the scan window: its first line is partial (not counted)
+    cut_line = ""
+    if acc.last_open and lines:  # a cut answer: its last line may be cut, it is not read
+        cut_line = lines.pop()
+    for line in lines[:MAX_LINES]:
         line = line.strip()
         if not line or len(line) > MAX_GROUP:
             continue
@@ -403,17 +436,19 @@ def _parse_lines(body: str, acc: _Acc, max_entities: int) -> Optional[List[Entit
             continue
         flush()
         for fields in _line_splits(line):
-            if len(fields) < 2 or len(fields) > 8 or not any(_type_rank(f) for f in fields):
+            if not any(_type_rank(f) for f in fields):
                 continue
-            before = acc.dropped
-            e = _entity_from_fields(fields, acc, need_marker=True)
-            if e is None:
-                if acc.dropped > before:
-                    found = True
-                continue
-            found = True
-            add(e)
-            break
+            r = _read_record(fields, acc, out, max_entities)
+            if r is not None:
+                found = True
+                if r:
+                    break
+    cut_line = _BULLET_RE.sub("", cut_line.strip(), count=1)
+    if cut_line and (found or block):
+        _lose_cut_record(acc)
+        kv = _kv_parts(cut_line)
+        if block and kv is not None and not any(k in _ENTITY_KEYS for k in kv):
+            block.clear()  # the cut line continued the open key: value record: it is the one cut
     flush()
     return out if found else None
 
@@ -459,12 +494,23 @@ def _line_splits(line: str):
         yield [f for f in (m.group(1).strip(), m.group(2), m.group(3).strip()) if f]
 
 
-def _parse_qwen_tokens(body: str, acc: _Acc, max_entities: int) -> Optional[List[Entity]]:
+def parse_qwen_tokens(body: str, acc: ParseState, max_entities: int) -> Optional[List[Entity]]:
     parts = body.split(REF_OPEN)
     if len(parts) < 2:
         return None
     out: List[Entity] = []
-    for part in parts[1:]:
+    records = parts[1:]
+    if acc.last_open:  # a cut answer: its last record is whole only if a line break ended it
+        head, nl, rest = records[-1].rpartition("\n")
+        rest = rest.strip()
+        if nl and (not rest or REF_OPEN.startswith(rest)):
+            records[-1] = head
+            if rest:
+                _lose_cut_record(acc)  # the cut beginning of the next record
+        else:
+            records.pop()
+            _lose_cut_record(acc)
+    for part in records:
         name, sep, rest = part.partition(REF_CLOSE)
         if not sep:
             acc.dropped += 1

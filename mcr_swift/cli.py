@@ -31,6 +31,8 @@ COMMANDS = {
     "baselines": ("mcr_swift.evaluation.baselines", "Table 1 end-to-end baselines (direct, CoT, CoT+3-shot) on an endpoint"),
     "predict": ("mcr_swift.evaluation.predict", "grounded entities of new posts (text + images) from a trained model"),
     "trained-posts": ("mcr_swift.evaluation.trained_posts", "the GMNER posts of D1 that MRSI trained on, one row per post (memorisation check)"),
+    "preflight": ("mcr_swift.pipeline.preflight",
+                  "measure every row's prompt/target tokens against max_length, completion cap, vLLM length; disk"),
     "serve": ("mcr_swift.pipeline.serve", "start|stop a background `swift deploy` (pid file, waits for /v1/models)"),
     "recipe-args": ("mcr_swift.pipeline.recipe_args", "recipe helpers: batch split, gpus, last-checkpoint, dry-run"),
     "swift-args": ("mcr_swift.pipeline.recipe_args:swift_args_main",

@@ -101,7 +101,9 @@ class Endpoint:
             raise EndpointError("no endpoint: pass --base-url (e.g. http://127.0.0.1:8000/v1 for `swift "
                                 "deploy` / `vllm serve`) or set OPENAI_BASE_URL")
         api_key = api_key or env.get("OPENAI_API_KEY") or "EMPTY"
-        timeout = float(timeout if timeout is not None else env.get("MCR_API_TIMEOUT", 120))
+        if timeout is None:  # a bad MCR_API_TIMEOUT is a ValueError naming it (argtypes.env_number)
+            from .core.argtypes import env_number, positive_float
+            timeout = env_number("MCR_API_TIMEOUT", positive_float, env) or 120.0
         model = model or env.get("OPENAI_MODEL")
         if not model:
             model = cls._only_model(base_url, api_key, timeout)
@@ -213,8 +215,10 @@ def chat(endpoint: Endpoint, messages: List[Dict[str, Any]], *, n: int = 1, temp
          top_p: Optional[float] = None, top_k: Optional[int] = None, max_tokens: Optional[int] = None,
          seed: Optional[int] = None, retry: RetryPolicy = RetryPolicy(), client=None,
          on_retry: Optional[Callable[[BaseException, int, float], None]] = None,
-         rng: Optional[random.Random] = None) -> ChatResult:
-    """One chat completion with ``n`` choices. ``top_k`` goes in the request body (vLLM, ms-swift).
+         rng: Optional[random.Random] = None, template_kwargs: Optional[Mapping[str, Any]] = None) -> ChatResult:
+    """One chat completion with ``n`` choices. ``top_k`` goes in the request body (vLLM, ms-swift), and so
+    does ``template_kwargs`` as ``chat_template_kwargs`` (a row's per-post image budget: ms-swift's server
+    hands its ``max_pixels`` to the Qwen-VL image resize, as in training).
 
     Raises EndpointError for a non-retryable API error or when the retries are exhausted; an
     `EmptyAnswer` (HTTP 200 without choices or with ``content: null``) is retried like a 5xx and
@@ -227,8 +231,13 @@ def chat(endpoint: Endpoint, messages: List[Dict[str, Any]], *, n: int = 1, temp
     for k, v in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens), ("seed", seed)):
         if v is not None:
             kwargs[k] = v
+    extra: Dict[str, Any] = {}
     if top_k is not None:
-        kwargs["extra_body"] = {"top_k": top_k}
+        extra["top_k"] = top_k
+    if template_kwargs:
+        extra["chat_template_kwargs"] = dict(template_kwargs)
+    if extra:
+        kwargs["extra_body"] = extra
     attempt = 0
     while True:
         try:

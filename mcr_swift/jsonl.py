@@ -10,6 +10,7 @@ file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -56,7 +57,12 @@ def atomic_open(path, mode: str = "w", encoding: str = "utf-8", fsync: bool = Tr
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name to write", str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # e.g. a missing or read-only folder: name the target, not the temporary file
+        raise _naming(e, path) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
@@ -65,10 +71,23 @@ def atomic_open(path, mode: str = "w", encoding: str = "utf-8", fsync: bool = Tr
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and (e.filename == tmp or (e.filename is None and e.errno in _WRITE_ERRNOS)):
+            raise _naming(e, path) from None  # "[Errno 28] No space left on device" -> "<path>: ..."
         raise
+
+
+#: errno values of a failed write (full disk, quota, file too large, I/O error, read-only): an OSError
+#: with one of them and no file name, raised while `atomic_open` writes, is about the file it writes.
+_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EIO", "EROFS")
+                          if hasattr(errno, n))
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` as an OSError of the same kind naming ``path`` (the file being written)."""
+    return type(e)(e.errno, f"cannot write: {e.strerror or e}", str(path))
 
 
 def write_text_atomic(path, text: str) -> None:

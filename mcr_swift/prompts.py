@@ -63,4 +63,6 @@ def task_instruction(family: str = "qwen2_5_vl", name: str = "task_instruction")
     same instruction (`gmner_instruction_name`)."""
     if name == GMNER_INSTRUCTION:
         name = gmner_instruction_name()
+        if name != GMNER_INSTRUCTION and not (prompts_dir() / f"{name}.txt").is_file():
+            raise FileNotFoundError(f"{INSTRUCTION_ENV}={name!r}: no prompt file {prompts_dir() / (name + '.txt')}")
     return load_prompt(name).replace("{box_format}", box_format_line(family))

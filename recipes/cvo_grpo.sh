@@ -83,12 +83,19 @@ else
   VLLM=(--use_vllm false)
 fi
 
+# One process in all, without DeepSpeed or vLLM: run it without torchrun (ms-swift starts torchrun whenever
+# NPROC_PER_NODE or NNODES is set). A torchrun worker gets a process group (gloo on a CPU) that nothing
+# destroys; its teardown at interpreter exit can abort a finished stage with SIGABRT (issue 20, docs/pipeline.md
+# "Exit of a stage"). Several processes (or DeepSpeed or vLLM) keep torchrun.
+LAUNCH=torchrun
+if [ "$WORLD_PROCS" -eq 1 ] && [ -z "$DEEPSPEED" ] && [ "$USE_VLLM" != true ]; then LAUNCH=python; fi
 export NPROC_PER_NODE
 echo "[cvo_grpo] model=$MODEL adapters=${ADAPTERS:-none} template=$TEMPLATE dataset=$DATASET epochs=$NUM_EPOCHS" \
      "lr=$LEARNING_RATE batch=$BATCH_SIZE (= $NNODES nodes x $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation," \
      "$((BATCH_SIZE / NUM_GENERATIONS)) prompts x $NUM_GENERATIONS generations) warmup=$WARMUP_RATIO" \
      "T=$TEMPERATURE top_k=$TOP_K top_p=$TOP_P beta=$BETA eps=$EPSILON/$EPSILON_HIGH rewards=[$REWARD_FUNCS]" \
-     "vllm=$USE_VLLM$([ "$USE_VLLM" = true ] && echo "/$VLLM_MODE") max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} output=$OUTPUT_DIR"
+     "vllm=$USE_VLLM$([ "$USE_VLLM" = true ] && echo "/$VLLM_MODE") max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} launch=$LAUNCH output=$OUTPUT_DIR"
+[ "$LAUNCH" = python ] && unset NPROC_PER_NODE NNODES
 # shellcheck disable=SC2086
 $SWIFT rlhf --rlhf_type grpo \
   --model "$MODEL" ${ADAPTERS:+--adapters "$ADAPTERS" --ref_adapters "$ADAPTERS"} \

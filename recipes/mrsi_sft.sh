@@ -38,10 +38,17 @@ SWIFT=${SWIFT:-swift}
 PLUGIN=$(python -m mcr_swift.cli plugin)
 if [ -z "${DEEPSPEED+x}" ]; then DEEPSPEED=$([ "$WORLD_PROCS" -gt 1 ] && echo zero2 || echo ""); fi
 
+# One process in all, without DeepSpeed: run it without torchrun (ms-swift starts torchrun whenever
+# NPROC_PER_NODE or NNODES is set). A torchrun worker gets a process group (gloo on a CPU) that nothing
+# destroys; its teardown at interpreter exit can abort a finished stage with SIGABRT (issue 20, docs/pipeline.md
+# "Exit of a stage"). Several processes (or DeepSpeed) keep torchrun.
+LAUNCH=torchrun
+if [ "$WORLD_PROCS" -eq 1 ] && [ -z "$DEEPSPEED" ]; then LAUNCH=python; fi
 export NPROC_PER_NODE
 echo "[mrsi_sft] model=$MODEL template=$TEMPLATE dataset=$DATASET epochs=$NUM_EPOCHS lr=$LEARNING_RATE" \
      "batch=$BATCH_SIZE (= $NNODES nodes x $NPROC_PER_NODE procs x $PER_DEVICE_BATCH_SIZE x $GRAD_ACC accumulation)" \
-     "max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} max_pixels=$MAX_PIXELS output=$OUTPUT_DIR"
+     "max_steps=$MAX_STEPS deepspeed=${DEEPSPEED:-none} max_pixels=$MAX_PIXELS launch=$LAUNCH output=$OUTPUT_DIR"
+[ "$LAUNCH" = python ] && unset NPROC_PER_NODE NNODES
 # shellcheck disable=SC2086
 $SWIFT sft \
   --model "$MODEL" --template "$TEMPLATE" --check_model false \

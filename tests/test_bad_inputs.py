@@ -214,11 +214,20 @@ def test_release_image_names_cannot_leave_the_image_folder(tmp_path):
     from PIL import Image
 
     from mcr_swift.data.grec import GRefCOCO
-    from mcr_swift.data.mner_mi import image_path
+    from mcr_swift.data.mner_mi import image_candidates, load_mner_mi
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")  # exists, but outside the folder
     with pytest.raises(FileNotFoundError, match="image name '../outside.jpg' is not a plain file name"):
-        image_path("../outside.jpg", tmp_path / "images", None)
-    assert image_path("a.jpg", tmp_path / "images", None) == tmp_path / "images" / "a.jpg"
+        image_candidates("../outside.jpg", tmp_path / "images", None)
+    with pytest.raises(FileNotFoundError, match="image name 'twitter2017-../x.jpg' is not a plain file name"):
+        image_candidates("twitter2017-../x.jpg", tmp_path / "images", None)
+    assert image_candidates("a.jpg", tmp_path / "images", None) == [(tmp_path / "images" / "a.jpg", "")]
+    # through the reader: the image is left out and counted, its post (no other image) dropped
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "MNER-MI_train.txt").write_text(
+        '{"id": 1, "text": ["a"], "images": ["../outside.jpg"], "label": ["O"]}\n')
+    got = load_mner_mi(tmp_path, "train", tmp_path / "images")
+    assert got == [] and (got.report.missing_images, got.report.posts_without_images) == (1, 1)
+    assert "is not a plain file name" in got.report.messages[0]
     got = GRefCOCO._image({"file_name": "../outside.jpg", "width": 8, "height": 8}, tmp_path / "images", {})
     assert got == "image file_name '../outside.jpg' is not a plain file name"

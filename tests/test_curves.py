@@ -93,11 +93,25 @@ def test_sft_run_of_a_pipeline_folder(tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    assert cli(["curves", str(tmp_path)]) == 1
-    assert f"{tmp_path}: no logging.jsonl" in capsys.readouterr().out
+    """Issue 20 section 4: a missing, empty or garbage folder is one line on stderr, exit 2."""
+    def one_line(*needles):
+        out, err = capsys.readouterr()
+        assert err.startswith("mcr-swift curves: error: ") and len(err.strip().splitlines()) == 1, err
+        assert "[curves] error" not in out and "Traceback" not in err
+        for n in needles:
+            assert n in err, (n, err)
+
+    assert cli(["curves", str(tmp_path / "missing")]) == 2
+    one_line(f"{tmp_path / 'missing'}: no such run folder")
+    assert cli(["curves", str(tmp_path)]) == 2
+    one_line(f"{tmp_path}: no logging.jsonl")
     write_log(tmp_path / "a" / "logging.jsonl", ["not a dict"], ["garbage\n"])
-    assert cli(["curves", str(tmp_path / "a")]) == 1
-    assert "no plottable series" in capsys.readouterr().out
+    assert cli(["curves", str(tmp_path / "a")]) == 2
+    one_line("no plottable series in", str(tmp_path / "a" / "logging.jsonl"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "logging.jsonl").write_bytes(b"\xff\xfe\x00garbage\x00" * 50)
+    assert cli(["curves", str(tmp_path / "c")]) == 2
+    one_line("no plottable series in")
     write_log(tmp_path / "b" / "logging.jsonl", [grpo_row(1, 1, 0.0)])
     with pytest.raises(SystemExit):
         cli(["curves", str(tmp_path / "b"), "--labels", "x", "y"])

@@ -164,3 +164,44 @@ def test_protocol_option_recorded_and_applied(prepared, tmp_path):
     assert (m["correct"], m["predicted"], m["gold"]) == (len(g), len(g) + 1, len(g))
     assert (h["correct"], h["predicted"], h["gold"]) == (len(g), len(g), len(g))
     assert res["hindex"]["metrics"]["hindex_dropped_predictions"] == 1
+
+
+def test_protocol_grec_on_prepared_grec_rows(tmp_path):
+    """--protocol grec on the samples' testA with its multi-target expression kept; hand-computed."""
+    from mcr_swift.data.prepare import prepare_grec
+    prepare_grec(REPO / "mcr_swift" / "data" / "samples" / "grec", tmp_path / "d", splits=["testA"],
+                 standin_dir=tmp_path / "img", multi_target="keep", progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "d" / "grec" / "testA.jsonl").read_text().splitlines()]
+    golds = {r["mcr_id"]: json.loads(r["mcr_gold"])[0] for r in rows}
+    # 9 samples: 3 no-target (922, 924, 925), 5 one-target, 1 multi-target (919 "all cars", two boxes)
+    assert sorted(len(g["boxes"]) for g in golds.values()) == [0, 0, 0, 1, 1, 1, 1, 1, 2]
+
+    def write(name, change=lambda mid, boxes: boxes):
+        path = tmp_path / name
+        with open(path, "w") as f:
+            for r in rows:
+                g = golds[r["mcr_id"]]
+                ents = [{"entity": g["entity"], "type": g["type"], "bbox": b}
+                        for b in change(r["mcr_id"].split("_")[0], g["boxes"])]
+                f.write(json.dumps({**r, "entities": ents}) + "\n")
+        return path
+    perfect = write("perfect.jsonl")
+    # the multi-target sample answered with one of its two boxes; a no-target sample answered with a box
+    off = write("off.jsonl", lambda ref, boxes: boxes[:1] if ref == "919" else
+                [[1, 1, 50, 50]] if ref == "922" else boxes)
+    for protocol in ("grec", "mcr"):
+        out = evaluate(str(perfect), str(off), "--protocol", protocol, "--json-out", str(tmp_path / f"{protocol}.json"))
+        rep = json.loads((tmp_path / f"{protocol}.json").read_text())
+        p, o = rep[0]["table2"]["grec"]["testA"], rep[1]["table2"]["grec"]["testA"]
+        assert rep[0]["protocol"] == protocol and rep[0]["grec_protocol"] == protocol
+        if protocol == "grec":
+            assert (p["precision"], p["n_acc"], p["t_acc"], p["samples"]) == (1.0, 1.0, 1.0, 9)
+            # correct: 9 - 919 (F1 2/3) - 922 (a box for no target) = 7 of 9; T-acc stays 6 / 6
+            assert o["precision"] == pytest.approx(7 / 9) and o["n_acc"] == pytest.approx(2 / 3) and o["t_acc"] == 1.0
+            assert o["multi_target"] == {"correct": 0, "total": 1}
+            assert "protocol grec: GREC columns are gRefCOCO's N-acc and Pr@(F1=1, IoU>=0.5)" in out
+            assert "GREC-testA (protocol grec) T-acc 100.0, 1 multi-target samples" in out
+        else:  # the paper's: the multi-target sample left out, one-target precision only
+            assert p["multi_target_left_out"] == 1 and p["samples"] == 8 and p["precision"] == 1.0
+            assert o["precision"] == 1.0 and o["n_acc"] == pytest.approx(2 / 3)
+            assert "1 multi-target samples left out (App. E.1; score them with --protocol grec)" in out

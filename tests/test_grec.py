@@ -59,7 +59,7 @@ def test_json_release_one_sample_per_sentence():
     assert testb.report.removed_multi_target_refs == 1 and testb.report.no_target == 2
     assert data.samples("testA", text_field="raw")[0].sentence == "red car, top left"
     assert len(data.samples("testA", limit=2)) == 2
-    with pytest.raises(ValueError, match=r"no ref of split 'test'; splits present: \['testA'"):
+    with pytest.raises(ValueError, match=r"no ref of split 'test'; splits present: testA, testB, train, val \(the 2023-08-29 release"):
         data.samples("test")
 
 
@@ -93,7 +93,10 @@ BAD_REFS = [  # (ref index in the fixture, change, expected message)
     (0, {"ann_id": [1004]}, r"ref 0: annotation 1004 belongs to image 30, not to the ref's image_id 9"),
     (0, {"image_id": 77}, r"ref 0: field 'image_id' 77 is not in instances\.json"),
     (0, {"sentences": []}, r"ref 0: field 'sentences' must be a non-empty list"),
-    (0, {"sentences": [{"sent": "  ", "sent_id": 0}]}, r"ref 0: sentences\[0\] needs a non-empty string 'sent'"),
+    (0, {"sentences": [{"sent": 5, "sent_id": 0}]}, r"ref 0: sentences\[0\] needs a string 'sent'"),
+    (0, {"file_name": "COCO_train2014_000000000030_4.jpg"},
+     r"ref 0: field 'file_name' 'COCO_train2014_000000000030_4\.jpg' names COCO image "
+     r"'COCO_train2014_000000000030\.jpg', but image_id 9 is 'COCO_train2014_000000000009\.jpg'"),
     (0, {"sentences": [{"sent": "man"}]}, r"ref 0: sentences\[0\] needs .* and a 'sent_id'"),
     (1, {"image_id": None}, r"ref 1: field 'image_id' None is not in"),
 ]
@@ -115,9 +118,15 @@ def test_malformed_files_and_annotations(tmp_path):
     refs = json.loads((FIX / "grefs(unc).json").read_text())
     d, _ = fixture_copy(tmp_path, refs)
     inst = json.loads((FIX / "instances.json").read_text())
-    inst["annotations"][0]["bbox"] = [10, 20, 0, 50]
+    inst["annotations"][0]["bbox"] = [10, 20, 0, 50]   # no area: the release has such boxes
     (d / "instances.json").write_text(json.dumps(inst))
-    with pytest.raises(GRECFormatError, match=r"ref 0: annotation 1001: bbox \[10, 20, 0, 50\] has no area"):
+    train = load_grec(d, "train")  # skipped and counted, not raised (the ref's 2 sentences are not read)
+    assert [s.id for s in train] == ["1_2"] and train.report.skipped["refs whose target box has no area"] == 1
+    assert train.report.skipped_sentences == 2
+    assert "ref 0: annotation 1001: bbox [10, 20, 0, 50] has no area" in train.report.messages[0]
+    inst["annotations"][0]["bbox"] = [10, 20, "w", 50]
+    (d / "instances.json").write_text(json.dumps(inst))
+    with pytest.raises(GRECFormatError, match=r"ref 0: annotation 1001: bbox must be \[x, y, w, h\]"):
         load_grec(d, "train")
     del inst["images"]
     (d / "instances.json").write_text(json.dumps(inst))

@@ -509,3 +509,51 @@ def test_protocol_hindex_duplicates_keep_first_c_minus_1_and_last():
     assert gmner_metrics([pred], [gold], protocol="hindex")["gmner"]["predicted"] == 8
     # a text occurring 3 times, predicted twice, is untouched
     assert hindex_kept([Entity("a", "PER")] * 2, "a b a c a") == [0, 1]
+
+
+# --------------------------------------------------------------------------- --protocol grec (gRefCOCO)
+def test_giou_hand_computed():
+    from mcr_swift.core.coords import giou
+    a = (0, 0, 10, 10)
+    assert giou(a, a) == 1.0 and giou(a, (0, 0, 10, 5)) == pytest.approx(0.5)  # hull = a: GIoU = IoU
+    # (1.8, 1.8, 11.8, 11.8): IoU 67.24 / 132.76 = 0.5065, hull 11.8^2 = 139.24: GIoU 0.5065 - 6.48 / 139.24
+    assert giou(a, (1.8, 1.8, 11.8, 11.8)) == pytest.approx(67.24 / 132.76 - 6.48 / 139.24)
+    assert giou(a, (20, 0, 30, 10)) == pytest.approx(0 - 100 / 300)  # apart: hull 300, union 200
+    assert giou(a, (0, 0, float("nan"), 1)) == -1.0
+
+
+def test_grec_protocol_hand_computed():
+    from mcr_swift.core.metrics import grec_benchmark_metrics, grec_matches
+    A, B = (0, 0, 10, 10), (20, 0, 30, 10)
+    G1, G2, P1, P2 = (0, 0, 10, 10), (4, 0, 14, 10), (1, 0, 11, 10), (-2, 0, 8, 10)
+    cases = [  # (predicted boxes, gold boxes, correct?)
+        ([], [], True),                                   # 1 no-target, nothing predicted
+        ([(0, 0, 1, 1)], [], False),                      # 2 no-target, a box
+        ([A], [A], True),                                 # 3 GIoU 1
+        ([(0, 0, 10, 5)], [A], True),                     # 4 GIoU exactly 0.5 (>=)
+        ([A, B], [A], False),                             # 5 one extra box: P 1/2, R 1, F1 2/3
+        ([B, A], [A, B], True),                           # 6 multi-target, both found (any order)
+        ([A], [A, B], False),                             # 7 multi-target, one of two: F1 2/3
+        ([], [A], False),                                 # 8 a target answered "nothing"
+        (None, [A], False),                               # 9 no answer row at all
+        ([(1.8, 1.8, 11.8, 11.8)], [A], False),           # 10 IoU 0.506 but GIoU 0.460 < 0.5
+        ([P1, P2], [G1, G2], False),                      # 11 greedy: P1-G1 (0.818) first, P2-G2 0.25
+    ]
+    # case 11: a one-to-one assignment with both >= 0.5 exists (P1-G2 7/13, P2-G1 8/12), greedy finds 1
+    assert grec_matches([P1, P2], [G1, G2]) == 1 and grec_matches([B, A], [A, B]) == 2
+    m = grec_benchmark_metrics([c[0] for c in cases], [c[1] for c in cases])
+    assert m["samples"] == 11 and m["precision"] == pytest.approx(4 / 11)   # correct: 1, 3, 4, 6
+    assert m["n_acc"] == pytest.approx(1 / 2) and m["t_acc"] == pytest.approx(7 / 9)  # 8 and 9 answered nothing
+    assert m["no_target"] == {"correct": 1, "total": 2} and m["one_target"] == {"correct": 2, "total": 6}
+    assert m["multi_target"] == {"correct": 1, "total": 3} and m["score_threshold"] is None
+    # scores: a box below 0.7 does not count (>= 0.7 does)
+    s = grec_benchmark_metrics([[A, B], [(0, 0, 1, 1)], [(0, 0, 1, 1)]], [[A], [], []],
+                               pred_scores=[[0.9, 0.69], [0.5], [0.7]])
+    assert (s["one_target"]["correct"], s["no_target"]["correct"]) == (1, 1) and s["precision"] == pytest.approx(2 / 3)
+    assert grec_benchmark_metrics([], [])["precision"] == 0.0
+    with pytest.raises(ValueError, match="one entry per sample"):
+        grec_benchmark_metrics([[]], [])
+    # the paper's protocol on the one-target cases: 3, 4 and 10 (IoU 0.506 >= 0.5) of 3, 4, 5, 8, 9, 10
+    from mcr_swift.core.metrics import grec_metrics
+    one = [c for c in cases if len(c[1]) == 1]
+    assert grec_metrics([c[0] for c in one], [c[1][0] for c in one])["precision"] == pytest.approx(3 / 6)

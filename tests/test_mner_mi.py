@@ -56,16 +56,27 @@ def test_plus_variant_string_ids_python_literals_and_twitter2017_images(tmp_path
     assert plus[1].images == (str(t17 / "O_26.jpg"),) and plus[1].image_sizes == ((120, 90),)
     assert plus[1].entities == (Entity("Marta", "PER"), Entity("Golden Boot Award", "OTHER"))  # MISC -> OTHER
     assert plus.report.string_ids == 2 and plus.report.multi_image_posts == 1
-    # without a Twitter-2017 folder those images are looked up under their release name
-    with pytest.raises(MNERMIFormatError, match=r"MNER-UNI_train\.txt:2: image 0 of post twitter2017-O_26: "
-                                                r".*images/twitter2017-O_26\.jpg not found"):
-        load_mner_mi(FIX, "train", mi, variant="plus")
-    skipped = load_mner_mi(FIX, "train", mi, variant="plus", on_error="skip")
-    assert [s.id for s in skipped] == ["101"]
-    assert skipped.report.skipped["posts with a missing or unreadable image"] == 2
+    assert dict(plus.report.twitter2017_names) == {"stripped": 2}
+    # without a Twitter-2017 folder those images are looked up in the image folder under both names;
+    # missing there: the posts have no readable image and are dropped, counted (never an exception)
+    kept = load_mner_mi(FIX, "train", mi, variant="plus")
+    assert [s.id for s in kept] == ["101"]
+    r = kept.report
+    assert (r.missing_images, r.posts_without_images, r.posts_with_missing_images) == (2, 2, 0)
+    assert r.skipped["posts with no readable image"] == 2
+    assert any("twitter2017-O_26.jpg not found (looked for " + str(mi / "O_26.jpg") + ", "
+               + str(mi / "twitter2017-O_26.jpg") + ")" in m for m in r.messages)
+    assert "2 images missing or unreadable; 0 posts kept with their readable images, 2 posts dropped" \
+        in r.summary()
+    Image.new("RGB", (120, 90)).save(mi / "twitter2017-O_26.jpg")   # a copy using the prefixed name
+    assert dict(load_mner_mi(FIX, "train", mi, variant="plus").report.twitter2017_names) == {"prefixed": 1}
+    # an unreadable image is left out of its post, which keeps its readable images
     (mi / "101_1.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(MNERMIFormatError, match=r"image 1 of post 101: .*101_1\.jpg unreadable"):
-        load_mner_mi(FIX, "train", mi, twitter2017_dir=t17, variant="plus")
+    plus = load_mner_mi(FIX, "train", mi, twitter2017_dir=t17, variant="plus")
+    assert plus[0].images == (str(mi / "101_0.jpg"), str(mi / "101_2.jpg"))
+    assert plus[0].image_sizes == ((64, 48), (50, 50)) and plus[0].entities[0] == Entity("Lionel Messi", "PER")
+    assert (plus.report.missing_images, plus.report.posts_with_missing_images, plus.report.images) == (1, 1, 4)
+    assert any("image 1 of post 101: unreadable image" in m for m in plus.report.messages)
 
 
 MALFORMED = [  # the lines of tests/fixtures/mner_mi/malformed.txt, in order
@@ -74,7 +85,7 @@ MALFORMED = [  # the lines of tests/fixtures/mner_mi/malformed.txt, in order
     r"field 'images' must be a list of strings, got NoneType",
     r"field 'id' must be an integer or a non-empty string, got None",
     r"token 0 \('Bob'\): unknown tag 'B-PERSON'",
-    r"token 1 \('York'\): tag I-LOC after O has no B- tag",
+    r"token 1 \('York'\): tag I-LOC after O has no B- tag",  # with tags="strict"
     r"a line must be one object, got list",
     r"field 'text' is empty",
     r"field 'images' is empty",
@@ -89,12 +100,12 @@ def test_malformed_line_names_file_line_and_field(tmp_path, index):
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "MNER-MI_train.txt").write_text(good + "\n" + bad + "\n")
     with pytest.raises(MNERMIFormatError, match=r"text/MNER-MI_train\.txt:2: " + MALFORMED[index]):
-        load_mner_mi(tmp_path, "train")
+        load_mner_mi(tmp_path, "train", tags="strict")
 
 
 def test_malformed_lines_are_skipped_and_counted(tmp_path):
     (tmp_path / "MNER-MI_test.txt").write_text((FIX / "malformed.txt").read_text())  # root = the text folder
-    samples = load_mner_mi(tmp_path, "test", on_error="skip")
+    samples = load_mner_mi(tmp_path, "test", on_error="skip", tags="strict")
     # lines 5 and 6 keep their post with the bad token as O; the 8 others are dropped
     assert [s.id for s in samples] == ["10", "11"] and all(not s.entities for s in samples)
     assert samples[1].labels == ("O", "O")

@@ -242,3 +242,44 @@ def test_ctrl_c_during_an_earlier_style_exits_130_with_the_summary_then_resumes(
         assert cli_main(argv + ["--base-url", fake.base_url]) == 0
         assert len(fake.requests) - n_sent == 8 - done_before  # resumed: finished requests not sent again
     assert len([1 for _ in iter_jsonl(out)]) == json.loads((tmp_path / "dr.jsonl.summary.json").read_text())["rows"]
+
+
+def test_chains_over_the_completion_cap_are_rejected(rows, tmp_path, tiny_model):
+    # issue 21: a chain longer than GRPO's completion cap could never be written whole by a rollout
+    from mcr_swift.core.coords import CoordinateSpace
+    from mcr_swift.data.lengths import TokenCounter, load_tokenizer
+    counter = TokenCounter(load_tokenizer(tiny_model), CoordinateSpace("qwen2_5_vl", max_pixels=1003520))
+    styles = ["formatted_a", "llm_qa"]
+    with FakeOpenAI(_fake_answer(rows)) as fake:
+        ep = Endpoint(fake.base_url, "fake-model")
+        s = synthesize(rows, tmp_path / "all.jsonl", styles, endpoints={"llm_qa": ep}, temperature=0.0,
+                       progress=False, cache_path=tmp_path / "cache.jsonl")
+        full = [r for _, r, _ in iter_jsonl(tmp_path / "all.jsonl")]
+        lengths = {(r["mcr_id"], r["mcr_style"]): counter.target_tokens(r["messages"][-1]["content"], r) for r in full}
+        # below the longest chain of each style, so each style loses one
+        cap = min(max(n for (_, st), n in lengths.items() if st == style) for style in styles) - 1
+        over = {k for k, n in lengths.items() if n > cap}
+        assert 0 < len(over) < len(lengths) and {st for _, st in over} == set(styles)
+        s = synthesize(rows, tmp_path / "cut.jsonl", styles, endpoints={"llm_qa": ep}, temperature=0.0,
+                       progress=False, cache_path=tmp_path / "cache.jsonl", length_counter=counter,
+                       max_completion=cap, chain_retries=0, replace="none")
+        # the default: a too-long chain is asked again / its slot replaced like any rejected chain
+        s2 = synthesize(rows, tmp_path / "again.jsonl", styles, endpoints={"llm_qa": ep}, temperature=0.0,
+                        progress=False, cache_path=tmp_path / "cache.jsonl", length_counter=counter,
+                        max_completion=cap)
+    again = [r for _, r, _ in iter_jsonl(tmp_path / "again.jsonl")]
+    assert all(counter.target_tokens(r["messages"][-1]["content"], r) <= cap for r in again)
+    assert s2["rows"] == len(again) >= s["rows"]
+    assert sum(s2["per_style"][st].get("rejected:too_long", 0) for st in styles) >= 1
+    kept = {(r["mcr_id"], r["mcr_style"]) for _, r, _ in iter_jsonl(tmp_path / "cut.jsonl")}
+    assert kept == set(lengths) - over and s["max_completion_length"] == cap
+    assert sum(s["per_style"][st].get("rejected:too_long", 0) for st in styles) == len(over)
+    too_long = [r for _, r, _ in iter_jsonl(tmp_path / "cut.rejected.jsonl") if r["reason"] == "too_long"]
+    assert {(r["mcr_id"], r["mcr_style"]) for r in too_long} == over and all(r["tokens"] > cap for r in too_long)
+
+
+def test_cli_completion_cap_needs_a_tokenizer(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        synth_main(["--input", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                    "--max-completion-length", "1024"])
+    assert e.value.code == 2 and "needs --tokenizer" in capsys.readouterr().err

@@ -61,6 +61,25 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def giou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Generalized IoU (Rezatofighi et al. 2019), the matching score of gRefCOCO's GREC evaluator:
+    IoU - (C - U) / C, C the area of the smallest box enclosing both, U their union; in [-1, 1].
+    Non-finite input or an empty enclosing box gives -1."""
+    try:
+        if not all(math.isfinite(v) for v in (*a, *b)):
+            return -1.0
+    except TypeError:
+        return -1.0
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = box_area(a) + box_area(b) - inter
+    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
+    if hull <= 0:
+        return -1.0
+    return (inter / union if union > 0 else 0.0) - (hull - union) / hull
+
+
 def best_iou(pred: Sequence[float], golds: Sequence[Sequence[float]]) -> float:
     """IoU of ``pred`` with the best of several gold boxes (0 when there are none)."""
     return max((iou(pred, g) for g in golds), default=0.0)
@@ -208,6 +227,26 @@ class CoordinateSpace:
         rh, rw = smart_resize(h, w, self.factor, self.min_pixels, self.max_pixels)
         return rw, rh
 
+    def image_tokens(self, width: int, height: int) -> int:
+        """Tokens the LLM sees for one image of ``width`` x ``height``: one per ``factor`` x ``factor``
+        cell of the resized image (Qwen2.5-VL: patch 14, merge 2, so (h/28)*(w/28))."""
+        rw, rh = self.resized_size(width, height)
+        return (rw // self.factor) * (rh // self.factor)
+
+    @property
+    def cap_pixels(self) -> int:
+        """The smart-resize pixel cap in force (qwen-vl-utils' default when ``max_pixels`` is None)."""
+        return DEFAULT_MAX_TOKENS * self.factor ** 2 if self.max_pixels is None else self.max_pixels
+
+    def for_row(self, row: Mapping) -> "CoordinateSpace":
+        """The space of one row's images: a row's ``chat_template_kwargs.max_pixels`` (written by the
+        per-post image budget, `post_max_pixels`) replaces the run's ``max_pixels``, exactly as ms-swift's
+        Qwen-VL template passes it to qwen-vl-utils' ``fetch_image`` (the row's value wins, larger or not)."""
+        v = row_max_pixels(row)
+        if v is None or v == self.max_pixels:
+            return self
+        return CoordinateSpace(self.family, self.min_pixels, v, self.template_max_pixels)
+
     def _scale(self, width: int, height: int) -> Tuple[float, float]:
         """Model units per original pixel along x and y."""
         if self.kind == "norm1000":
@@ -235,6 +274,84 @@ class CoordinateSpace:
             return 1000.0, 1000.0
         rw, rh = self.resized_size(*image_size)
         return float(rw), float(rh)
+
+
+# --------------------------------------------------------------------------- per-post image budget
+#: Row key ms-swift hands to qwen-vl-utils' ``fetch_image`` for every image of the row (its
+#: ``chat_template_kwargs``; ms-swift 4.6 Qwen2-VL/2.5-VL/3-VL templates and its OpenAI server read it).
+ROW_KWARGS = "chat_template_kwargs"
+#: Default image-token budget of one post (docs/decisions.md, "per-post image budget"): all images of a
+#: post together get at most this many tokens, so a 4-image MNER-MI post fits max_length 4096 with its
+#: instruction and a 1024-token chain. Single images are never cut by it under the paper's 1280-token cap.
+DEFAULT_IMAGE_TOKEN_BUDGET = 2048
+BUDGET_ENV = "MCR_IMAGE_TOKEN_BUDGET"
+
+
+def row_max_pixels(row: Mapping) -> Optional[int]:
+    """The row's own ``chat_template_kwargs.max_pixels``, or None."""
+    kw = row.get(ROW_KWARGS) if isinstance(row, Mapping) else None
+    if isinstance(kw, str):  # ms-swift's Json feature may hand it back as text
+        import json
+        try:
+            kw = json.loads(kw)
+        except ValueError:
+            return None
+    v = kw.get("max_pixels") if isinstance(kw, Mapping) else None
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+
+
+def budget_from_env(env: Optional[Mapping[str, str]] = None) -> int:
+    """``$MCR_IMAGE_TOKEN_BUDGET`` (0 turns the budget off), default `DEFAULT_IMAGE_TOKEN_BUDGET`."""
+    v = _env_int(os.environ if env is None else env, BUDGET_ENV)
+    return DEFAULT_IMAGE_TOKEN_BUDGET if v is None else max(0, v)
+
+
+def post_max_pixels(space: CoordinateSpace, sizes: Sequence[Tuple[int, int]], budget_tokens: Optional[int]
+                    ) -> Optional[int]:
+    """Per-image pixel cap that keeps a post's images (``sizes``: (w, h) each) within ``budget_tokens``
+    tokens in all, or None when they already fit under the run's own cap (or the budget is off: 0/None).
+
+    The cap is the largest C tokens (C x factor**2 pixels, C between floor(budget / n) and the run's
+    cap) with sum of tokens(image, C) <= budget: small images keep their size, large ones share the rest.
+    C = floor(budget / n) always fits (every image then has at most C tokens), so the search succeeds."""
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    if not budget_tokens or not sizes:
+        return None
+    if sum(space.image_tokens(w, h) for w, h in sizes) <= budget_tokens:
+        return None
+    f2 = space.factor ** 2
+    min_tok = -(-(DEFAULT_MIN_TOKENS * f2 if space.min_pixels is None else space.min_pixels) // f2)
+
+    def total(c: int) -> int:
+        sp = CoordinateSpace(space.family, space.min_pixels, c * f2, space.template_max_pixels)
+        return sum(sp.image_tokens(w, h) for w, h in sizes)
+
+    lo, hi = max(budget_tokens // len(sizes), min_tok), space.cap_pixels // f2
+    while lo < hi:  # largest c in [lo, hi] with total(c) <= budget (total is monotone in c)
+        mid = (lo + hi + 1) // 2
+        if total(mid) <= budget_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * f2
+
+
+def apply_image_budget(row: dict, space: CoordinateSpace, budget_tokens: Optional[int]) -> dict:
+    """Write (or clear) the row's ``chat_template_kwargs.max_pixels`` under the per-post budget (image sizes
+    from ``mcr_image_sizes``); returns the row. A row whose images fit keeps no key, so it resizes exactly as before."""
+    sizes = row.get("mcr_image_sizes") or []
+    if len(sizes) != len(row.get("images") or []):
+        raise ValueError("the image budget needs every image's size (mcr_image_sizes)")
+    v = post_max_pixels(space, sizes, budget_tokens)
+    kw = dict(row.get(ROW_KWARGS) or {})
+    kw.pop("max_pixels", None)
+    if v is not None:
+        kw["max_pixels"] = v
+    if kw:
+        row[ROW_KWARGS] = kw
+    else:
+        row.pop(ROW_KWARGS, None)
+    return row
 
 
 # --------------------------------------------------------------------------- command-line flags

@@ -1,7 +1,8 @@
 """The paper's evaluation metrics (App. E.3, Eq. 19-31; Sec. 5.1 and 5.5), separate from any file I/O.
 
 `gmner_metrics` (Table 1: GMNER, MNER, EEG; textual bias Eq. 26-29; visual bias Eq. 30-31),
-`mner_mi_metrics` and `grec_metrics` (Table 2, Eq. 25), the ``mcr`` and ``hindex`` protocols. Every box in
+`mner_mi_metrics` and `grec_metrics` (Table 2, Eq. 25), the ``mcr`` and ``hindex`` protocols, and
+`grec_benchmark_metrics` (``--protocol grec``: gRefCOCO's own evaluator). Every box in
 ONE coordinate space (original pixels normally). Definitions, conventions and protocols: docs/metrics.md.
 """
 from __future__ import annotations
@@ -9,13 +10,18 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .coords import iou
+from .coords import giou, iou
 from .entities import ENTITY_TYPES, Entity
 
 #: C_l threshold (Eq. 21): IoU >= this value (inclusive).
 IOU_THRESHOLD = 0.5
 #: Evaluation protocols of `gmner_metrics` (module docstring): the paper's, and the H-Index evaluator's.
 PROTOCOLS: Tuple[str, ...] = ("mcr", "hindex")
+#: gRefCOCO's GREC evaluator (`grec_benchmark_metrics`): a prediction counts when its score is >= 0.7,
+#: a match needs generalized IoU >= 0.5, a sample is correct when its F1 is 1.
+GREC_SCORE_THRESHOLD = 0.7
+GREC_GIOU_THRESHOLD = 0.5
+GREC_F1_THRESHOLD = 1.0
 #: The four correctness relations, each with its own one-to-one matching.
 TASKS: Tuple[str, ...] = ("gmner", "mner", "eeg", "n")
 #: Sub-problems with more compatible pairs than this go to scipy; smaller ones use augmenting paths.
@@ -428,3 +434,80 @@ def grec_metrics(pred_boxes: Sequence[Sequence[Tuple[float, float, float, float]
     return {"n_acc": nt_ok / nt if nt else 0.0, "precision": ot_ok / ot if ot else 0.0,
             "no_target": {"correct": nt_ok, "total": nt}, "one_target": {"correct": ot_ok, "total": ot},
             "samples": len(gold_boxes)}
+
+
+def grec_matches(pred: Sequence[Sequence[float]], gold: Sequence[Sequence[float]],
+                 threshold: float = GREC_GIOU_THRESHOLD) -> int:
+    """True positives of one sample under gRefCOCO's evaluator: the (prediction, gold) pair of highest
+    generalized IoU is matched, both leave, and so on while that GIoU is >= ``threshold``
+    (greedy, one-to-one)."""
+    scores = sorted(((giou(p, g), i, j) for i, p in enumerate(pred) for j, g in enumerate(gold)), reverse=True)
+    used_p, used_g, tp = set(), set(), 0
+    for s, i, j in scores:
+        if s < threshold:
+            break
+        if i in used_p or j in used_g:
+            continue
+        used_p.add(i)
+        used_g.add(j)
+        tp += 1
+    return tp
+
+
+def grec_benchmark_metrics(pred_boxes: Sequence[Optional[Sequence[Sequence[float]]]],
+                           gold_boxes: Sequence[Sequence[Sequence[float]]],
+                           pred_scores: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                           score_threshold: float = GREC_SCORE_THRESHOLD,
+                           giou_threshold: float = GREC_GIOU_THRESHOLD) -> Dict[str, Any]:
+    """GREC scored as gRefCOCO's released evaluator does (``--protocol grec``), one entry per sample.
+
+    ``pred_boxes[k]``: the predicted boxes of sample k (None: no answer at all -- wrong, even for a
+    no-target sample); ``gold_boxes[k]``: all its target boxes (empty: no-target; several:
+    multi-target). ``pred_scores[k]``: a score per box; only boxes scoring >= ``score_threshold``
+    (0.7) count. Our answers carry no score, so with ``pred_scores`` None every predicted box counts.
+
+    Per sample: the predictions are matched to the targets greedily, one-to-one, by generalized IoU
+    >= ``giou_threshold`` (`grec_matches`); precision = TP / predictions, recall = TP / targets; the
+    sample is correct when its F1 is 1 (every prediction matched and every target found); a no-target
+    sample is correct when nothing is predicted.
+
+    * ``precision`` = Pr@(F1=1, IoU>=0.5) = correct samples / all samples (one-, multi-, no-target).
+    * ``n_acc`` = correct no-target samples / no-target samples.
+    * ``t_acc`` = target samples with at least one prediction / target samples (a target sample not
+      answered "nothing").
+
+    A ratio with no sample is 0. Returns those three and per-kind counts.
+    """
+    if len(pred_boxes) != len(gold_boxes) or (pred_scores is not None and len(pred_scores) != len(gold_boxes)):
+        raise ValueError(f"pred_boxes, gold_boxes (and pred_scores) must have one entry per sample: got "
+                         f"{len(pred_boxes)}, {len(gold_boxes)}"
+                         + ("" if pred_scores is None else f" and {len(pred_scores)}"))
+    kinds = {k: {"correct": 0, "total": 0} for k in ("no_target", "one_target", "multi_target")}
+    t_found = 0
+    for k, (boxes, gold) in enumerate(zip(pred_boxes, gold_boxes)):
+        kind = "no_target" if not gold else "one_target" if len(gold) == 1 else "multi_target"
+        kinds[kind]["total"] += 1
+        if boxes is None:  # no answer: wrong whatever the sample
+            continue
+        scores = None if pred_scores is None else pred_scores[k]
+        if scores is not None:
+            if len(scores) != len(boxes):
+                raise ValueError(f"sample {k}: {len(boxes)} boxes but {len(scores)} scores")
+            boxes = [b for b, sc in zip(boxes, scores) if sc >= score_threshold]
+        if not gold:
+            kinds[kind]["correct"] += not boxes
+            continue
+        t_found += bool(boxes)
+        tp = grec_matches(boxes, gold, giou_threshold)
+        if tp:
+            p, r = tp / len(boxes), tp / len(gold)
+            kinds[kind]["correct"] += 2 * p * r / (p + r) >= GREC_F1_THRESHOLD
+    n = sum(v["total"] for v in kinds.values())
+    nt = kinds["no_target"]
+    targets = n - nt["total"]
+    return {"protocol": "grec", "precision": sum(v["correct"] for v in kinds.values()) / n if n else 0.0,
+            "n_acc": nt["correct"] / nt["total"] if nt["total"] else 0.0,
+            "t_acc": t_found / targets if targets else 0.0, **kinds,
+            "target_answered": {"found": t_found, "total": targets}, "samples": n,
+            "score_threshold": score_threshold if pred_scores is not None else None,
+            "giou_threshold": giou_threshold}

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -317,6 +317,9 @@ def score_row(completion: Any, row: Mapping[str, Any], config: Optional[RewardCo
     if raw is None:
         return Score(task, text, skipped=f"a row has no {GOLD_COLUMN!r} column (is the dataset an mcr-swift one?)")
     size = first_size(row.get(SIZES_COLUMN))
+    row_space = cfg.space.for_row(row)  # a per-post image budget resizes this row's images (coords)
+    if row_space is not cfg.space:
+        cfg = replace(cfg, space=row_space)
     if isinstance(raw, str) and len(text) <= CACHE_MAX_TEXT:
         return _score_cached(text, raw, size, task, cfg)
     return _score(text, raw, size, task, cfg)

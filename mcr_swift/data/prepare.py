@@ -23,6 +23,7 @@ from ..prompts import task_instruction
 from .rows import sample_to_row
 from .standin import DEFAULT_SIZE, standin_images, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
+from ..core.coords import CoordinateSpace, apply_image_budget, budget_from_env
 from ..core.entities import Box, Entity, Sample
 
 #: ``--dataset`` -> (output sub-folder, default splits)
@@ -30,9 +31,19 @@ DATASETS = {"twitter_gmner": ("twitter_gmner", SPLITS), "mner_mi": ("mner_mi", m
             "grec": ("grec", grec_mod.SPLITS)}
 
 
-def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool) -> None:
-    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`)."""
+#: ``image_budget``: (the run's `CoordinateSpace`, tokens per post) or None (docs/decisions.md).
+ImageBudget = Optional[Tuple[CoordinateSpace, int]]
+
+
+def _write_rows(path: Path, rows: Iterable[Dict], total: int, desc: str, progress: bool,
+                image_budget: ImageBudget = None) -> None:
+    """Write JSON lines atomically (`jsonl.write_jsonl_atomic`); with ``image_budget`` every row whose
+    images exceed the post budget carries its per-image ``chat_template_kwargs.max_pixels``
+    (`coords.apply_image_budget`)."""
     from tqdm import tqdm
+    if image_budget is not None:
+        space, tokens = image_budget
+        rows = (apply_image_budget(r, space, tokens) for r in rows)
     write_jsonl_atomic(path, tqdm(rows, total=total, desc=desc, disable=not progress, unit="row"))
 
 
@@ -143,7 +154,8 @@ def _summary(stage: Staging, summary: Dict[str, Dict]) -> Dict[str, Dict]:
 def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, image_dir=None,
                           standin_dir=None, limit: Optional[int] = None, on_error: str = "raise",
                           family: str = "qwen2_5_vl", multi_box: str = "largest", tags: str = "conlleval",
-                          verify_images: str = "full", progress: bool = True) -> Dict[str, Dict]:
+                          verify_images: str = "full", progress: bool = True,
+                          image_budget: ImageBudget = None) -> Dict[str, Dict]:
     """Prepare ``splits`` of the release at ``root``; returns the per-split summary.
 
     ``tags``: how BIO tags are read (`twitter.TAG_MODES`); ``verify_images``: "full" decodes every
@@ -177,7 +189,7 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
             path = stage.path(f"{split}.jsonl")
             _write_rows(stage.dir / path.name,
                         (sample_to_row(s, family=family, instruction=instruction, multi_box=multi_box)
-                         for s in samples), len(samples), f"prepare {split}", progress)
+                         for s in samples), len(samples), f"prepare {split}", progress, image_budget)
             rep = samples.report
             summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),
                               "unmatched_names": len(rep.unmatched_names), "verify_images": verify_images,
@@ -187,11 +199,22 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
         return _summary(stage, summary)
 
 
+def _loud(stage: Staging, warnings: Sequence[str]) -> None:
+    """Note each warning so that it stands out in a run's log (missing images, counts off)."""
+    for w in warnings:
+        stage.note(f"[prepare] !!! WARNING: {w}")
+
+
 def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, image_dir=None,
                     twitter2017_dir=None, standin_dir=None, variant: str = "mi", limit: Optional[int] = None,
-                    on_error: str = "raise", progress: bool = True) -> Dict[str, Dict]:
+                    on_error: str = "raise", tags: str = "conlleval", verify_images: str = "full",
+                    progress: bool = True, image_budget: ImageBudget = None) -> Dict[str, Dict]:
     """Prepare MNER-MI (``variant="plus"``: MNER-MI-Plus) into ``<out_dir>/mner_mi/<split>.jsonl``
-    (split names train, dev, test; the release's ``val`` is written as dev)."""
+    (split names train, dev, test; the release's ``val`` is written as dev). Missing images and a
+    complete split's counts that differ from the published ones are printed loudly and recorded in
+    the summary's ``warnings``; ``published`` holds the published counts next to the read ones."""
+    if verify_images not in VERIFY_MODES:
+        raise ValueError(f"verify_images must be one of {VERIFY_MODES}, got {verify_images!r}")
     if image_dir is None and standin_dir is None:
         raise ValueError("give the folder of the MNER-MI images (image_dir) or a folder for stand-in "
                          "images (standin_dir)")
@@ -200,7 +223,8 @@ def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, i
         for split in splits:
             name = "dev" if split == "val" else split
             if standin_dir is not None:
-                pre = mner_mod.load_mner_mi(root, split, variant=variant, on_error=on_error, limit=limit)
+                pre = mner_mod.load_mner_mi(root, split, variant=variant, on_error=on_error, limit=limit,
+                                            tags=tags)
                 write_named_standins({n: (DEFAULT_SIZE, ()) for s in pre for n in s.images}, standin_dir, progress,
                                      created=stage.standins)
                 images, t17 = standin_dir, None
@@ -208,50 +232,89 @@ def prepare_mner_mi(root, out_dir, *, splits: Sequence[str] = mner_mod.SPLITS, i
                 images, t17 = image_dir, twitter2017_dir
             samples = mner_mod.load_mner_mi(root, split, Path(images).resolve(),
                                             twitter2017_dir=None if t17 is None else Path(t17).resolve(),
-                                            variant=variant, on_error=on_error, limit=limit)
+                                            variant=variant, on_error=on_error, limit=limit, tags=tags,
+                                            verify_images=verify_images == "full")
             path = stage.path(f"{name}.jsonl")
             _write_rows(stage.dir / path.name, (mner_mod.mner_mi_row(s, name) for s in samples), len(samples),
-                        f"prepare mner_mi {name}", progress)
+                        f"prepare mner_mi {name}", progress, image_budget)
             rep = samples.report
-            summary[name] = {**rep.as_dict(), "rows": len(samples), "file": str(path), "variant": variant}
+            warnings = [rep.image_warning()] if rep.image_warning() else []
+            line, off = mner_mod.published_check(rep, variant, name) if limit is None else ("", [])
+            warnings += off
+            summary[name] = {**rep.as_dict(), "rows": len(samples), "file": str(path), "variant": variant,
+                             "verify_images": verify_images, "tags": tags, "warnings": warnings,
+                             "published": mner_mod.PUBLISHED.get(variant, {}).get(name) if limit is None else None}
             stage.note(f"[prepare] mner_mi {rep.summary()} -> {path}")
+            if line:
+                stage.note(f"[prepare] {line}")
+            _loud(stage, warnings)
         return _summary(stage, summary)
 
 
-def prepare_grec(root, out_dir, *, splits: Sequence[str] = grec_mod.SPLITS, image_dir=None, standin_dir=None,
+def prepare_grec(root, out_dir, *, splits: Optional[Sequence[str]] = None, image_dir=None, standin_dir=None,
                  refs_file=None, instances_file=None, train_size: Optional[int] = grec_mod.DEFAULT_TRAIN_SIZE,
                  seed: int = 0, text_field: str = "sent", entity_type: str = grec_mod.DEFAULT_TYPE,
                  limit: Optional[int] = None, on_error: str = "raise", family: str = "qwen2_5_vl",
-                 progress: bool = True) -> Dict[str, Dict]:
+                 multi_target: str = "remove", progress: bool = True, image_budget: ImageBudget = None
+                 ) -> Dict[str, Dict]:
     """Prepare gRefCOCO as GREC into ``<out_dir>/grec/<split>.jsonl``: one row per referring
     sentence, multi-target refs removed (App. E.1), train reduced to ``train_size`` sentences
-    (None: all)."""
+    (None: all). ``splits`` None: those of train, val, testA, testB the refs file has (an older
+    download has train and val only). Every split's summary holds ``release`` (`GRefCOCO.release_info`:
+    split names, counts, the refs file's SHA-256, which release it looks like); a complete release's
+    val and testA + testB counts are printed next to Table 5's, with a warning when they differ.
+    ``multi_target="keep"`` keeps the multi-target expressions of the evaluation splits (every target
+    box in the gold; for ``mcr-swift evaluate --protocol grec``); train always removes them (App. E.1)."""
     if image_dir is None and standin_dir is None:
         raise ValueError("give the folder of the COCO train2014 images (image_dir) or a folder for "
                          "stand-in images (standin_dir)")
     data = grec_mod.GRefCOCO.load(root, refs_file, instances_file)
+    release = data.release_info()
     opts = dict(on_error=on_error, limit=limit, text_field=text_field, entity_type=entity_type)
     with Staging(out_dir, "grec", standin_dir) as stage:
+        stage.note(f"[prepare] grec: {release['refs_file']} (sha256 {release['sha256'][:16]}...) has splits "
+                   f"{', '.join(release['splits'])}: looks like {release['looks_like']}")
+        if splits is None:
+            splits = data.present_splits()
+            if not release["complete"]:
+                _loud(stage, [f"GREC: {release['refs_file']} has no "
+                              f"{', '.join(s for s in grec_mod.SPLITS if s not in splits)} split; read "
+                              f"{', '.join(splits)} only ({release['looks_like']})"])
         summary: Dict[str, Dict] = {}
         for split in splits:
+            multi = "remove" if split == "train" else multi_target
             if standin_dir is not None:
                 drawn: Dict[str, Tuple[Tuple[int, int], List[Box]]] = {}
-                for s in data.samples(split, None, **opts):
+                for s in data.samples(split, None, **opts, multi_target=multi):
                     drawn.setdefault(s.image, (s.image_size, []))[1].extend(s.entities[0].boxes)
                 write_named_standins(drawn, standin_dir, progress, created=stage.standins)
                 images = standin_dir
             else:
                 images = image_dir
-            samples = data.samples(split, Path(images).resolve(), **opts)
+            samples = data.samples(split, Path(images).resolve(), **opts, multi_target=multi)
             chosen = grec_mod.select_train(samples, train_size, seed) if split == "train" else list(samples)
             path = stage.path(f"{split}.jsonl")
             _write_rows(stage.dir / path.name, (grec_mod.grec_row(s, split, family=family) for s in chosen),
-                        len(chosen), f"prepare grec {split}", progress)
+                        len(chosen), f"prepare grec {split}", progress, image_budget)
             rep = samples.report
-            summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path)}
+            summary[split] = {**rep.as_dict(), "rows": len(chosen), "file": str(path), "release": release,
+                              "warnings": []}
             if split == "train":
                 summary[split].update(train_size=train_size, seed=seed)
             stage.note(f"[prepare] grec {rep.summary()}; {len(chosen)} rows -> {path}")
+        if release["complete"] and limit is None:
+            read = {"val": summary["val"]["posts"] if "val" in summary else None,
+                    "testA+testB": (summary["testA"]["posts"] + summary["testB"]["posts"]
+                                    if "testA" in summary and "testB" in summary else None)}
+            for key, paper in grec_mod.PAPER_COUNTS.items():
+                if read[key] is None:
+                    continue
+                stage.note(f"[prepare] GREC {key}: {read[key]:,} one-/no-target sentences (paper Table 5: "
+                           f"{paper:,})")
+                if read[key] != paper:
+                    w = f"GREC {key}: {read[key]:,} one-/no-target sentences, Table 5 gives {paper:,}"
+                    summary["val" if key == "val" else "testA"]["warnings"].append(w)
+                    _loud(stage, [w])
         return _summary(stage, summary)
 
 
@@ -277,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="model family whose box format the instruction describes")
     p.add_argument("--multi-box", choices=["largest", "first"], default="largest",
                    help="which gold box a multi-box entity's training target writes")
-    tw = p.add_argument_group("twitter_gmner")
+    tw = p.add_argument_group("twitter_gmner and mner_mi")
     tw.add_argument("--tags", choices=["conlleval", "strict"], default="conlleval",
                     help="conlleval (default): an I- tag after O or another type begins an entity (counted "
                          "as a repair); strict: such a tag is malformed input (see --on-error)")
@@ -299,25 +362,42 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="sentence field used as the expression")
     gr.add_argument("--grec-type", default=grec_mod.DEFAULT_TYPE,
                     help="the answer's type for an expression (default OTHER)")
+    gr.add_argument("--grec-multi-target", choices=grec_mod.MULTI_TARGET, default="remove",
+                    help="remove (default, App. E.1): drop multi-target expressions; keep: keep them in val / "
+                         "testA / testB with every target box, to score with evaluate --protocol grec "
+                         "(train always removes them)")
+    bud = p.add_argument_group("per-post image budget (docs/decisions.md)")
+    bud.add_argument("--image-token-budget", type=non_negative_int, default=None,
+                     help="image tokens one post's images may take together (default $MCR_IMAGE_TOKEN_BUDGET, "
+                          "else 2048; 0: off); a row over it gets its per-image chat_template_kwargs.max_pixels")
+    bud.add_argument("--max-pixels", type=positive_int, default=None,
+                     help="the run's smart-resize max pixels the budget starts from (default $MAX_PIXELS or "
+                          "IMAGE_MAX_TOKEN_NUM, as ms-swift reads them)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    splits = a.splits or list(DATASETS[a.dataset][1])
-    for split in splits:
+    splits = a.splits or (None if a.dataset == "grec" else list(DATASETS[a.dataset][1]))
+    for split in splits or ():
         plain_name(split, "--splits value")  # each names <out>/<dataset>/<split>.jsonl
+    env_space = CoordinateSpace.from_env(a.family)
+    space = env_space if a.max_pixels is None else CoordinateSpace(
+        env_space.family, env_space.min_pixels, a.max_pixels, env_space.template_max_pixels)
+    tokens = budget_from_env() if a.image_token_budget is None else a.image_token_budget
     common = dict(splits=splits, image_dir=a.image_dir, standin_dir=a.standin_images, limit=a.limit,
-                  on_error=a.on_error, progress=not a.no_progress)
+                  on_error=a.on_error, progress=not a.no_progress,
+                  image_budget=(space, tokens) if tokens else None)
     if a.dataset == "mner_mi":
         summary = prepare_mner_mi(a.root, a.out, twitter2017_dir=a.twitter2017_image_dir, variant=a.variant,
-                                  **common)
+                                  tags=a.tags, verify_images=a.verify_images, **common)
     elif a.dataset == "grec":
         summary = prepare_grec(a.root, a.out, refs_file=a.refs, instances_file=a.instances,
                                train_size=a.train_size or None, seed=a.seed, text_field=a.text_field,
-                               entity_type=a.grec_type, family=a.family, **common)
+                               entity_type=a.grec_type, family=a.family, multi_target=a.grec_multi_target,
+                               **common)
     else:
         summary = prepare_twitter_gmner(a.root, a.out, family=a.family, multi_box=a.multi_box, tags=a.tags,
                                         verify_images=a.verify_images, **common)
     keys = ("rows", "entities", "located_entities", "skipped", "repaired", "refused_images", "unmatched_names",
-            "images", "no_target",
-            "one_target", "removed_multi_target_refs", "removed_multi_target_sentences")
+            "images", "missing_images", "posts_without_images", "warnings", "no_target",
+            "one_target", "multi_target", "removed_multi_target_refs", "removed_multi_target_sentences")
     print(json.dumps({k: {kk: v[kk] for kk in keys if kk in v} for k, v in summary.items()}))
     return 0

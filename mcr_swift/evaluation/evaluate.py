@@ -19,14 +19,20 @@ from ..files import refuse_overwriting_inputs
 def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[CoordinateSpace] = None,
                   entities_space: str = "original", progress: bool = False, protocol: str = "mcr"
                   ) -> Dict[str, Any]:
-    from ..core.metrics import gmner_metrics, grec_metrics, mner_mi_metrics
+    from ..core.metrics import gmner_metrics, grec_benchmark_metrics, mner_mi_metrics
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(EVAL_PROTOCOLS)}, got {protocol!r}")
     path = Path(path)
     space = space or CoordinateSpace.from_env()
     rows = read_rows(path, progress)
     missing = missing_gold_rows(rows, gold, str(path))
     c = collect(rows + missing, gold, space, str(path), entities_space)
-    m = gmner_metrics(c["preds"], c["golds"], c["sentences"], protocol=protocol)
-    report = {"file": str(path), "protocol": protocol, "posts": len(c["golds"]), "rows": len(rows),
+    # --protocol grec is GREC's own evaluator; GMNER rows in the same file keep the paper's protocol
+    gmner_protocol = "mcr" if protocol == "grec" else protocol
+    m = gmner_metrics(c["preds"], c["golds"], c["sentences"], protocol=gmner_protocol)
+    report = {"file": str(path), "protocol": protocol, "gmner_protocol": gmner_protocol,
+              "grec_protocol": "grec" if protocol == "grec" else "mcr",
+              "posts": len(c["golds"]), "rows": len(rows),
               "missing_posts": len(missing),
               "parse_failures": c["parse_failures"], "dropped_items": c["dropped_items"],
               "unmatched_rows": c["unmatched_rows"],
@@ -37,7 +43,11 @@ def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[Coordi
     if c["mner_mi"]["golds"]:
         table2["mner_mi"] = mner_mi_metrics(c["mner_mi"]["preds"], c["mner_mi"]["golds"])
     if c["grec"]:
-        table2["grec"] = {split: grec_metrics(d["pred_boxes"], d["gold_boxes"]) for split, d in c["grec"].items()}
+        if protocol == "grec":
+            table2["grec"] = {split: grec_benchmark_metrics(d["pred_boxes"], d["gold_sets"])
+                              for split, d in c["grec"].items()}
+        else:
+            table2["grec"] = {split: _grec_paper(d) for split, d in c["grec"].items()}
     if table2:
         by_task = c["parse_failures_by_task"]
         table2["parse_failures"] = by_task["mner_mi"] + by_task["grec"]
@@ -46,6 +56,16 @@ def evaluate_file(path, gold: Optional[GoldIndex] = None, space: Optional[Coordi
         report["parse_failures_by_task"] = by_task
         report["table2"] = table2
     return report
+
+
+def _grec_paper(d: Dict[str, List]) -> Dict[str, Any]:
+    """The paper's GREC metrics (App. E.3) of one split; a multi-target sample (a file prepared with
+    ``--grec-multi-target keep``) is left out and counted, as App. E.1 removes them."""
+    from ..core.metrics import grec_metrics
+    keep = [k for k, g in enumerate(d["gold_sets"]) if len(g) <= 1]
+    out = grec_metrics([d["pred_boxes"][k] for k in keep], [d["gold_boxes"][k] for k in keep])
+    out["multi_target_left_out"] = len(d["gold_sets"]) - len(keep)
+    return out
 
 
 def format_table(reports: Sequence[Dict[str, Any]]) -> str:
@@ -68,6 +88,8 @@ def format_table(reports: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: ``--protocol``: the paper's (mcr), the H-Index evaluator's for GMNER (hindex), gRefCOCO's for GREC (grec).
+EVAL_PROTOCOLS = ("mcr", "hindex", "grec")
 #: The GREC splits Table 2 shows as columns; other splits (val, train) are printed below it.
 TABLE2_GREC_SPLITS = ("testA", "testB")
 
@@ -94,6 +116,12 @@ def format_table2(reports: Sequence[Dict[str, Any]]) -> str:
             if split not in TABLE2_GREC_SPLITS:
                 extra.append(f"{name}: GREC-{split} N-acc {100 * g['n_acc']:.1f} Pre {100 * g['precision']:.1f} "
                              f"({g['samples']} samples)")
+            if "t_acc" in g:
+                extra.append(f"{name}: GREC-{split} (protocol grec) T-acc {100 * g['t_acc']:.1f}, "
+                             f"{g['multi_target']['total']} multi-target samples")
+            elif g.get("multi_target_left_out"):
+                extra.append(f"{name}: GREC-{split}: {g['multi_target_left_out']} multi-target samples left out "
+                             f"(App. E.1; score them with --protocol grec)")
     return "\n".join(lines + extra)
 
 
@@ -106,10 +134,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_space_args(p)
     p.add_argument("--entities-space", choices=["original", "model"], default="original",
                    help="space of boxes given as 'entities' (responses are always model space)")
-    p.add_argument("--protocol", choices=["mcr", "hindex"], default="mcr",
+    p.add_argument("--protocol", choices=list(EVAL_PROTOCOLS), default="mcr",
                    help="mcr (default): the paper's metrics (IoU >= 0.5, one-to-one matching); hindex: the "
-                        "dataset authors' evaluator (IoU > 0.5, a repeated prediction of a text replaces the "
-                        "earlier one)")
+                        "Twitter-GMNER authors' evaluator (IoU > 0.5, a repeated prediction of a text replaces "
+                        "the earlier one); grec: GREC rows scored by gRefCOCO's evaluator (greedy one-to-one "
+                        "matching by generalized IoU >= 0.5, a sample right when its F1 is 1, Pr over all "
+                        "samples; every predicted box counts: answers have no score)")
     p.add_argument("--json-out", default=None, help="write the report here (default: <first result>.metrics.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -128,9 +158,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                for r in a.results]
     table1 = [r for r in reports if r["posts"] or "table2" not in r]
     table2 = [r for r in reports if "table2" in r]
-    if a.protocol != "mcr":
+    if a.protocol == "hindex":
         print(f"protocol {a.protocol}: the dataset authors' evaluator (IoU > 0.5; a text predicted more often "
               f"than it occurs keeps its first c-1 and last predictions)")
+    elif a.protocol == "grec":
+        print("protocol grec: GREC columns are gRefCOCO's N-acc and Pr@(F1=1, IoU>=0.5) over all samples "
+              "(one-, multi- and no-target; generalized IoU, greedy one-to-one; every predicted box counts, "
+              "as answers carry no score); GMNER rows keep the paper's protocol")
     if table1:
         print(format_table(table1))
     if table2:

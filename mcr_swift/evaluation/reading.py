@@ -6,6 +6,7 @@ and the reports (`mcr_swift.reports.posts`); the rules are in docs/metrics.md.""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -116,12 +117,56 @@ class GoldIndex:
         return self.by_key.get(join_key(row))
 
 
+def _box(value: Any, what: str) -> Tuple[float, float, float, float]:
+    """4 finite numbers (not booleans), or ValueError saying what ``value`` is."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"{what} must be 4 numbers [x1, y1, x2, y2], got {_short(value)}")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{what} has a non-finite coordinate: {_short(value)}")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def row_entities(value: Any, where: str) -> List[Entity]:
+    """A prediction row's ``entities`` (what predict/baselines write: a list of ``{"entity", "type",
+    "boxes": [[x1, y1, x2, y2], ...]}``, or ``"bbox": null | [x1, y1, x2, y2]``) as Entities; a bad
+    shape raises ValueError naming ``where`` (file:line), the item and what is wrong."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: 'entities' must be a list of entity objects, got {_short(value)}")
+    out = []
+    for i, d in enumerate(value):
+        at = f"{where}: entities[{i}]"
+        if not isinstance(d, dict):
+            raise ValueError(f"{at} must be an object with 'entity' and 'type', got {_short(d)}")
+        for key in ("entity", "type"):
+            if not isinstance(d.get(key), str):
+                raise ValueError(f"{at}: {key!r} must be a string, got {_short(d.get(key))}")
+        if "boxes" in d:
+            boxes = d["boxes"]
+            if boxes is None:
+                boxes = []
+            if not isinstance(boxes, list):
+                raise ValueError(f"{at}: 'boxes' must be a list of boxes, got {_short(boxes)}")
+            boxes = [_box(b, f"{at}: boxes[{j}]") for j, b in enumerate(boxes)]
+        else:
+            b = d.get("bbox")
+            boxes = [] if b is None else [_box(b, f"{at}: 'bbox'")]
+        out.append(Entity(d["entity"], d["type"], tuple(boxes)))
+    return out
+
+
 def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str,
             entities_space: str = "original") -> Dict[str, Any]:
     """Per-post predictions and golds (original pixels) by task, plus the parse-failure counts.
 
     ``preds``/``golds``/``sentences``: the GMNER rows; ``mner_mi``: ``{"preds", "golds"}``; ``grec``:
-    ``{split: {"pred_boxes", "gold_boxes"}}``; ``parse_failures_by_task``.
+    ``{split: {"pred_boxes", "gold_boxes" (first box or None), "gold_sets" (all boxes)}}``;
+    ``parse_failures_by_task``.
     """
     from ..data.grec import answer_boxes
     from ..core.parser import completion_text, parse_answer
@@ -130,6 +175,7 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
     grec: Dict[str, Dict[str, List]] = {}
     fails_by_task = {t: 0 for t in TASKS}
     n_fail = n_dropped = n_unmatched = 0
+    run_space = space
     for row in rows:
         where = f"{source}:{row['_line']}"
         grow = row if GOLD_COLUMN in row else (gold.find(row) if gold else None)
@@ -141,13 +187,18 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         task = row_task(grow)
         if task not in TASKS:
             raise ValueError(f"{where}: unknown {TASK_COLUMN} {task!r} (known: {', '.join(TASKS)})")
-        g = gold_from_row(grow)
+        try:
+            g = gold_from_row(grow)
+        except (ValueError, KeyError, TypeError) as e:  # a malformed gold row: name its file and line
+            at = f"{grow['_source']}:{grow['_line']}" if "_source" in grow else where
+            raise ValueError(f"{at}: bad {GOLD_COLUMN}: {e}") from None
         sizes = grow.get(SIZES_COLUMN) or row.get(SIZES_COLUMN)
         size = tuple(sizes[0]) if sizes else None
+        space = run_space.for_row(grow)  # the row's own per-post image budget, as ms-swift resized it
         if row.get("_missing"):  # a gold post without a row: all-missed
             pred = []
         elif "entities" in row and row.get("response") is None:
-            pred = [Entity.from_dict(d) for d in row["entities"]]
+            pred = row_entities(row["entities"], where)
             if row.get("parse_ok") is False:  # predict/baselines rows keep the raw answer and this flag
                 n_fail += 1
                 fails_by_task[task] += 1
@@ -178,9 +229,11 @@ def collect(rows, gold: Optional[GoldIndex], space: CoordinateSpace, source: str
         elif task == "grec":
             if len(g) != 1:
                 raise ValueError(f"{where}: a GREC row needs exactly one gold expression, got {len(g)}")
-            part = grec.setdefault(str(grow.get("mcr_split") or "unknown"), {"pred_boxes": [], "gold_boxes": []})
+            part = grec.setdefault(str(grow.get("mcr_split") or "unknown"),
+                                   {"pred_boxes": [], "gold_boxes": [], "gold_sets": []})
             part["pred_boxes"].append(None if row.get("_missing") else answer_boxes(pred))
             part["gold_boxes"].append(g[0].box)
+            part["gold_sets"].append([tuple(b) for b in g[0].boxes])  # several: a multi-target sample
         else:
             preds.append(pred)
             golds.append(g)

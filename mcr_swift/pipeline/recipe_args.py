@@ -120,7 +120,8 @@ def write_last_checkpoint(output_dir: Path, checkpoint: Optional[Path] = None) -
 def simulated_world_size(env=None) -> int:
     """The world size a ``swift`` launch would get: ``NPROC_PER_NODE × NNODES`` (1 when unset)."""
     env = os.environ if env is None else env
-    return int(env.get("NPROC_PER_NODE") or 1) * int(env.get("NNODES") or 1)
+    return _positive_int("NPROC_PER_NODE", env.get("NPROC_PER_NODE") or "1") * _positive_int(
+        "NNODES", env.get("NNODES") or "1")
 
 
 @contextlib.contextmanager

@@ -66,6 +66,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("MCR_DATA_DIR") or "mcr_data").expanduser().resolve()
 
 
+def verify_images_full() -> bool:
+    """``MCR_VERIFY_IMAGES``: ``header`` (default) or ``full``; another value raises ValueError naming it."""
+    from ..files import VERIFY_MODES
+    raw = (os.environ.get("MCR_VERIFY_IMAGES") or "header").strip().lower()
+    if raw not in VERIFY_MODES:
+        raise ValueError(f"MCR_VERIFY_IMAGES={raw!r}: choose one of {', '.join(VERIFY_MODES)}")
+    return raw == "full"
+
+
 def plugin_path() -> str:
     """Absolute path of the plugin file to give ``--external_plugins``."""
     return str(Path(__file__).resolve().parent / "_file" / "mcr_swift_plugin.py")
@@ -162,8 +171,7 @@ def _make_loader_class():
                     raise FileNotFoundError(
                         f"{path}: not prepared. Run `mcr-swift prepare` (or set MCR_DATA_DIR to the "
                         f"folder it wrote) before using --dataset {name}:{subset}")
-                validate_jsonl(path, check_images=True,
-                               full=os.environ.get("MCR_VERIFY_IMAGES", "header").strip().lower() == "full")
+                validate_jsonl(path, check_images=True, full=verify_images_full())
                 datasets.append(self._load_dataset_path(str(path), dataset_meta=dataset_meta))
             return self.concat_datasets(datasets)
 

@@ -95,6 +95,8 @@ def find_logs(root: Path) -> List[Tuple[Path, str]]:
     """``(logging.jsonl, label)`` of the run(s) at ``root`` (see the module doc); newest version per
     output dir. Raises FileNotFoundError naming ``root`` when there is none."""
     root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such run folder or logging.jsonl")
     if root.is_file():
         return [(root, root.parent.parent.name if re.match(r"v\d+-", root.parent.name) else root.parent.name)]
     if (root / "logging.jsonl").is_file():
@@ -193,11 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--smooth must be in [0, 1)")
     logs = []
     for root in ns.runs:
-        try:
-            logs += find_logs(root)
-        except FileNotFoundError as e:
-            print(f"[curves] error: {e}")
-            return 1
+        logs += find_logs(root)  # FileNotFoundError naming the folder: one line, exit 2 (mcr_swift.cli)
     if ns.labels is not None:
         if len(ns.labels) != len(logs):
             parser.error(f"--labels: {len(ns.labels)} names for {len(logs)} runs ({[str(p) for p, _ in logs]})")
@@ -214,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     written = plot(runs, out, ns.smooth)
     for path in written:
         print(f"[curves] wrote {path}")
-    if not written:
-        print("[curves] error: no plottable series in the logs")
-        return 1
+    if not written:  # e.g. every line malformed: one line, exit 2 (mcr_swift.cli)
+        raise ValueError(f"no plottable series in {', '.join(str(r.path) for r in runs)} (no logged step "
+                         f"with a number; see the malformed-line counts above)")
     return 0

@@ -13,6 +13,7 @@ numbers for the same row and model (`PAPER_ROWS`); ``--out FILE`` also writes th
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import sys
@@ -66,7 +67,8 @@ def _times(path: Path) -> List[Dict[str, Any]]:
                 last[parts[0]] = parts[1]
                 if parts[1] != "skipped":
                     ran[parts[0]] = parts[1]
-    return [{"stage": s, "seconds": int(ran[s]) if s in ran else None, "last_run": v} for s, v in last.items()]
+    return [{"stage": s, "seconds": int(ran[s]) if ran.get(s, "").strip().isdigit() else None, "last_run": v}
+            for s, v in last.items()]  # a value that is not a number of seconds is shown, not added up
 
 
 def _rows(path: Path) -> Optional[Dict[str, Any]]:
@@ -130,6 +132,8 @@ def sources_report(data: Path, synth: Dict[str, Any], filt: Dict[str, Any]) -> O
             **{f"{k}_posts": v[1].get(task, 0) if v[0] is not None else None for k, v in read.items()},
             "filter_queries": (filt.get("queries_per_task") or {}).get(task) if filt else None,
             "filter_kept": (filt.get("kept_per_task") or {}).get(task) if filt else None,
+            # prepare's loud lines: missing images, counts that differ from the published ones
+            "warnings": [w for v in (prep or {}).values() if isinstance(v, dict) for w in v.get("warnings") or []],
         }
     return {"per_source": out, "paper_count": synth.get("paper_count"),
             "per_task_style": synth.get("per_task_style")}
@@ -154,6 +158,9 @@ def render_sources(src: Optional[Dict[str, Any]]) -> List[str]:
         status = d["status"].upper() if d["status"] == "missing" else d["status"]
         out.append(f"| {d['name']} | {status} | {prep} | {styles(d['d_r'], d.get('d_r_posts'))} | "
                    f"{styles(d['d1'], d.get('d1_posts'))} | {styles(d['d2'], d.get('d2_posts'))} | {kept} |")
+    warned = [w for d in src["per_source"].values() for w in d.get("warnings") or []]
+    if warned:
+        out += [""] + [f"- **WARNING** (prepare): {w}" for w in warned]
     if src.get("paper_count"):
         out += ["", src["paper_count"]]
     if src.get("per_task_style"):
@@ -408,6 +415,21 @@ def render_variant_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(out + [""] + notes)
 
 
+def markdown_safe(obj: Any) -> Any:
+    """``obj`` (a collected report) with every string, keys included, made inert in report.md: HTML
+    escaped (``<script>`` from an args.json or times.tsv shows as text, it is not rendered), ``|`` that
+    would split a table cell, backticks that would open or close code, and line breaks that would end
+    a table row replaced. Numbers and None are kept; report.json keeps the raw values."""
+    if isinstance(obj, str):
+        text = html.escape(" ".join(obj.splitlines()), quote=True)
+        return text.replace("|", "&#124;").replace("`", "&#96;")
+    if isinstance(obj, dict):
+        return {markdown_safe(k): markdown_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [markdown_safe(v) for v in obj]
+    return obj
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="mcr-swift report", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", nargs="+", help="one or more full-pipeline run folders")
@@ -432,9 +454,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for run in runs:
         r = collect_report(run)
         r["table_row"] = variant_row(r)
-        rows.append(r["table_row"])
         write_json_atomic(run / "report.json", r, default=str)
-        md = render_markdown(r) + "\n\n" + render_variant_table([r["table_row"]])
+        safe = markdown_safe(json.loads(json.dumps(r, default=str)))  # what the JSON holds, made inert
+        rows.append(safe["table_row"])
+        md = render_markdown(safe) + "\n\n" + render_variant_table([safe["table_row"]])
         write_text_atomic(run / "report.md", md + "\n")
         if len(runs) == 1:
             print(md)

@@ -147,19 +147,21 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
     jobs, keys = [], []
     for q in queries:
         msgs = to_openai_messages(q["messages"], q.get("images") or [])
+        tk = q.get("chat_template_kwargs") or None  # the row's per-post image budget (coords.ROW_KWARGS)
         key = cache_key(kind="mcr-cvo-filter", post=str(q["mcr_id"]), messages=msgs, model=endpoint.model, g=g,
-                        temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed)
+                        temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                        **({"template_kwargs": tk} if tk else {}))
         keys.append(key)
-        jobs.append((key, (str(q["mcr_id"]), msgs)))
+        jobs.append((key, (str(q["mcr_id"]), msgs, tk)))
 
     def work(payload) -> ChatResult:
-        pid, msgs = payload
+        pid, msgs, tk = payload
         got = ChatResult([], [])
         k = 0
         while len(got.texts) < g:  # servers that ignore n answer fewer choices: ask again
             r = chat(endpoint, msgs, n=g - len(got.texts), temperature=temperature, top_k=top_k, top_p=top_p,
                      max_tokens=max_tokens, seed=_seed(seed, pid, k), retry=retry, client=client,
-                     on_retry=st.note_retry)
+                     on_retry=st.note_retry, template_kwargs=tk)
             if not r.texts:
                 raise RuntimeError(f"post {pid}: the endpoint returned no choices")
             got.texts += r.texts
@@ -171,9 +173,9 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
 
     def work_greedy(payload) -> ChatResult:
         # greedy decoding gives G identical responses (and some servers refuse n > 1 without sampling)
-        pid, msgs = payload
+        pid, msgs, tk = payload
         r = chat(endpoint, msgs, n=1, temperature=0.0, max_tokens=max_tokens, seed=_seed(seed, pid, 0), retry=retry,
-                 client=client, on_retry=st.note_retry)
+                 client=client, on_retry=st.note_retry, template_kwargs=tk)
         if not r.texts:
             raise RuntimeError(f"post {pid}: the endpoint returned no choices")
         return ChatResult(r.texts[:1] * g, r.finish_reasons[:1] * g, r.prompt_tokens, r.completion_tokens)

@@ -340,13 +340,18 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
                DEFAULT_TEMPERATURE, top_p: Optional[float] = None, max_tokens: int = DEFAULT_MAX_TOKENS,
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
                progress: bool = True, source: str = "input", chain_retries: int = DEFAULT_CHAIN_RETRIES,
-               replace: str = DEFAULT_REPLACE, repeat_styles: bool = False) -> Dict[str, Any]:
+               replace: str = DEFAULT_REPLACE, repeat_styles: bool = False, length_counter=None,
+               max_completion: Optional[int] = None) -> Dict[str, Any]:
     """Run synthesis; returns the summary. ``endpoints`` maps each API style to its `Endpoint` or a
     list of them (the style's samples are shared out between them in turn, e.g. App. E.4's two
     MLLMs). A rejected chain is asked again ``chain_retries`` times with another seed, then its slot
     is replaced (``replace``, `REPLACE_MODES`), so D_R keeps its planned size where it can.
     ``concurrency``: an int pins the requests in flight, a `Concurrency` (default adaptive) sets one
-    `AdaptiveLimit` per endpoint, carried across the styles and rounds it serves."""
+    `AdaptiveLimit` per endpoint, carried across the styles and rounds it serves.
+    With ``length_counter`` (a `mcr_swift.data.lengths.TokenCounter`) and ``max_completion``, a chain
+    (template or API) longer than ``max_completion`` tokens is rejected (``too_long``) like any other
+    rejection: GRPO's rollouts and the filter's samples are capped there, so it could never be written
+    whole. A template chain is not asked again (it would be the same): its slot is replaced."""
     from ..endpoint import ResultCache, RetryPolicy
     if replace not in REPLACE_MODES:
         raise ValueError(f"replace must be one of {', '.join(REPLACE_MODES)}, got {replace!r}")
@@ -371,7 +376,8 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
             slots.append(_Slot(i, s, variant=sum(1 for x in slots if x.i == i and x.planned == s)))
     run = _Run(rows, samples, tasks, styles, eps, cache, slots, seed=seed, temperature=temperature, top_p=top_p,
                max_tokens=max_tokens, retry=retry, concurrency=concurrency, progress=progress, repair=repair,
-               multi_box=multi_box, chain_retries=int(chain_retries), replace=replace)
+               multi_box=multi_box, chain_retries=int(chain_retries), replace=replace,
+               length_counter=length_counter, max_completion=max_completion)
     run.go()
     produced = [run.rows_out[id(sl)] for sl in slots if sl.state == "produced"]
     complete = run.complete()
@@ -384,6 +390,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         "cache": {"path": str(cache.path), "records": len(cache), "torn_lines_dropped": cache.torn},
         "rows": len(produced), "out": str(out) if complete else None,
         "per_post": per_post, "chain_retries": int(chain_retries), "replace": replace,
+        "max_completion_length": max_completion if length_counter is not None else None,
         "input_per_task": dict(sorted(Counter(tasks).items())),
         "planned_per_task": {t: dict(Counter(sl.planned for sl in slots if tasks[sl.i] == t))
                              for t in sorted(set(tasks))},
@@ -445,7 +452,12 @@ class _Run:
             text, boxes = template_chain(smp, sl.style, k["seed"] + sl.variant, k["multi_box"], self.tasks[sl.i])
             refs = [_ref_for(smp.entities, b) for b in boxes]
             extra = {"mcr_variant": sl.variant} if sl.variant else None
-            self._produce(sl, chain_row(self.rows[sl.i], sl.style, text, boxes, refs, extra), "produced")
+            out_row = chain_row(self.rows[sl.i], sl.style, text, boxes, refs, extra)
+            n_tok = self._too_long(out_row)
+            if n_tok is not None:  # a template chain is the same on every try: replaced, not retried
+                self._reject(sl, "too_long", text, n_tok, retry=False)
+                return
+            self._produce(sl, out_row, "produced")
         else:
             sl.ep = self.ep_turn[sl.style] % len(self.eps[sl.style])
             self.ep_turn[sl.style] += 1
@@ -510,18 +522,38 @@ class _Run:
         text = res.texts[0] if res.texts else ""
         chk = check_chain(text, smp.entities, repair=k["repair"], multi_box=k["multi_box"],
                           finish_reason=res.finish_reasons[0] if res.finish_reasons else None, task=task)
+        reason, n_tok = chk.reason, None
         if chk.status != "rejected":
             extra = {"mcr_synth": {"model": self.eps[sl.style][sl.ep].model, "status": chk.status}}
             if sl.variant:
                 extra["mcr_variant"] = sl.variant
-            c["literal_boxes"] += chk.literal_boxes
-            self._produce(sl, chain_row(self.rows[sl.i], sl.style, chk.text, chk.boxes, chk.refs, extra), chk.status)
-            return
+            out_row = chain_row(self.rows[sl.i], sl.style, chk.text, chk.boxes, chk.refs, extra)
+            n_tok = self._too_long(out_row)
+            if n_tok is None:
+                c["literal_boxes"] += chk.literal_boxes
+                self._produce(sl, out_row, chk.status)
+                return
+            reason = "too_long"  # a GRPO rollout of this length is cut before </answer> (issue 21)
+        self._reject(sl, reason, text, n_tok)
+
+    def _too_long(self, row: Mapping[str, Any]) -> Optional[int]:
+        """The chain's tokens when they exceed ``max_completion`` (GRPO's completion cap), else None."""
+        counter, cap = self.kw.get("length_counter"), self.kw.get("max_completion")
+        if counter is None or not cap:
+            return None
+        n = counter.target_tokens(row["messages"][-1]["content"], row)
+        return n if n > cap else None
+
+    def _reject(self, sl: _Slot, reason: str, text: str, tokens: Optional[int] = None, retry: bool = True) -> None:
+        """Count and keep a rejected chain, then ask again (another seed), replace the slot or lose it."""
+        k = self.kw
+        c = self.per[sl.style]
+        smp, task = self.samples[sl.i], self.tasks[sl.i]
         c["rejected"] += 1
-        c[f"rejected:{chk.reason}"] += 1
+        c[f"rejected:{reason}"] += 1
         self.rejected.append({"mcr_id": smp.id, "mcr_task": task, "mcr_style": sl.style, "attempt": sl.attempt,
-                              "reason": chk.reason, "text": text})
-        if sl.attempt < k["chain_retries"]:          # ask again, another seed
+                              "reason": reason, "text": text, **({"tokens": tokens} if tokens is not None else {})})
+        if retry and sl.attempt < k["chain_retries"]:          # ask again, another seed
             sl.attempt += 1
             c["retried"] += 1
             self.retried[(task, sl.style)] += 1
@@ -648,7 +680,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--multi-box", default="largest", choices=["largest", "first"])
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N posts of each input file")
     p.add_argument("--cache", default=None, help="request cache (default <out>.cache.jsonl)")
+    ln = p.add_argument_group("chain length (issue 21)")
+    ln.add_argument("--max-completion-length", type=positive_int, default=None,
+                    help="reject a chain longer than N tokens (the GRPO / filter completion cap, e.g. 1024); "
+                         "needs --tokenizer")
+    ln.add_argument("--tokenizer", default=None, help="local model folder whose tokenizer counts the chain")
+    from ..core.coords import add_space_args
+    add_space_args(p)  # the run's resize: a chain's boxes are counted as the model writes them
     a = p.parse_args(argv)
+    if a.max_completion_length and not a.tokenizer:
+        p.error("--max-completion-length needs --tokenizer (a local model folder)")
     out = Path(a.out)
     refuse_overwriting_inputs([("--input", i) for i in a.input], [
         ("--out", out), ("--out's rejected rows", out.with_name(out.stem + ".rejected.jsonl")),
@@ -697,6 +738,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EndpointError as e:
         print(f"mcr-swift synth: {e}", file=sys.stderr)
         return 2
+    counter = None
+    if a.max_completion_length:
+        from ..core.coords import space_from_args
+        from ..data.lengths import TokenCounter, load_tokenizer
+        counter = TokenCounter(load_tokenizer(a.tokenizer), space_from_args(a))
     try:
         summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
                              cache_path=Path(a.cache) if a.cache else None, concurrency=Concurrency.from_args(a),
@@ -704,7 +750,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                              top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                              repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,
                              source=", ".join(a.input), chain_retries=a.chain_retries, replace=a.replace,
-                             repeat_styles=a.repeat_styles)
+                             repeat_styles=a.repeat_styles, length_counter=counter,
+                             max_completion=a.max_completion_length)
     except EndpointError as e:
         print(f"mcr-swift synth: stopped: {e}", file=sys.stderr)
         return 2

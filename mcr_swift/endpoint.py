@@ -14,8 +14,16 @@ CVO sampling filter (App. D.3), the prompting baselines and ``predict`` share.
   that determines the answer (sample, style or task, messages, model, sampling parameters). A
   re-run after a crash, a Ctrl-C or a dead server skips what is cached, so nothing is paid twice
   and no record is written twice; a line cut short by a crash is ignored and counted.
-* `run_jobs`: bounded concurrency (a thread pool), a tqdm bar, and counts of what was cached,
-  done, retried and failed; a Ctrl-C stops cleanly and keeps what finished.
+* `run_jobs`: requests in flight set by an `AdaptiveLimit` (grows while throughput grows and the
+  endpoint answers cleanly, backs off on 429 / overload 5xx / timeouts; or pinned with
+  ``--concurrency N``; `Concurrency` and docs/pipeline.md#requests-in-flight), a tqdm bar with the
+  requests in flight and req/s, and counts of what was cached, done, retried and failed; a Ctrl-C
+  stops cleanly and keeps what finished. `plan_jobs` is the plan it shares with ``predict``'s
+  local-engine batches (dedupe, count cached, collect what is left).
+* A rate-limited request waits what ``Retry-After`` (seconds or an HTTP date; ``retry-after-ms``)
+  asks before it is sent again (`retry_after`).
+* One run per cache: `ResultCache` holds an exclusive lock (``<cache>.lock``, fcntl) for its lifetime;
+  a second run on the same cache stops at once with `CacheLocked` naming the holder (exit 2).
 * `to_openai_messages`: an ms-swift row's ``messages`` + ``images`` (``<image>`` tags) as OpenAI
   content parts with the images inline (``data:`` URLs).
 """
@@ -26,17 +34,19 @@ import hashlib
 import json
 import mimetypes
 import os
+import queue
 import random
 import threading
 import time
 import sys
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["Endpoint", "ChatResult", "EndpointError", "EmptyAnswer", "RetryPolicy", "chat", "ResultCache", "cache_key",
-           "run_jobs", "RunStats", "to_openai_messages", "image_data_url", "add_endpoint_args", "finish_run"]
+__all__ = ["Endpoint", "ChatResult", "EndpointError", "EmptyAnswer", "RetryPolicy", "chat", "retry_after", "ResultCache",
+           "CacheLocked", "cache_key", "Concurrency", "AdaptiveLimit", "plan_jobs", "run_jobs", "RunStats",
+           "to_openai_messages", "image_data_url", "add_endpoint_args", "finish_run"]
 
 #: Statuses worth retrying: request timeout, conflict, rate limit, and every server-side error.
 RETRY_STATUS = frozenset({408, 409, 429})
@@ -173,6 +183,35 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
+def retry_after(exc: BaseException, now: Optional[float] = None) -> Optional[float]:
+    """Seconds an error response asks the client to wait: ``retry-after-ms``, else ``Retry-After`` as
+    seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable. Never negative."""
+    resp = getattr(exc, "response", None)
+    headers = getattr(resp, "headers", None)
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000.0)
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 def chat(endpoint: Endpoint, messages: List[Dict[str, Any]], *, n: int = 1, temperature: Optional[float] = None,
          top_p: Optional[float] = None, top_k: Optional[int] = None, max_tokens: Optional[int] = None,
          seed: Optional[int] = None, retry: RetryPolicy = RetryPolicy(), client=None,
@@ -217,7 +256,8 @@ def chat(endpoint: Endpoint, messages: List[Dict[str, Any]], *, n: int = 1, temp
         if attempt >= retry.retries:
             raise EndpointError(f"{endpoint.base_url}: gave up after {attempt + 1} attempts; last error "
                                 f"{type(e).__name__}: {e}") from None
-        wait_s = retry.delay(attempt, rng)  # retryable: back off, count, try again
+        ra = retry_after(e)  # a rate limit that says how long: wait that (capped), else back off
+        wait_s = retry.delay(attempt, rng) if ra is None else min(retry.max_delay, ra) * rng.uniform(1.0, 1.1)
         if on_retry is not None:
             on_retry(e, attempt, wait_s)
         time.sleep(wait_s)
@@ -285,26 +325,101 @@ def cache_key(**fields: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+class CacheLocked(OSError):
+    """Another process holds the cache: a second run on it would pay every request again."""
+
+
+#: Locks this process holds: path -> [file object, users]. A lock is per process (fcntl), so two
+#: `ResultCache` objects on one file in one process share it.
+_HELD: Dict[str, List[Any]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _acquire_lock(path: Path) -> str:
+    """Take ``path`` (``<cache>.lock``) exclusively or raise `CacheLocked` naming the holder (pid,
+    host, start time written in the file). The kernel drops the lock when its process dies, so a
+    killed run's file is taken over with no stale-lock check."""
+    import fcntl
+    import socket
+    key = str(path.resolve())
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return key
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise CacheLocked(f"{path}: in use by {holder}; two runs on one cache would pay for every request "
+                              f"twice - wait for it to finish or stop it (a killed run's lock is released by "
+                              f"the system)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime())}\n")
+        f.flush()
+        _HELD[key] = [f, 1]
+        return key
+
+
+def _release_lock(key: str) -> None:
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[key]
+            held[0].close()  # closing the file releases the flock
+
+
+#: Group syncs of the request cache: an fsync after this many records or this many seconds after the
+#: first unsynced one, on a background thread (the paper is silent; docs/decisions.md).
+SYNC_EVERY_RECORDS = 64
+SYNC_EVERY_SECONDS = 0.2
+
+
 class ResultCache:
     """Append-only ``key -> record`` store in a JSON-lines file; safe to share between threads.
 
-    Every `put` is written and flushed (and fsync'ed) before it returns, so a crash loses at most the
-    line being written; such a torn last line is dropped on the next open and counted in ``torn``.
-    A key already present is never written again (``put`` returns False).
+    Every `put` is written to the file (one ``write`` of the whole line, flushed to the OS) before
+    it returns, so a killed process loses nothing it was told was stored, at worst the line being
+    written; such a torn last line is dropped on the next open and counted in ``torn``. Syncs to
+    disk are grouped (`SYNC_EVERY_RECORDS` records or `SYNC_EVERY_SECONDS` after the first unsynced
+    one, on a background thread, and on `close`): a machine crash loses at most that last batch,
+    which a rerun asks again. A key already present is never written again (``put`` returns False).
+    The cache holds ``<path>.lock`` while open (`CacheLocked` if another process holds it).
     """
 
-    def __init__(self, path, fsync: bool = True):
+    def __init__(self, path, fsync: bool = True, sync_records: int = SYNC_EVERY_RECORDS,
+                 sync_seconds: float = SYNC_EVERY_SECONDS, lock: bool = True):
         self.path = Path(path)
         self.fsync = fsync
+        self.sync_records, self.sync_seconds = max(1, int(sync_records)), float(sync_seconds)
         self._lock = threading.Lock()
         self._data: Dict[str, Any] = {}
         self.torn = 0
         self.duplicates = 0
-        self._load()
+        self.syncs = 0
+        self._unsynced = 0
+        self._first_unsynced = 0.0
+        self._file = None
+        self._syncer: Optional[threading.Thread] = None
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_key = _acquire_lock(self.path.with_name(self.path.name + ".lock")) if lock else None
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
 
     def _load(self) -> None:
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             return
         good_end = 0
         with open(self.path, "rb") as f:
@@ -336,17 +451,288 @@ class ResultCache:
         return self._data.get(key, default)
 
     def put(self, key: str, value: Any) -> bool:
-        line = json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n"
+        line = (json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             if key in self._data:
                 return False
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
+            if self._file is None:
+                self._file = open(self.path, "ab", buffering=0)  # unbuffered: one write per line
+            self._file.write(line)
             self._data[key] = value
+            if self.fsync:
+                if not self._unsynced:
+                    self._first_unsynced = time.monotonic()
+                self._unsynced += 1
+                if self._syncer is None:
+                    self._syncer = threading.Thread(target=self._sync_loop, name="cache-sync", daemon=True)
+                    self._syncer.start()
+                if self._unsynced >= self.sync_records:
+                    self._wake.notify()
             return True
+
+    def _sync_loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._unsynced:
+                    self._wake.wait()
+                    continue
+                left = self._first_unsynced + self.sync_seconds - time.monotonic()
+                if self._unsynced < self.sync_records and left > 0:
+                    self._wake.wait(left)
+                    continue
+                self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        if self._unsynced and self._file is not None:
+            os.fsync(self._file.fileno())
+            self.syncs += 1
+        self._unsynced = 0
+
+    def sync(self) -> None:
+        """Sync every record written so far to disk."""
+        with self._lock:
+            if self.fsync:
+                self._sync_locked()
+
+    def close(self) -> None:
+        """Sync, close the file and release the lock (the records stay readable with `get`)."""
+        with self._lock:
+            if self.fsync and self._file is not None:
+                self._sync_locked()
+            self._closed = True
+            self._wake.notify_all()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        if self._lock_key is not None:
+            _release_lock(self._lock_key)
+            self._lock_key = None
+
+    def __enter__(self) -> "ResultCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------- requests in flight
+#: Requests in flight by default (the paper is silent; docs/decisions.md): adaptive, starting at
+#: `DEFAULT_START` and never above `DEFAULT_MAX` unless ``--max-concurrency`` says so.
+DEFAULT_START = 8
+DEFAULT_MAX = 256
+#: Backoff of the limit on an overload signal (multiplicative decrease; additive increase is
+#: ``max(1, limit // ADDITIVE_DIV)`` per clean window once the first plateau or overload was seen).
+DECREASE = 0.85
+ADDITIVE_DIV = 16
+#: A window must hold at least this many completions and last this long before it is judged.
+MIN_WINDOW = 8
+MIN_WINDOW_S = 0.05
+#: 5xx answers count as overload when a window has at least `MIN_5XX` of them and they exceed this
+#: share of its answers (a rare 500 is noise, not a full server).
+OVERLOAD_5XX_SHARE = 0.05
+MIN_5XX = 3
+#: Windows to hold at a found plateau before probing one additive step again.
+PROBE_EVERY = 4
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """How many requests to keep in flight: ``fixed`` pins it; otherwise adaptive from ``start``
+    within [1, ``maximum``] (`AdaptiveLimit`)."""
+    start: int = DEFAULT_START
+    maximum: int = DEFAULT_MAX
+    fixed: Optional[int] = None
+
+    @classmethod
+    def of(cls, value: Any) -> "Concurrency":
+        """An int pins the value (``concurrency=3`` as before); a `Concurrency` is itself."""
+        if isinstance(value, Concurrency):
+            return value
+        if value is None:
+            return cls()
+        n = max(1, int(value))
+        return cls(n, n, n)
+
+    @classmethod
+    def for_server(cls, sequences: int, per_request: int = 1, maximum: Optional[int] = None) -> "Concurrency":
+        """A server that batches ``sequences`` sequences at once (``swift deploy`` / vLLM: engines x
+        max_num_seqs) and requests of ``per_request`` sequences each (``n``): start at
+        ceil(sequences / per_request), the requests that fill it, and allow twice that (a queue so
+        no engine waits for the client between requests)."""
+        start = max(1, -(-int(sequences) // max(1, int(per_request))))
+        return cls(start, max(start, int(maximum) if maximum else 2 * start))
+
+    @classmethod
+    def from_args(cls, a, per_request: int = 1) -> "Concurrency":
+        """From the `add_request_args` flags: ``--concurrency`` pins; ``--server-batch`` sizes the start
+        and ceiling from the deploy; ``--max-concurrency`` caps."""
+        if getattr(a, "concurrency", None) is not None:
+            return cls.of(a.concurrency)
+        mx = getattr(a, "max_concurrency", None)
+        if getattr(a, "server_batch", None):
+            return cls.for_server(a.server_batch, per_request, mx)
+        mx = int(mx) if mx else DEFAULT_MAX
+        return cls(min(DEFAULT_START, mx), mx)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"mode": "fixed" if self.fixed else "adaptive", "start": self.start, "max": self.maximum}
+
+
+class AdaptiveLimit:
+    """The number of requests to keep in flight, adjusted from what the endpoint does (thread-safe).
+
+    Windows: after each change the client counts ``max(limit, MIN_WINDOW)`` answers to requests sent
+    under the new limit (over at least ``MIN_WINDOW_S``), takes their rate as limit / mean time in
+    flight (Little's law) and compares it with the last window's:
+
+    * a clean window (no retried request) whose rate grew by at least half of what the step
+      promises (rate ~ limit below the server's capacity) grows the limit: doubling until the first
+      plateau or overload, then ``max(1, limit // ADDITIVE_DIV)`` per window;
+    * a clean window that did not grow: the server is full; go back to the limit that got this rate
+      and probe one additive step again every `PROBE_EVERY` windows;
+    * an overload signal (429, a timeout, a refused or reset connection, or 5xx answers above
+      `OVERLOAD_5XX_SHARE` of a window) cuts the limit to ``DECREASE`` x its value at once, at most
+      once per window (signals from requests sent before the last cut are not counted again).
+
+    The requests waiting out a ``Retry-After`` or a backoff stay in flight, so a rate limit shrinks the
+    number of requests sent as well as the limit. A `Concurrency` with ``fixed`` never changes.
+    """
+
+    def __init__(self, spec: Concurrency = Concurrency(), clock: Callable[[], float] = time.monotonic):
+        self.spec = spec
+        self.fixed = spec.fixed is not None
+        self.maximum = max(1, spec.maximum)
+        self._limit = max(1, min(spec.start, self.maximum))
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.epoch = 0
+        self.slow_start = True
+        self.peak = self._limit
+        self.increases = self.decreases = 0
+        self.overload_cuts = 0  # the decreases an overload signal made (the others: plateaus)
+        self.history: List[Tuple[float, int, str]] = [(0.0, self._limit, "start")]
+        self._t0 = clock()
+        self._reset_window()
+        self._prev: Optional[Tuple[int, float]] = None  # (limit, rate) of the last judged window
+        self._hold = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def _reset_window(self) -> None:
+        self._w_started: Optional[float] = None
+        self._w_done = 0
+        self._w_latency = 0.0
+        self._w_5xx = 0
+        self._w_retried = 0
+
+    def _set(self, value: int, why: str) -> None:
+        """A new limit starts a new epoch (its window counts only requests sent under it); the same
+        limit just opens the next window."""
+        value = max(1, min(self.maximum, int(value)))
+        self._reset_window()
+        if value == self._limit:
+            return
+        if value > self._limit:
+            self.increases += 1
+        else:
+            self.decreases += 1
+        self._limit = value
+        self.peak = max(self.peak, value)
+        self.history.append((round(self.clock() - self._t0, 3), value, why))
+        self.epoch += 1
+
+    def done(self, epoch: int, latency: float) -> None:
+        """A request sent under ``epoch`` finished with an answer ``latency`` seconds after it was sent."""
+        if self.fixed or epoch != self.epoch:  # only requests sent under this limit say what it gives
+            return
+        with self._lock:
+            if epoch != self.epoch:
+                return
+            now = self.clock()
+            if self._w_started is None:
+                self._w_started = now
+            self._w_done += 1
+            self._w_latency += max(1e-6, float(latency))
+            if self._w_done < max(self._limit, MIN_WINDOW) or now - self._w_started < MIN_WINDOW_S:
+                return
+            # Little's law: requests/s = requests in flight / mean time in flight (no bias from answers
+            # that arrive in bursts, as a batched server's do)
+            rate = self._limit * self._w_done / self._w_latency
+            if self._w_5xx >= MIN_5XX and self._w_5xx > OVERLOAD_5XX_SHARE * self._w_done:
+                self._overload_locked("5xx")
+                return
+            clean = not self._w_retried
+            prev = self._prev
+            self._prev = (self._limit, rate)
+            if not clean:
+                self._set(self._limit, "unclean window")
+                return
+            grew = prev is None or (self._limit > prev[0] and
+                                    rate >= prev[1] * (1 + 0.5 * (self._limit / prev[0] - 1)))
+            if prev is None or grew:
+                step = self._limit if self.slow_start else max(1, self._limit // ADDITIVE_DIV)
+                self._hold = 0
+                self._set(self._limit + step, "throughput grew" if prev else "first window")
+            elif self._limit > prev[0]:  # the step bought nothing: back to the limit that got this rate
+                self.slow_start = False
+                self._hold = 0
+                self._set(prev[0], "plateau")
+            else:
+                self._hold += 1
+                if self._hold >= PROBE_EVERY:
+                    self._hold = 0
+                    self._set(self._limit + max(1, self._limit // ADDITIVE_DIV), "probe")
+                else:
+                    self._set(self._limit, "hold")
+
+    def signal(self, exc: BaseException, epoch: Optional[int]) -> None:
+        """A retried attempt (from `chat`'s ``on_retry``) of a request sent under ``epoch``."""
+        if self.fixed:
+            return
+        kind = overload_kind(exc)
+        with self._lock:
+            self._w_retried += 1
+            if kind == "5xx":
+                self._w_5xx += 1
+            elif kind is not None and (epoch is None or epoch == self.epoch):
+                self._overload_locked(kind)
+
+    def _overload_locked(self, kind: str) -> None:
+        self.overload_cuts += 1
+        self.slow_start = False
+        self._prev = None
+        self._set(max(1, int(self._limit * DECREASE)), f"overload ({kind})")
+
+    def describe(self) -> Dict[str, Any]:
+        return {**self.spec.describe(), "final": self._limit, "peak": self.peak, "increases": self.increases,
+                "decreases": self.decreases, "overload_cuts": self.overload_cuts}
+
+
+def overload_kind(exc: BaseException) -> Optional[str]:
+    """``"429"``, ``"timeout"``, ``"connection"``, ``"5xx"`` for the errors that say the endpoint is
+    over its capacity (5xx only in numbers: `AdaptiveLimit`), None for the rest."""
+    import openai
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection"
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 429:
+            return "429"
+        if exc.status_code >= 500:
+            return "5xx"
+    return None
+
+
+_JOB = threading.local()  # the epoch of the request a worker thread is running
 
 
 @dataclass
@@ -359,41 +745,34 @@ class RunStats:
     empty_answers: int = 0
     interrupted: bool = False
     errors: List[str] = field(default_factory=list)
+    concurrency: Dict[str, Any] = field(default_factory=dict)
+    limiter: Optional[AdaptiveLimit] = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def note_retry(self, exc: Any = None, *_: Any) -> None:
         """Count one retried request (thread-safe), and an `EmptyAnswer` among them; usable as
-        `chat`'s ``on_retry``."""
+        `chat`'s ``on_retry``. Inside `run_jobs` the retry is also an overload signal for its
+        `AdaptiveLimit`."""
         with self._lock:
             self.retries += 1
             self.empty_answers += isinstance(exc, EmptyAnswer)
+        if self.limiter is not None and isinstance(exc, BaseException):
+            self.limiter.signal(exc, getattr(_JOB, "epoch", None))
 
     def as_dict(self) -> Dict[str, Any]:
         return {"total": self.total, "cached": self.cached, "done": self.done, "failed": self.failed,
                 "retries": self.retries, "empty_answers": self.empty_answers, "interrupted": self.interrupted,
-                "first_errors": self.errors[:10]}
+                "concurrency": dict(self.concurrency), "first_errors": self.errors[:10]}
 
 
-def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache: ResultCache, *,
-             concurrency: int = 8, desc: str = "requests", progress: bool = True,
-             fail_fast: Callable[[BaseException], bool] = lambda e: bool(getattr(e, "fatal", False)),
-             stats: Optional[RunStats] = None) -> RunStats:
-    """Run ``work(payload)`` for every ``(key, payload)`` whose key is not cached, ``concurrency`` at a
-    time, storing each result in ``cache`` as soon as it arrives.
-
-    ``work`` raising an exception marks the job failed (counted, first errors kept) unless
-    ``fail_fast(exc)`` is true (default: a fatal `EndpointError`, e.g. an unknown model), which stops
-    the run and re-raises. Ctrl-C
-    cancels what has not started, waits for nothing more, and returns with ``interrupted`` set.
-    Pass ``stats`` to count retries from inside ``work`` (``on_retry=stats.note_retry``). A result
-    with a ``to_json`` method is stored as its JSON.
-    """
-    from tqdm import tqdm
-    stats = stats if stats is not None else RunStats()
+def plan_jobs(jobs: Iterable[Tuple[str, Any]], cache: ResultCache, stats: RunStats) -> List[Tuple[str, Any]]:
+    """The request plan: every distinct key once (the same request twice in one run is done once),
+    counted in ``stats.total`` and, when already in ``cache``, in ``stats.cached``; returns the
+    ``(key, payload)`` pairs still to send, in order."""
     todo: List[Tuple[str, Any]] = []
     seen = set()
     for key, payload in jobs:
-        if key in seen:  # the same request twice in one run: do it once
+        if key in seen:
             continue
         seen.add(key)
         stats.total += 1
@@ -401,41 +780,101 @@ def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache:
             stats.cached += 1
         else:
             todo.append((key, payload))
-    bar = tqdm(total=stats.total, initial=stats.cached, desc=desc, disable=not progress, unit="req")
-    pool = ThreadPoolExecutor(max_workers=max(1, int(concurrency)))
-    pending = {}
-    it = iter(todo)
-    try:
-        def submit_next() -> bool:
-            nxt = next(it, None)
-            if nxt is None:
-                return False
-            pending[pool.submit(work, nxt[1])] = nxt[0]
-            return True
+    return todo
 
-        for _ in range(max(1, int(concurrency))):
-            if not submit_next():
-                break
+
+def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache: ResultCache, *,
+             concurrency: Any = None, desc: str = "requests", progress: bool = True,
+             fail_fast: Callable[[BaseException], bool] = lambda e: bool(getattr(e, "fatal", False)),
+             stats: Optional[RunStats] = None, limiter: Optional[AdaptiveLimit] = None,
+             work_many: Optional[Callable[[List[Any]], List[Any]]] = None, batch_size: int = 1) -> RunStats:
+    """Run ``work(payload)`` for every ``(key, payload)`` whose key is not cached (`plan_jobs`), storing
+    each result in ``cache`` as soon as it arrives.
+
+    Requests in flight: ``concurrency`` an int pins them (as ``--concurrency N``), a `Concurrency`
+    (default: adaptive from 8, at most 256) starts an `AdaptiveLimit`; pass ``limiter`` to carry one
+    across runs on the same endpoint. ``work`` raising an exception marks the job failed (counted,
+    first errors kept) unless ``fail_fast(exc)`` is true (default: a fatal `EndpointError`, e.g. an
+    unknown model), which stops the run and re-raises. Ctrl-C cancels what has not started, waits
+    for nothing more, and returns with ``interrupted`` set. Pass ``stats`` to count retries from
+    inside ``work`` (``on_retry=stats.note_retry``: this also feeds the limit). A result with a
+    ``to_json`` method is stored as its JSON.
+
+    ``work_many`` instead of ``work`` (a local engine, ``predict --engine local``): the payloads go
+    ``batch_size`` at a time, in order, on this thread; it returns one result or exception per payload.
+    """
+    from tqdm import tqdm
+    stats = stats if stats is not None else RunStats()
+    todo = plan_jobs(jobs, cache, stats)
+    limiter = limiter or AdaptiveLimit(Concurrency.of(concurrency))
+    stats.limiter = limiter
+    bar = tqdm(total=stats.total, initial=stats.cached, desc=desc, disable=not progress, unit="req")
+
+    def record(key: str, exc: Optional[BaseException], res: Any = None) -> None:
+        if exc is not None:
+            if fail_fast(exc):
+                raise exc
+            stats.failed += 1
+            if "EmptyAnswer" in str(exc):  # the last of its attempts was an empty answer too
+                stats.empty_answers += 1
+            stats.errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            cache.put(key, res.to_json() if hasattr(res, "to_json") else res)
+            stats.done += 1
+        bar.update(1)
+
+    if work_many is not None:
+        size = max(1, int(batch_size))
+        try:
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                for (key, _), res in zip(batch, work_many([p for _, p in batch])):
+                    record(key, res if isinstance(res, BaseException) else None, res)
+                bar.set_postfix(failed=stats.failed, refresh=False)
+        except KeyboardInterrupt:
+            stats.interrupted = True
+        finally:
+            bar.close()
+            cache.sync()
+        return stats
+    pool = ThreadPoolExecutor(max_workers=limiter.maximum)
+    pending: Dict[Any, Tuple[str, int]] = {}
+    finished: "queue.SimpleQueue[Any]" = queue.SimpleQueue()  # futures as they finish (no O(n) wait)
+    it = iter(todo)
+
+    def run_one(payload: Any, epoch: int) -> Tuple[Any, float]:
+        _JOB.epoch = epoch
+        t0 = time.monotonic()
+        try:
+            return work(payload), time.monotonic() - t0
+        finally:
+            _JOB.epoch = None
+    try:
+        def fill() -> None:
+            while len(pending) < limiter.limit:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                epoch = limiter.epoch
+                fut = pool.submit(run_one, nxt[1], epoch)
+                pending[fut] = (nxt[0], epoch)
+                fut.add_done_callback(finished.put)
+
+        fill()
         while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                key = pending.pop(fut)
-                exc = fut.exception()
-                if exc is not None:
-                    if fail_fast(exc):
-                        raise exc
-                    stats.failed += 1
-                    if "EmptyAnswer" in str(exc):  # the last of its attempts was an empty answer too
-                        stats.empty_answers += 1
-                    stats.errors.append(f"{type(exc).__name__}: {exc}")
-                else:
-                    res = fut.result()
-                    value = res.to_json() if hasattr(res, "to_json") else res
-                    cache.put(key, value)
-                    stats.done += 1
-                bar.update(1)
-                bar.set_postfix(failed=stats.failed, retries=stats.retries, refresh=False)
-                submit_next()
+            try:
+                fut = finished.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            key, epoch = pending.pop(fut)
+            exc = fut.exception()
+            res, latency = (None, 0.0) if exc is not None else fut.result()
+            record(key, exc, res)
+            if exc is None:
+                limiter.done(epoch, latency)
+            fill()
+            bar.set_postfix(in_flight=f"{len(pending)}/{limiter.limit}", failed=stats.failed,
+                            retries=stats.retries, refresh=False)
     except KeyboardInterrupt:
         stats.interrupted = True
         for fut in pending:
@@ -443,6 +882,9 @@ def run_jobs(jobs: Iterable[Tuple[str, Any]], work: Callable[[Any], Any], cache:
     finally:
         pool.shutdown(wait=not stats.interrupted, cancel_futures=True)
         bar.close()
+        stats.concurrency = limiter.describe()
+        stats.limiter = None
+        cache.sync()
     return stats
 
 
@@ -464,7 +906,14 @@ def add_request_args(parser, max_tokens: int, temperature: float,
     # the MCR_API_TIMEOUT default is read (and range-checked, naming the variable) when the parser is built
     parser.add_argument("--timeout", type=positive_float, default=env_number("MCR_API_TIMEOUT", positive_float),
                         help="seconds per request (default $MCR_API_TIMEOUT, else 120)")
-    parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
+    parser.add_argument("--concurrency", type=positive_int, default=None,
+                        help="pin the requests in flight to N (default: adaptive, see --max-concurrency)")
+    parser.add_argument("--max-concurrency", type=positive_int, default=None,
+                        help=f"most requests in flight of the adaptive limit (default {DEFAULT_MAX}, or twice "
+                             "what fills --server-batch)")
+    parser.add_argument("--server-batch", type=positive_int, default=None, metavar="SEQUENCES",
+                        help="sequences the server batches at once (a `swift deploy` / vLLM: engines x "
+                             "max_num_seqs); the adaptive limit starts at what fills it")
     parser.add_argument("--retries", type=non_negative_int, default=5, help="extra attempts per request on API errors")
     parser.add_argument("--backoff", type=non_negative_float, default=1.0,
                         help="first backoff in seconds (doubles each retry)")

@@ -50,9 +50,10 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "w", encoding: str = "utf-8"):
+def atomic_open(path, mode: str = "w", encoding: str = "utf-8", fsync: bool = True):
     """``with atomic_open(path) as f: f.write(...)``: ``path`` appears, complete, only when the block
-    ends without an exception (see the module docstring). ``mode`` is "w" (text) or "wb"."""
+    ends without an exception (see the module docstring). ``mode`` is "w" (text) or "wb".
+    ``fsync=False`` leaves the sync to the caller (one sync for many files: stand-in images)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
@@ -67,7 +68,8 @@ def atomic_open(path, mode: str = "w", encoding: str = "utf-8"):
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):

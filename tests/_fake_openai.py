@@ -14,14 +14,18 @@ class FakeOpenAI:
     """``answer(body) -> list of texts`` (one per choice; None: ``content: null``), ``(status, message)``
     for an error, or a dict sent as the whole 200 body.
 
-    ``fail_first`` makes the first N chat requests answer ``fail_status``; ``delay`` holds every
+    ``fail_first`` makes the first N chat requests answer ``fail_status`` (with ``fail_headers``, e.g.
+    ``Retry-After``); ``delay`` holds every
     chat request that long (so concurrent requests overlap and ``peak`` measures them).
     """
 
     def __init__(self, answer: Callable[[Dict[str, Any]], Any], *, model: str = "fake-model",
-                 fail_first: int = 0, fail_status: int = 503, delay: float = 0.0):
+                 fail_first: int = 0, fail_status: int = 503, delay: float = 0.0,
+                 fail_headers: Optional[Dict[str, str]] = None):
         self.answer, self.model = answer, model
         self.fail_first, self.fail_status, self.delay = fail_first, fail_status, delay
+        self.fail_headers = dict(fail_headers or {})
+        self.times: List[float] = []  # arrival time of every chat request (time.monotonic)
         self.requests: List[Dict[str, Any]] = []
         self.failed = 0
         self.active = self.peak = 0
@@ -37,6 +41,9 @@ class FakeOpenAI:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if status == fake.fail_status:
+                    for k, v in fake.fail_headers.items():
+                        self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -60,6 +67,7 @@ class FakeOpenAI:
 
     def _chat(self, body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
         with self._lock:
+            self.times.append(time.monotonic())
             self.active += 1
             self.peak = max(self.peak, self.active)
             fail = self.failed < self.fail_first

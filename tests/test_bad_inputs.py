@@ -166,7 +166,7 @@ def test_every_writer_uses_the_shared_atomic_helper():
     is dropped on reading, the reward log, and the run's times.tsv)."""
     import re
     allowed = {("pipeline/serve.py", 'with open(log, "w") as f:'),
-               ("endpoint.py", 'with open(self.path, "a", encoding="utf-8") as f:'),
+               ("endpoint.py", 'self._file = open(self.path, "ab", buffering=0)  # unbuffered: one write per line'),
                ("plugin/orms.py", 'with _lock, open(path, "a", encoding="utf-8") as f:'),
                ("pipeline/runner.py", 'with open(times, "a") as f:')}   # times.tsv: one line per stage run
     bad, seen = [], set()

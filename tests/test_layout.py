@@ -176,7 +176,8 @@ def test_recipe_helpers_are_commands():
 
 def test_tools_holds_no_command_wrappers():
     assert sorted(p.name for p in (REPO / "tools").iterdir() if p.name != "__pycache__") == [
-        "bench_metrics.py", "bench_predict.py", "bench_rewards.py", "bench_stage_repeat.py", "gpu_check.sh", "setup.sh"]
+        "bench_endpoint.py", "bench_metrics.py", "bench_predict.py", "bench_rewards.py", "bench_stage_repeat.py",
+        "gpu_check.sh", "setup.sh"]
 
 
 def environment_writes(root: Path = REPO):

@@ -19,8 +19,9 @@ from . import mner_mi as mner_mod
 from ..core.argtypes import non_negative_int, positive_int
 from ..files import VERIFY_MODES, plain_name
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..prompts import task_instruction
 from .rows import ANSWER_ONLY_SUFFIX, answer_only_row, sample_to_row
-from .standin import DEFAULT_SIZE, write_standin_images
+from .standin import DEFAULT_SIZE, standin_images, write_standin_images
 from .twitter import SPLITS, load_twitter_gmner
 from ..core.coords import CoordinateSpace, apply_image_budget, budget_from_env
 from ..core.entities import Box, Entity, Sample
@@ -131,6 +132,20 @@ def write_named_standins(images: Mapping[str, Tuple[Tuple[int, int], Sequence[Bo
     return write_standin_images(samples, out_dir, progress=progress, created=created)
 
 
+def _with_standins(pre, placed):
+    """The samples of ``pre`` with their stand-in images (`standin_images`' (path, size) per sample),
+    or None when a kept stand-in's size is not the xml's (then the split is read again with the images,
+    which rescales the boxes to them)."""
+    from dataclasses import replace
+    out = type(pre)()
+    for s, (path, size) in zip(pre, placed):
+        if s.image_size is not None and tuple(size) != tuple(s.image_size):
+            return None
+        out.append(replace(s, images=(str(path.resolve()),), image_sizes=(tuple(size),)))
+    out.report = pre.report
+    return out
+
+
 def _summary(stage: Staging, summary: Dict[str, Dict]) -> Dict[str, Dict]:
     write_json_atomic(stage.dir / "summary.json", summary)
     return summary
@@ -172,19 +187,25 @@ def prepare_twitter_gmner(root, out_dir, *, splits: Sequence[str] = SPLITS, imag
                          "stand-in images (standin_dir)")
     with Staging(out_dir, "twitter_gmner", standin_dir) as stage:
         summary: Dict[str, Dict] = {}
+        instruction = task_instruction(family)  # once, not per row
         for split in splits:
+            samples = None
             if standin_dir is not None:
-                # Sizes from the xml; then the stand-ins are the images.
+                # Sizes from the xml; then the stand-ins are the images. Read once: the images just drawn
+                # have the xml's sizes, a kept one is checked by its header (`standin_images`)
                 pre = load_twitter_gmner(root, split, on_error=on_error, limit=limit, tags=tags)
-                write_standin_images(pre, standin_dir, progress=progress, created=stage.standins)
+                samples = _with_standins(pre, standin_images(pre, standin_dir, progress=progress,
+                                                             created=stage.standins))
                 images = standin_dir
             else:
                 images = image_dir
-            samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit,
-                                         tags=tags, verify_images=verify_images == "full")
+            if samples is None:  # real images (verified as --verify-images says), or kept files of other sizes
+                samples = load_twitter_gmner(root, split, Path(images).resolve(), on_error=on_error, limit=limit,
+                                             tags=tags, verify_images=verify_images == "full")
             path = stage.path(f"{split}.jsonl")
-            _write_rows(stage.dir / path.name, (sample_to_row(s, family=family, multi_box=multi_box) for s in samples),
-                        len(samples), f"prepare {split}", progress, image_budget)
+            _write_rows(stage.dir / path.name,
+                        (sample_to_row(s, family=family, instruction=instruction, multi_box=multi_box)
+                         for s in samples), len(samples), f"prepare {split}", progress, image_budget)
             write_answer_only(stage.dir / path.name)  # mcr-gmner:<split>_answer_only (Table 1 "+SFT")
             rep = samples.report
             summary[split] = {**rep.as_dict(), "rows": len(samples), "file": str(path),

@@ -143,7 +143,7 @@ def _samples(rows: Sequence[Mapping[str, Any]], source: str, lines: Sequence[int
 def run_baselines(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sample], out: Path, endpoint, method: str, *,
                   demos: Sequence[Sample] = (), space: Optional[CoordinateSpace] = None, multi_box: str = "largest",
                   temperature: float = DEFAULT_TEMPERATURE, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0,
-                  concurrency: int = 8, retry=None, cache_path: Optional[Path] = None,
+                  concurrency: Any = None, retry=None, cache_path: Optional[Path] = None,
                   progress: bool = True) -> Dict[str, Any]:
     """Query the endpoint for every post; returns the summary (and writes ``out`` when complete).
     ``space`` None: boxes in original pixels (``--box-space original``)."""
@@ -208,6 +208,7 @@ def run_baselines(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sample], 
     if complete:
         write_jsonl_atomic(out, produced)
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
+    cache.close()  # the lock is held until the outputs are written
     return summary
 
 
@@ -222,7 +223,7 @@ def _read(path: str, limit: Optional[int] = None) -> Tuple[List[Dict[str, Any]],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
+    from ..endpoint import Concurrency, Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
     p = argparse.ArgumentParser(prog="mcr-swift baselines", description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--input", required=True, help="prepared split to answer, e.g. mcr_data/twitter_gmner/test.jsonl")
@@ -267,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
     summary = run_baselines(rows, samples, Path(a.out), ep, a.method, demos=demos, space=space,
                             multi_box=a.multi_box, temperature=a.temperature, max_tokens=a.max_tokens,
-                            seed=a.seed, concurrency=a.concurrency,
+                            seed=a.seed, concurrency=Concurrency.from_args(a),
                             retry=retry,
                             cache_path=Path(a.cache) if a.cache else None, progress=not a.no_progress)
     r = summary["requests"]

@@ -252,7 +252,7 @@ class LocalBackend:
 class ApiBackend:
     """An OpenAI-compatible endpoint through `mcr_swift.endpoint.chat` (images inline as data URLs)."""
 
-    def __init__(self, endpoint, *, concurrency: int = 8, retry=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+    def __init__(self, endpoint, *, concurrency: Any = None, retry=None, max_tokens: int = DEFAULT_MAX_TOKENS,
                  temperature: float = DEFAULT_TEMPERATURE, seed: Optional[int] = None):
         from ..endpoint import RetryPolicy
         self.endpoint, self.concurrency = endpoint, concurrency
@@ -275,46 +275,6 @@ def _record(post: Post, text: Optional[str], space: Optional[CoordinateSpace],
         return {"id": post.id, "entities": [], "raw": None, "parse_ok": False, "error": error or post.error}
     entities, res = answer_entities(text, space, post.sizes[0] if post.sizes else None)
     return {"id": post.id, "entities": entities, "raw": text, "parse_ok": res.ok, "error": None}
-
-
-def _run_batches(posts: Sequence[Post], keys: Dict[int, str], backend, instruction: str, cache, st,
-                 errors: Dict[str, str], progress: bool) -> None:
-    """Send the uncached posts to ``backend.complete_many`` ``backend.batch_size`` at a time (input
-    order), caching each answer as its batch returns; a failed post is counted in ``st.failed`` with
-    its message in ``errors``. Ctrl-C keeps what finished and sets ``st.interrupted``."""
-    from tqdm import tqdm
-    todo, seen = [], set()
-    for i, key in keys.items():
-        if key in seen:
-            continue
-        seen.add(key)
-        st.total += 1
-        if key in cache:
-            st.cached += 1
-        else:
-            todo.append(i)
-    size = max(1, int(getattr(backend, "batch_size", 1)))
-    bar = tqdm(total=st.total, initial=st.cached, desc="predict", disable=not progress, unit="post")
-    try:
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            results = backend.complete_many([(post_messages(posts[i].text, len(posts[i].paths), instruction),
-                                              posts[i].paths) for i in batch])
-            for i, res in zip(batch, results):
-                if isinstance(res, BaseException):
-                    st.failed += 1
-                    msg = f"{type(res).__name__}: {res}"
-                    st.errors.append(msg)
-                    errors[keys[i]] = f"{posts[i].where}: {msg}"
-                else:
-                    cache.put(keys[i], res.to_json())
-                    st.done += 1
-            bar.update(len(batch))
-            bar.set_postfix(failed=st.failed, refresh=False)
-    except KeyboardInterrupt:
-        st.interrupted = True
-    finally:
-        bar.close()
 
 
 def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optional[CoordinateSpace], *,
@@ -353,12 +313,19 @@ def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optio
         except Exception as e:  # a local-engine failure on this post
             errors[keys[i]] = f"{p.where}: {type(e).__name__}: {e}"
             raise
-    try:
-        if hasattr(backend, "complete_many"):  # local engine: batches of posts, one engine call each
-            _run_batches(posts, keys, backend, instruction, cache, st, errors, progress)
-        else:  # endpoint: ``concurrency`` requests in flight
-            run_jobs(((keys[i], i) for i in keys), work, cache, concurrency=backend.concurrency, desc="predict",
-                     progress=progress, stats=st)
+    def work_many(batch: List[int]) -> List[Any]:  # local engine: one engine call per batch of posts
+        results = backend.complete_many([(post_messages(posts[i].text, len(posts[i].paths), instruction),
+                                          posts[i].paths) for i in batch])
+        for i, res in zip(batch, results):
+            if isinstance(res, BaseException):
+                errors[keys[i]] = f"{posts[i].where}: {type(res).__name__}: {res}"
+        return results
+    try:  # the endpoint: adaptive (or pinned) requests in flight; the local engine: batches, in order
+        batched = hasattr(backend, "complete_many")
+        run_jobs(((keys[i], i) for i in keys), work, cache, concurrency=getattr(backend, "concurrency", 1),
+                 desc="predict",
+                 progress=progress, stats=st, work_many=work_many if batched else None,
+                 batch_size=getattr(backend, "batch_size", 1))
         records, failed = [], 0
         for i, p in enumerate(posts):
             value = cache.get(keys[i]) if i in keys else None
@@ -369,6 +336,7 @@ def predict_posts(posts: Sequence[Post], backend, instruction: str, space: Optio
             text = None if value is None else (ChatResult.from_json(value).texts or [""])[0]
             records.append(_record(p, text, space, error))
     finally:
+        cache.close()
         if tmp is not None:
             tmp.cleanup()
     counts = {"posts": len(posts), "answered": sum(r["raw"] is not None for r in records),
@@ -409,7 +377,7 @@ def _fail(msg: str) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..endpoint import Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
+    from ..endpoint import Concurrency, Endpoint, EndpointError, RetryPolicy, add_endpoint_args, add_request_args
     from ..prompts import task_instruction
     p = argparse.ArgumentParser(prog="mcr-swift predict", description=__doc__.splitlines()[0])
     src = p.add_argument_group("input (one post, or a JSONL of posts)")
@@ -475,7 +443,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    batch_size=a.batch_size, infer_backend=a.infer_backend)
         else:
             ep = Endpoint.resolve(a.base_url, a.model, a.api_key, a.timeout)
-            backend = ApiBackend(ep, concurrency=a.concurrency, retry=RetryPolicy.from_args(a),
+            backend = ApiBackend(ep, concurrency=Concurrency.from_args(a), retry=RetryPolicy.from_args(a),
                                  max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed)
     except (EndpointError, RuntimeError) as e:
         return _fail(str(e))

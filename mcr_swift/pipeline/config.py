@@ -48,7 +48,7 @@ class Synth:
     per_post: int
     temperature: float
     max_tokens: int
-    concurrency: int
+    concurrency: Optional[int]
     base_url: Optional[str]
     model: Optional[str]
     llm_base_url: Optional[str]
@@ -94,6 +94,7 @@ class Filter:
     min_max: float
     min_median: float
     max_median: float
+    server_batch: Optional[int]
 
 
 @dataclass
@@ -181,7 +182,7 @@ ENV_VARS: Dict[str, str] = {
     "SFT_BATCH_SIZE": "sft.batch_size", "SFT_PER_DEVICE_BATCH_SIZE": "sft.per_device_batch_size",
     "SFT_MAX_STEPS": "sft.max_steps", "SFT_EPOCHS": "sft.epochs", "SFT_LEARNING_RATE": "sft.learning_rate",
     "SFT_TUNER": "sft.tuner", "SFT_EXTRA_ARGS": "sft.extra_args",
-    "CVO_QUERIES": "filter.queries", "FILTER_G": "filter.G", "FILTER_TEMPERATURE": "filter.temperature",
+    "FILTER_SERVER_BATCH": "filter.server_batch", "CVO_QUERIES": "filter.queries", "FILTER_G": "filter.G", "FILTER_TEMPERATURE": "filter.temperature",
     "FILTER_TOP_K": "filter.top_k", "FILTER_TOP_P": "filter.top_p", "FILTER_MAX_TOKENS": "filter.max_tokens",
     "FILTER_MIN_STD": "filter.min_std", "FILTER_MIN_MAX": "filter.min_max",
     "FILTER_MIN_MEDIAN": "filter.min_median", "FILTER_MAX_MEDIAN": "filter.max_median",

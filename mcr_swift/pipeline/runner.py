@@ -216,7 +216,7 @@ def do_synth(r: Run) -> None:
                 ep += [flag, v]
     cmd = mcr("synth", "--input", *inputs, "--out", r.data / "mrsi" / "d_r.jsonl", "--styles", ",".join(s.styles),
               "--per-post", s.per_post, "--seed", c.seed, "--temperature", s.temperature, "--max-tokens",
-              s.max_tokens, "--concurrency", s.concurrency, "--chain-retries", s.chain_retries, "--replace",
+              s.max_tokens, *(["--concurrency", s.concurrency] if s.concurrency else []), "--chain-retries", s.chain_retries, "--replace",
               s.replace, *(["--repeat-styles"] if s.repeat_styles else []), *_chain_cap(r), "--no-progress", *ep)
     try:
         r.ex.run(cmd)
@@ -321,6 +321,12 @@ def do_trained_eval(r: Run) -> None:
     _infer_eval(r, *r.sft_policy(), str(posts), posts, r.dir / "trained_eval")
 
 
+def _server_batch(r: Run) -> int:
+    """Sequences the filter's policy server batches (issue 23): vLLM engines (one per GPU) x 256 (ms-swift's
+    vllm_max_num_seqs); the transformers backend batches 1."""
+    return max(1, r.gpus) * 256 if r.c.infer.backend == "vllm" and r.gpus > 0 else 1
+
+
 def do_filter(r: Run) -> None:
     f, c = r.c.filter, r.c
     url = r.serve(*r.policy())
@@ -329,7 +335,8 @@ def do_filter(r: Run) -> None:
                      "--out", r.data / "mrsi" / "d2_filtered.jsonl", "--base-url", url, "-G", f.G,
                      "--temperature", f.temperature, "--top-k", f.top_k, "--top-p", f.top_p,
                      "--max-tokens", f.max_tokens, "--seed", c.seed, "--min-std", f.min_std, "--min-max", f.min_max,
-                     "--min-median", f.min_median, "--max-median", f.max_median, "--no-progress"))
+                     "--min-median", f.min_median, "--max-median", f.max_median,
+                     "--server-batch", f.server_batch or _server_batch(r), "--no-progress"))
     finally:
         r.unserve()
 

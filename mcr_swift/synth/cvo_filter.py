@@ -132,7 +132,7 @@ def _score_group(texts: Sequence[str], q: Mapping[str, Any], config, skipped: Co
 def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int = DEFAULT_G,
               temperature: float = DEFAULT_TEMPERATURE, top_k: Optional[int] = DEFAULT_TOP_K,
               top_p: Optional[float] = DEFAULT_TOP_P, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0,
-              thresholds: FilterThresholds = FilterThresholds(), concurrency: int = 8, retry=None,
+              thresholds: FilterThresholds = FilterThresholds(), concurrency: Any = None, retry=None,
               cache_path: Optional[Path] = None, progress: bool = True, source: str = "input",
               reward) -> Dict[str, Any]:
     """Sample, score with ``reward`` (a `mcr_swift.core.scoring.RewardConfig`, its space the server's),
@@ -180,7 +180,8 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         if not r.texts:
             raise RuntimeError(f"post {pid}: the endpoint returned no choices")
         return ChatResult(r.texts[:1] * g, r.finish_reasons[:1] * g, r.prompt_tokens, r.completion_tokens)
-    run_jobs(jobs, work if temperature > 0 else work_greedy, cache, concurrency=concurrency, desc="cvo-filter", progress=progress, stats=st)
+    run_jobs(jobs, work if temperature > 0 else work_greedy, cache, concurrency=concurrency, desc="cvo-filter",
+             progress=progress, stats=st)
 
     skipped: Counter = Counter()
     kept, records, fails = [], [], Counter()
@@ -232,6 +233,7 @@ def filter_d2(rows: Sequence[Mapping[str, Any]], out: Path, endpoint, *, g: int 
         write_jsonl_atomic(out, kept)
         write_jsonl_atomic(out.with_name(out.name + ".stats.jsonl"), records)
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
+    cache.close()  # the lock is held until the outputs are written
     return summary
 
 
@@ -264,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ..core.argtypes import int_range, non_negative_float, positive_int, top_k_int, top_p_float, unit_float
     from ..core.coords import add_space_args, space_from_args
     from ..core.scoring import RewardConfig, add_reward_args
-    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
+    from ..endpoint import Concurrency, Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
     from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift cvo-filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="D2 rows (mcr-swift split), e.g. mcr_data/mrsi/d2.jsonl")
@@ -300,7 +302,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = filter_d2(rows, Path(a.out), ep, g=a.num_generations, temperature=a.temperature, top_k=a.top_k,
                         top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
                         thresholds=FilterThresholds(a.min_std, a.min_max, a.min_median, a.max_median, a.std_ddof),
-                        concurrency=a.concurrency, retry=retry, cache_path=Path(a.cache) if a.cache else None,
+                        concurrency=Concurrency.from_args(a, a.num_generations if a.temperature > 0 else 1),
+                        retry=retry, cache_path=Path(a.cache) if a.cache else None,
                         progress=not a.no_progress, source=a.input, reward=reward)
     print(format_summary(summary))
     return finish_run(summary["complete"], summary["requests"]["interrupted"],

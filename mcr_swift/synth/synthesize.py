@@ -336,7 +336,7 @@ def paper_count_line(task_samples: Mapping[str, int], per_post: int, n_styles: i
 
 
 def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[str], *, endpoints: Mapping[str, Any],
-               cache_path: Optional[Path] = None, concurrency: int = 8, retry=None, temperature: float =
+               cache_path: Optional[Path] = None, concurrency: Any = None, retry=None, temperature: float =
                DEFAULT_TEMPERATURE, top_p: Optional[float] = None, max_tokens: int = DEFAULT_MAX_TOKENS,
                seed: int = 0, per_post: int = 0, repair: bool = True, multi_box: str = "largest",
                progress: bool = True, source: str = "input", chain_retries: int = DEFAULT_CHAIN_RETRIES,
@@ -346,6 +346,8 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     list of them (the style's samples are shared out between them in turn, e.g. App. E.4's two
     MLLMs). A rejected chain is asked again ``chain_retries`` times with another seed, then its slot
     is replaced (``replace``, `REPLACE_MODES`), so D_R keeps its planned size where it can.
+    ``concurrency``: an int pins the requests in flight, a `Concurrency` (default adaptive) sets one
+    `AdaptiveLimit` per endpoint, carried across the styles and rounds it serves.
     With ``length_counter`` (a `mcr_swift.data.lengths.TokenCounter`) and ``max_completion``, a chain
     (template or API) longer than ``max_completion`` tokens is rejected (``too_long``) like any other
     rejection: GRPO's rollouts and the filter's samples are capped there, so it could never be written
@@ -401,6 +403,7 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
         write_jsonl_atomic(out, produced)
         write_jsonl_atomic(out.with_name(out.stem + ".rejected.jsonl"), run.rejected)
     write_json_atomic(out.with_name(out.name + ".summary.json"), summary)
+    cache.close()  # the lock is held until the outputs are written
     return summary
 
 
@@ -419,6 +422,7 @@ class _Run:
         self.ep_turn: Counter = Counter()
         self.retried: Counter = Counter()   # (task, style) -> chains asked again
         self.stopped = False
+        self.limits: Dict[Tuple[str, str], Any] = {}  # one AdaptiveLimit per endpoint (the LLM styles share one)
 
     # ---- the loop
     def go(self) -> None:
@@ -469,7 +473,7 @@ class _Run:
             c["replacing"] += 1
 
     def _ask(self, open_: Sequence[_Slot]) -> None:
-        from ..endpoint import RunStats, cache_key, chat, run_jobs
+        from ..endpoint import AdaptiveLimit, Concurrency, RunStats, cache_key, chat, run_jobs
         k = self.kw
         groups: Dict[Tuple[str, int], List[Tuple[str, Any]]] = defaultdict(list)
         for sl in open_:
@@ -494,8 +498,10 @@ class _Run:
                     msgs, rseed = payload
                     return chat(ep, msgs, temperature=k["temperature"], top_p=k["top_p"], max_tokens=k["max_tokens"],
                                 seed=rseed, retry=k["retry"], client=client, on_retry=st.note_retry)
-                run_jobs(jobs, work, self.cache, concurrency=k["concurrency"], desc=f"synth {style}",
-                         progress=k["progress"], stats=st)
+                limit = self.limits.setdefault((ep.base_url, ep.model),
+                                               AdaptiveLimit(Concurrency.of(k["concurrency"])))
+                run_jobs(jobs, work, self.cache, desc=f"synth {style}", progress=k["progress"], stats=st,
+                         limiter=limit)
                 if st.interrupted:
                     self.stopped = True
                     return
@@ -642,7 +648,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from ..core.argtypes import non_negative_int, positive_int, top_p_float
-    from ..endpoint import Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
+    from ..endpoint import Concurrency, Endpoint, RetryPolicy, add_endpoint_args, add_request_args, finish_run
     from ..files import refuse_overwriting_inputs
     p = argparse.ArgumentParser(prog="mcr-swift synth", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+",
@@ -731,7 +737,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ..data.lengths import TokenCounter, load_tokenizer
         counter = TokenCounter(load_tokenizer(a.tokenizer), space_from_args(a))
     summary = synthesize(rows, Path(a.out), styles, endpoints=endpoints,
-                         cache_path=Path(a.cache) if a.cache else None, concurrency=a.concurrency,
+                         cache_path=Path(a.cache) if a.cache else None, concurrency=Concurrency.from_args(a),
                          retry=retry, temperature=a.temperature,
                          top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed, per_post=a.per_post,
                          repair=not a.no_repair, multi_box=a.multi_box, progress=not a.no_progress,

@@ -98,12 +98,18 @@ class Command:
         env = [f"env -u {k}" for k, v in self.env.items() if v is None]
         env += [f"{k}={shlex.quote(v)}" for k, v in self.env.items() if v is not None and hide.get(k) != v]
         argv = ["mcr-swift", *self.argv[3:]] if self.argv[1:3] == ["-m", "mcr_swift.cli"] else self.argv
+        if argv and argv[0] == str(Path(sys.executable).parent / "swift"):
+            argv = ["swift", *argv[1:]]   # the venv's own swift, shown as the user types it
         return " ".join(env + [_shown(w) for w in argv])
 
 
 def swift_exe(env: Mapping[str, str] = os.environ) -> List[str]:
-    """The ``swift`` command (``SWIFT`` may name another, e.g. a recording stub in the tests)."""
-    return shlex.split(env.get("SWIFT") or "swift")
+    """The ``swift`` command (``SWIFT`` may name another, e.g. a recording stub in the tests): the one
+    installed beside this interpreter (its venv) when there is one, else ``swift`` on PATH."""
+    if env.get("SWIFT"):
+        return shlex.split(env["SWIFT"])
+    beside = Path(sys.executable).parent / "swift"
+    return [str(beside)] if beside.is_file() else ["swift"]
 
 
 def mcr(*args: Any) -> Command:

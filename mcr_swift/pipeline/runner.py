@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -98,7 +99,7 @@ class Run:
         if self.ex.dry_run:
             return Deferred('"$BASE_URL"')
         try:
-            url = server.start(cmd.argv[len(swift_exe()) + 1:], log, self.pid_file, swift=os.environ.get("SWIFT", "swift"),
+            url = server.start(cmd.argv[len(swift_exe()) + 1:], log, self.pid_file, swift=shlex.join(swift_exe()),
                                env=self.ex.env, cwd=REPO)
         except (RuntimeError, OSError) as e:   # it exited, never answered, or could not start
             raise StageFailed(f"swift deploy: {e}") from None

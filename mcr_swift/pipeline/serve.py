@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument("--log", required=True)
     s.add_argument("--pid-file", required=True)
     s.add_argument("--timeout", type=positive_float, default=900.0)
-    s.add_argument("--swift", default=os.environ.get("SWIFT", "swift"))
+    s.add_argument("--swift", default=None, help="the swift command (default $SWIFT, else the one beside this Python)")
     s.add_argument("deploy_args", nargs=argparse.REMAINDER)
     t = sub.add_parser("stop")
     t.add_argument("--pid-file", required=True)
@@ -105,7 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     args = a.deploy_args[1:] if a.deploy_args[:1] == ["--"] else a.deploy_args
     try:
-        print(start(args, Path(a.log), Path(a.pid_file), a.timeout, a.swift))
+        from .commands import swift_exe
+        print(start(args, Path(a.log), Path(a.pid_file), a.timeout, a.swift or shlex.join(swift_exe())))
     except RuntimeError as e:
         print(f"mcr-swift serve: {e}", file=sys.stderr)
         return 1

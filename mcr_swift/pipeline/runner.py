@@ -271,11 +271,11 @@ def do_preflight(r: Run) -> None:
     if c.stages.cvo and not c.stages.cvo_by_sft:
         disk += ["--stage", f"cvo_grpo:lora:{keep}:merge"]
     common = ["--model", r.model, "--template", r.template, "--accept-losses", c.preflight_accept_losses,
-              "--no-progress"]
+              "--disk-dir", r.dir, *disk, "--no-progress"]
     vllm_len = infer.get("vllm_max_model_len") if c.infer.backend == "vllm" else 0
     r.ex.run(mcr("preflight", *present(train), "--max-length", sft["max_length"], "--max-completion-length",
                  _completion_cap(r), "--vllm-max-model-len", sft["max_length"] if c.grpo.use_vllm else 0,
-                 "--out", r.dir / "preflight" / "train", "--disk-dir", r.dir, *disk, *common))
+                 "--out", r.dir / "preflight" / "train", *common))
     r.ex.run(mcr("preflight", *present(test), "--max-length", 0, "--max-completion-length", c.infer.max_new_tokens,
                  "--vllm-max-model-len", vllm_len or 0, "--out", r.dir / "preflight" / "test", *common))
 

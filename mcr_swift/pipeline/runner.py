@@ -242,6 +242,10 @@ def _chain_cap(r: Run) -> List[str]:
 
 def do_split(r: Run) -> None:
     tmp, mrsi = r.data / "mrsi.tmp", r.data / "mrsi"
+    d_r = mrsi / "d_r.jsonl"
+    if not r.ex.dry_run and not any(l.strip() for l in d_r.read_text(encoding="utf-8").splitlines()):
+        raise StageFailed(f"{d_r}: D_R has no row (every chain rejected: see {d_r}.summary.json and "
+                          f"{mrsi / 'd_r.rejected.jsonl'}; e.g. a completion cap below the chains' length)")
     r.ex.run(mcr("split", "--input", mrsi / "d_r.jsonl", "--out-dir", tmp, "--d1-ratio", r.c.split.d1_ratio,
                  "--split-unit", r.c.split.unit, "--seed", r.c.seed))
     r.ex.log(f"  $ mv {tmp}/d1.jsonl {tmp}/d2.jsonl {mrsi}/   (d2.jsonl last: the stage's output)")

@@ -19,7 +19,7 @@ from tests.conftest import REPO, SHARED
 pytestmark = [pytest.mark.swift, pytest.mark.shared]
 
 # the tiny profile fine-tunes the whole tiny model (issue 16): its checkpoint is the policy, no merge stage
-STAGES = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "trained-eval", "cvo-filter", "cvo-grpo",
+STAGES = ["tiny-model", "prepare", "synth", "split", "preflight", "mrsi-sft", "trained-eval", "cvo-filter", "cvo-grpo",
           "infer-eval", "curves"]
 
 
@@ -44,7 +44,8 @@ def test_full_pipeline_on_cpu_then_resume(tmp_path):
     assert [t["stage"] for t in r["times"]] == STAGES
     assert all(t["seconds"] is not None for t in r["times"])
     # data: 8 posts per split; D_R from the three sources (8 train samples each: Twitter-GMNER and the
-    # shipped MNER-MI / GREC samples), 2 of the 5 styles per sample; D1 / D2 split the samples
+    # shipped MNER-MI / GREC samples), 2 of the 5 styles per sample; D1 / D2 split the samples (the tiny
+    # profile's split unit is post: its memorisation check trains on both chains of a D1 post)
     assert {k: v["rows"] for k, v in r["prepare"].items()} == {"train": 8, "dev": 8, "test": 8}
     src = r["sources"]["per_source"]
     assert {t: d["status"] for t, d in src.items()} == {"gmner": "prepared", "mner_mi": "prepared", "grec": "prepared"}
@@ -57,9 +58,12 @@ def test_full_pipeline_on_cpu_then_resume(tmp_path):
         d = r["synth"][style]
         assert d.get("produced", 0) + d.get("rejected", 0) == d["planned"]
     key = lambda l: (json.loads(l).get("mcr_task"), json.loads(l)["mcr_id"])  # noqa: E731
-    d1 = {key(l) for l in (run / "data/mrsi/d1.jsonl").read_text().splitlines()}
-    d2 = {key(l) for l in (run / "data/mrsi/d2.jsonl").read_text().splitlines()}
-    assert abs(len(d1) - len(d2)) <= 1 and not d1 & d2 and {t for t, _ in d1 | d2} == {"gmner", "mner_mi", "grec"}
+    rows = {h: (run / f"data/mrsi/{h}.jsonl").read_text().splitlines() for h in ("d_r", "d1", "d2")}
+    d1, d2 = {key(l) for l in rows["d1"]}, {key(l) for l in rows["d2"]}
+    assert len(rows["d1"]) + len(rows["d2"]) == len(rows["d_r"])
+    assert d1 | d2 == {key(l) for l in rows["d_r"]} and {t for t, _ in d1 | d2} == {"gmner", "mner_mi", "grec"}
+    assert not d1 & d2 and abs(len(d1) - len(d2)) <= 1
+    assert r["sources"]["per_source"]["gmner"]["d1_posts"] == len({k for k in d1 if k[0] == "gmner"})
     assert r["filter"]["queries"] == len(d2) and r["filter"]["kept"] == len(d2)  # tiny profile opens the thresholds
     # the stages trained with the paper's values where the tiny profile does not shrink them
     sft, grpo = r["mrsi_sft_args"], r["cvo_grpo_args"]

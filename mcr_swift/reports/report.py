@@ -220,6 +220,34 @@ def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ("" if v is None else str(v))
 
 
+PREFLIGHT_LIMITS = (("over_max_length", "max_length"), ("over_max_completion_length", "max_completion_length"),
+                    ("over_vllm_max_model_len", "vllm_max_model_len"))
+
+
+def render_preflight(pre: Optional[Dict[str, Any]]) -> List[str]:
+    """The preflight stage's tables (issue 21 §1): tokens per source and style against the run's limits,
+    the rows that would be lost and whether that was accepted on purpose (``--accept-losses``)."""
+    if not pre:
+        return []
+    out = ["## Preflight: tokens against the run's limits (issue 21)", ""]
+    for half, d in pre.items():
+        if not d:
+            continue
+        lim = d.get("limits") or {}
+        out.append(f"{half} rows ({d.get('rows', 0)}): limits " + ", ".join(f"{k} {lim.get(k)}" for _, k in
+                                                                           PREFLIGHT_LIMITS) +
+                   f"; rows lost {d.get('losses', 0)}" + (f" (accepted on purpose: --accept-losses "
+                                                          f"{d.get('accept_losses')})" if d.get("accepted") else ""))
+        out += ["", "| source | style | rows | prompt median / p95 / max | target max | total max | over "
+                "max_length | over completion cap | over vLLM length |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+        for t in d.get("table") or []:
+            out.append(f"| {t['source']} | {t['style'] or '-'} | {t['rows']} | {t['prompt_median']} / "
+                       f"{t['prompt_p95']} / {t['prompt_max']} | {t['target_max']} | {t['total_max']} | "
+                       + " | ".join(str(t.get(k, 0)) for k, _ in PREFLIGHT_LIMITS) + " |")
+        out.append("")
+    return out
+
+
 def render_trained_posts(r: Dict[str, Any]) -> List[str]:
     from ..evaluation.evaluate import format_table
     m = r.get("trained_posts")
@@ -280,6 +308,8 @@ def collect_report(run_dir) -> Dict[str, Any]:
         "trained_posts_selection": _json(run / "trained_eval" / "posts.jsonl.summary.json"),
         "grpo_steps": grpo_steps(run),
         "curves": curve_files(run),
+        "preflight": {h: _json(run / "preflight" / h / "preflight.json") for h in ("train", "test")
+                      if (run / "preflight" / h / "preflight.json").is_file()},
     }
 
 
@@ -313,6 +343,7 @@ def render_markdown(r: Dict[str, Any]) -> str:
                    f"({100 * (f['kept_fraction'] or 0):.1f}%), thresholds {f['thresholds']}, G {f['g']}")
     out.append("")
     out += render_sources(r.get("sources"))
+    out += render_preflight(r.get("preflight"))
     for name, key in (("MRSI SFT", "mrsi_sft_args"), ("CVO GRPO", "cvo_grpo_args"), ("+SFT baseline", "sft_args"),
                       ("w/o CVO: SFT on the CVO data", "cvo_sft_args")):
         a = r.get(key)

@@ -3,7 +3,6 @@ dry run (every command, nothing written), the run-folder lock with two real proc
 and a stage done only from its own evidence."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -47,6 +47,8 @@ def _pipeline(tmp_path: Path, **env) -> tuple:
             # the stub's server answers [] to every query, so the paper's App. D.3 thresholds would keep
             # nothing and leave GRPO without data; this test is about resolution, not the filter
             "FILTER_MIN_STD": "0", "FILTER_MIN_MAX": "0", "FILTER_MIN_MEDIAN": "0", "FILTER_MAX_MEDIAN": "1",
+            # the fake base model has no tokenizer: no chain-length check, no preflight (tests/test_preflight.py)
+            "SYNTH_MAX_COMPLETION_LENGTH": "0", "PREFLIGHT": "false",
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]), **env}
     p = subprocess.run(["bash", "recipes/qwen25vl_7b_full.sh"], cwd=REPO, env=full, capture_output=True, text=True,
                        timeout=900)

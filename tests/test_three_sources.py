@@ -343,7 +343,7 @@ def test_pipeline_three_sources_then_a_missing_one(tmp_path):
     src = r["sources"]["per_source"]
     assert src["grec"]["prepared"] == {"train": 8, "val": 8, "testA": 8, "testB": 8}
     assert src["mner_mi"]["d1"] == {"formatted_a": 4, "formatted_b": 4}
-    assert "| MNER-MI | prepared | train 8, dev 8, test 8 | 16: formatted_a 8, formatted_b 8 |" in \
+    assert "| MNER-MI | prepared | train 8, dev 8, test 8 | 16: formatted_a 8, formatted_b 8 (8 posts) |" in \
         (run / "report.md").read_text()
 
     # MNER-MI missing, all five styles planned 2 per sample: said once, loudly; the others go on

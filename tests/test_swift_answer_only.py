@@ -83,7 +83,9 @@ def test_sft_variant_of_the_pipeline_on_cpu(tmp_path):
                        timeout=1800)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
     r = json.loads((run / "report.json").read_text())
-    assert [x["stage"] for x in r["times"]] == ["tiny-model", "prepare", "sft", "infer-eval"]
+    assert [x["stage"] for x in r["times"]] == ["tiny-model", "prepare", "preflight", "sft", "infer-eval"]
+    pre = r["preflight"]["train"]   # the +SFT rows themselves were measured
+    assert pre["rows"] == 8 and pre["files"][0].endswith("twitter_gmner/train_answer_only.jsonl")
     assert r["sft_args"]["dataset"] == ["mcr-gmner:train_answer_only"] and r["sft_args"]["max_steps"] == 5
     assert r["sft_args"]["tuner_type"] == "full"
     m = r["metrics"]

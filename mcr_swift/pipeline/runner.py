@@ -263,8 +263,10 @@ def do_preflight(r: Run) -> None:
     sft = read_config(stage_config("mrsi_sft"))
     infer = read_config(stage_config("infer"))
     c = r.c
-    if c.variant == "sft":
-        train = [r.data / d / "train.jsonl" for d in ("twitter_gmner", "mner_mi", "grec")]
+    if c.variant == "sft":   # the +SFT rows: the prepared files of its registered dataset(s), e.g.
+        folders = {"mcr-gmner": "twitter_gmner", "mcr-mner-mi": "mner_mi", "mcr-grec": "grec"}  # train_answer_only
+        train = [r.data / folders.get(d.split(":")[0], d.split(":")[0]) / f"{d.split(':')[1].split('#')[0]}.jsonl"
+                 for d in str(c.sft.dataset).split() if ":" in d]
     else:
         train = [r.data / "mrsi" / "d1.jsonl", r.data / "mrsi" / "d2.jsonl"]
     test = [r.data / "twitter_gmner" / "test.jsonl"]

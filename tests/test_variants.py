@@ -146,19 +146,20 @@ def test_answer_only_refuses_rows_it_cannot_convert(prepared, tmp_path, change, 
 
 # ---- the pipeline's variants, every stage, with a stand-in swift ----------------------------------
 
-FULL = ["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo", "infer-eval"]
+FULL = ["tiny-model", "prepare", "synth", "split", "preflight", "mrsi-sft", "merge", "cvo-filter", "cvo-grpo",
+        "infer-eval"]
 #: variant -> (stages in order, swift commands in order, paper row)
 PLANS = {
     "mcr": (FULL, ["deploy", "sft", "export", "deploy", "rlhf", "infer"], "+MRSI+CVO"),
     # one template style: synthesis needs no endpoint, so no synthesis server
     "no_dr": (FULL, ["sft", "export", "deploy", "rlhf", "infer"], "w/o D_R"),
     "no_inst": (FULL, ["deploy", "sft", "export", "deploy", "rlhf", "infer"], "w/o Inst"),
-    "sft": (["tiny-model", "prepare", "sft", "infer-eval"], ["sft", "infer"], "+SFT"),
-    "mrsi_only": (["tiny-model", "prepare", "synth", "split", "mrsi-sft", "infer-eval"], ["deploy", "sft", "infer"],
+    "sft": (["tiny-model", "prepare", "preflight", "sft", "infer-eval"], ["sft", "infer"], "+SFT"),
+    "mrsi_only": (["tiny-model", "prepare", "synth", "split", "preflight", "mrsi-sft", "infer-eval"], ["deploy", "sft", "infer"],
                   "+MRSI"),
-    "no_cvo": (["tiny-model", "prepare", "synth", "split", "mrsi-sft", "merge", "cvo-filter", "cvo-data", "cvo-data-sft",
+    "no_cvo": (["tiny-model", "prepare", "synth", "split", "preflight", "mrsi-sft", "merge", "cvo-filter", "cvo-data", "cvo-data-sft",
                 "infer-eval"], ["deploy", "sft", "export", "deploy", "sft", "infer"], "w/o CVO"),
-    "cvo_only": (["tiny-model", "prepare", "synth", "split", "cvo-filter", "cvo-grpo", "infer-eval"],
+    "cvo_only": (["tiny-model", "prepare", "synth", "split", "preflight", "cvo-filter", "cvo-grpo", "infer-eval"],
                  ["deploy", "deploy", "rlhf", "infer"], "w/o MRSI"),
 }
 

@@ -162,13 +162,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     refuse_overwriting_inputs([("--input", args.input)], [("--out-dir's d1.jsonl", Path(args.out_dir) / "d1.jsonl"),
                                                           ("--out-dir's d2.jsonl", Path(args.out_dir) / "d2.jsonl")])
     rows = []
-    first_at: Dict[Tuple[str, str, str, str], int] = {}
+    first_at: Dict[Tuple[str, str, str, str, str], int] = {}
     for no, row, _ in iter_jsonl(args.input):
         rows.append(row)
         if row.get("mcr_id") is None:
             continue  # split_rows names it
         # the same sample, style and turns twice: a D_R written twice (e.g. synth given one input twice)
-        key = (*_sample(row), _style(row), json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False))
+        # (a row of --repeat-styles, w/o D_R, carries its mcr_variant: a repeat on purpose, not a copy)
+        key = (*_sample(row), _style(row), json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False),
+               str(row.get("mcr_variant", 0)))
         first = first_at.setdefault(key, no)
         if first != no:
             raise ValueError(f"{args.input}:{no}: duplicated row: {key[0]} sample {key[1]} style "

@@ -372,8 +372,10 @@ def synthesize(rows: Sequence[Mapping[str, Any]], out: Path, styles: Sequence[st
     chosen = plan_styles([(t, smp.id) for t, smp in zip(tasks, samples)], styles, per_post, seed, repeat_styles)
     slots: List[_Slot] = []
     for i, ss in enumerate(chosen):
+        seen: Counter = Counter()   # the k-th row of one style of this sample is its variant k
         for s in ss:
-            slots.append(_Slot(i, s, variant=sum(1 for x in slots if x.i == i and x.planned == s)))
+            slots.append(_Slot(i, s, variant=seen[s]))
+            seen[s] += 1
     run = _Run(rows, samples, tasks, styles, eps, cache, slots, seed=seed, temperature=temperature, top_p=top_p,
                max_tokens=max_tokens, retry=retry, concurrency=concurrency, progress=progress, repair=repair,
                multi_box=multi_box, chain_retries=int(chain_retries), replace=replace,
@@ -420,6 +422,12 @@ class _Run:
         self.rows_out: Dict[int, Dict[str, Any]] = {}
         self.rejected: List[Dict[str, Any]] = []
         self.ep_turn: Counter = Counter()
+        self.slots_of: Dict[int, List[_Slot]] = defaultdict(list)    # sample index -> its slots
+        for sl in slots:
+            self.slots_of[sl.i].append(sl)
+        self.rejected_of: Dict[Tuple[str, str], set] = defaultdict(set)  # (task, id) -> styles rejected
+        # (task, style) -> slots open or produced in that style: what `_replacement` balances
+        self.live: Counter = Counter((tasks[sl.i], sl.style) for sl in slots)
         self.retried: Counter = Counter()   # (task, style) -> chains asked again
         self.stopped = False
         self.limits: Dict[Tuple[str, str], Any] = {}  # one AdaptiveLimit per endpoint (the LLM styles share one)
@@ -438,6 +446,7 @@ class _Run:
                     self._judge(sl)
                 elif sl.state == "open":
                     sl.state = "missing"
+                    self.live[(self.tasks[sl.i], sl.style)] -= 1
                     self.per[sl.style]["missing"] += 1
 
     def complete(self) -> bool:
@@ -513,6 +522,7 @@ class _Run:
         c = self.per[sl.style]
         if value is None:  # the request failed: the run is incomplete, a rerun asks again
             sl.state = "missing"
+            self.live[(self.tasks[sl.i], sl.style)] -= 1
             c["missing"] += 1
             return
         res = ChatResult.from_json(value)
@@ -551,6 +561,7 @@ class _Run:
         smp, task = self.samples[sl.i], self.tasks[sl.i]
         c["rejected"] += 1
         c[f"rejected:{reason}"] += 1
+        self.rejected_of[(task, smp.id)].add(sl.style)
         self.rejected.append({"mcr_id": smp.id, "mcr_task": task, "mcr_style": sl.style, "attempt": sl.attempt,
                               "reason": reason, "text": text, **({"tokens": tokens} if tokens is not None else {})})
         if retry and sl.attempt < k["chain_retries"]:          # ask again, another seed
@@ -561,9 +572,12 @@ class _Run:
         nxt = self._replacement(sl)
         if nxt is None:
             sl.state = "lost"
+            self.live[(task, sl.style)] -= 1
             c["lost"] += 1
             return
         c["replaced"] += 1
+        self.live[(task, sl.style)] -= 1
+        self.live[(task, nxt)] += 1
         sl.style, sl.attempt, sl.replaced = nxt, 0, True
         self._enter(sl)
 
@@ -574,11 +588,10 @@ class _Run:
         if mode == "none":
             return None
         task = self.tasks[sl.i]
-        had = {x.style for x in self.slots if x.i == sl.i} | {x.planned for x in self.slots if x.i == sl.i}
-        had |= {r["mcr_style"] for r in self.rejected if r["mcr_id"] == self.samples[sl.i].id
-                and r["mcr_task"] == task}
+        mine = self.slots_of[sl.i]
+        had = {x.style for x in mine} | {x.planned for x in mine} | self.rejected_of[(task, self.samples[sl.i].id)]
         free = [s for s in self.styles if s not in had]
-        made = Counter(x.style for x in self.slots if x.state in ("produced", "open") and self.tasks[x.i] == task)
+        made = {s: self.live[(task, s)] for s in free}
         api = [s for s in free if s in API_STYLES and s in self.eps]
         tpl = [s for s in free if s in TEMPLATE_STYLES]
         for group in ((api if mode == "style" else []), tpl):
